@@ -1,0 +1,67 @@
+"""The one attention core every vitlab family builds on.
+
+:func:`attend` is scaled dot-product attention over ``(B, heads, N, head_dim)`` tensors. By default it
+calls :func:`torch.nn.functional.scaled_dot_product_attention`, which picks the flash / memory-efficient
+kernels on CUDA. Fused kernels never materialise the attention matrix, so when a caller needs the
+probabilities (attention dumps, analysis, the softmax check) it asks for them with ``need_weights`` and
+gets the explicit path, which computes the same thing in plain ops.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    need_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Softmax attention; returns ``(output, probabilities or None)``.
+
+    ``probabilities`` are the post-softmax, pre-dropout weights of shape ``(B, heads, N_q, N_k)``.
+    """
+    if not need_weights:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale), None
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    probs = torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
+    weights = F.dropout(probs, p=dropout_p) if dropout_p > 0 else probs
+    return weights @ v, probs
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over a token sequence ``(B, N, dim)``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        proj_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        dropout_p = self.attn_drop if self.training else 0.0
+        out, probs = attend(q, k, v, dropout_p=dropout_p, need_weights=need_weights)
+        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
+        return out, probs
