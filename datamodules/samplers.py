@@ -1,0 +1,72 @@
+"""Repeated-augmentation sampler of the Mini-ViT seed, and seed derivation for data streams."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from vitlab.errors import ConfigError
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed that depends on all of ``parts`` (non-negative ints, or strings naming a use).
+
+    Unlike ``seed + epoch``, (seed 0, epoch 1) and (seed 1, epoch 0) give unrelated streams, so
+    runs with neighbouring seeds do not replay each other's data order one epoch apart; a string
+    part keeps streams for different uses of the same seed apart.
+    """
+    entropy = [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts]
+    state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
+class RepeatedAugmentationSampler(Sampler[int]):
+    """Yields every index ``repeats`` times per epoch, the copies scattered over the whole epoch.
+
+    Each epoch is the list of ``repeats`` copies of ``0..num_samples-1`` in a uniformly random
+    order, so the copies of an image land in unrelated batches and get independent augmentations;
+    an epoch is ``repeats`` times longer than the dataset (unlike DeiT's RASampler, which keeps the
+    epoch length and puts the copies side by side). The order depends only on ``(seed, epoch)``.
+
+    Lightning calls :meth:`set_epoch` before every epoch. Where it is not called (a wrapper that
+    does not forward it), each new iteration advances the epoch by one so epochs still differ.
+    ``shuffle=False`` yields ``0..num_samples-1`` ``repeats`` times in order, for debugging.
+    """
+
+    def __init__(self, num_samples: int, repeats: int = 3, shuffle: bool = True, seed: int = 0) -> None:
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ConfigError(f"recipe.repeated_aug: expected an integer >= 1, got {repeats!r}")
+        self.num_samples = num_samples
+        self.repeats = repeats
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self._iterated = False
+        self._epoch_set_since_iter = False
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._epoch_set_since_iter = True
+
+    def __len__(self) -> int:
+        return self.num_samples * self.repeats
+
+    def __iter__(self) -> Iterator[int]:
+        if self._iterated and not self._epoch_set_since_iter:
+            self.epoch += 1
+        self._iterated = True
+        self._epoch_set_since_iter = False
+
+        indices = torch.arange(self.num_samples).repeat(self.repeats)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, "repeated-aug", self.epoch))
+            # One uniform shuffle of the repeated list has the same distribution as the seed's
+            # "shuffle, concatenate copies, shuffle again", at half the cost.
+            indices = indices[torch.randperm(len(indices), generator=generator)]
+        return iter(indices.tolist())
