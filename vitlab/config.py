@@ -1,0 +1,221 @@
+"""Config schemas and start-up checks.
+
+The recipe and hardware groups extend the dataclasses below (registered in Hydra's ConfigStore as
+``recipe/schema`` and ``hardware/schema``), so OmegaConf rejects unknown keys and wrong types while
+composing; :func:`to_recipe` / :func:`to_hardware` then build the dataclasses, whose ``__post_init__``
+runs the cross-field checks before anything is built. Every failure is a :class:`ConfigError` naming
+the key as it is typed on the command line.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Optional
+
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from vitlab.errors import ConfigError
+
+PRECISIONS = ("32-true", "32", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine")
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    momentum: float = 0.9  # SGD only
+    # No weight decay on biases, norm weights, position tables and CLS tokens (the network's
+    # no_weight_decay()); false decays every parameter, as the Mini-ViT seed did.
+    exclude_from_decay: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.name in ("adamw", "adam", "sgd"), "recipe.optimizer.name", f"unknown optimizer {self.name!r}; use adamw, adam or sgd")
+        _check(self.lr > 0, "recipe.optimizer.lr", f"must be positive, got {self.lr}")
+        _check(self.weight_decay >= 0, "recipe.optimizer.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "recipe.optimizer.betas", f"needs two values in [0, 1), got {self.betas}")
+
+
+@dataclass
+class ScheduleConfig:
+    """Per-step linear warmup then cosine decay; warmup given in epochs or as a ratio of all steps."""
+
+    warmup_epochs: Optional[float] = None
+    warmup_ratio: Optional[float] = None
+    warmup_lr: float = 1e-6  # LR of the first step; the warmup rises linearly from it
+    min_lr: float = 0.0
+    # Parity with seeds whose scheduler stepped after the optimizer: the first step runs at the peak LR.
+    first_step_peak: bool = False
+
+    def __post_init__(self) -> None:
+        _check(
+            self.warmup_epochs is None or self.warmup_ratio is None,
+            "recipe.schedule",
+            "give warmup_epochs or warmup_ratio, not both (set the other to null)",
+        )
+        _check(self.warmup_epochs is None or self.warmup_epochs >= 0, "recipe.schedule.warmup_epochs", "must be >= 0")
+        _check(self.warmup_ratio is None or 0 <= self.warmup_ratio < 1, "recipe.schedule.warmup_ratio", "must be in [0, 1)")
+        _check(self.min_lr >= 0 and self.warmup_lr >= 0, "recipe.schedule", "warmup_lr and min_lr must be >= 0")
+
+
+@dataclass
+class MixingConfig:
+    """Batch mixing through timm's Mixup: CutMix / MixUp with probability ``prob`` per batch."""
+
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    prob: float = 1.0
+    switch_prob: float = 0.5  # when both are on: chance of CutMix instead of MixUp
+
+    def __post_init__(self) -> None:
+        _check(self.mixup_alpha >= 0 and self.cutmix_alpha >= 0, "recipe.mixing", "alphas must be >= 0")
+        _check(0 <= self.prob <= 1, "recipe.mixing.prob", f"must be in [0, 1], got {self.prob}")
+        _check(0 <= self.switch_prob <= 1, "recipe.mixing.switch_prob", f"must be in [0, 1], got {self.switch_prob}")
+
+    @property
+    def active(self) -> bool:
+        return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+
+
+@dataclass
+class RecipeConfig:
+    epochs: int = 100  # length of the LR schedule, and trainer.max_epochs unless that is overridden
+    batch_size: int = 128  # effective (global) batch: per-device batch x devices x accumulation
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    label_smoothing: float = 0.0
+    mixing: MixingConfig = field(default_factory=MixingConfig)
+    grad_clip: Optional[float] = None  # max global grad norm; null = no clipping
+    augment: dict[str, Any] = field(default_factory=dict)  # read by the DataModule's transforms
+    repeated_aug: int = 1  # each image this many times per epoch, in unrelated batches
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, "recipe.epochs", f"must be positive, got {self.epochs}")
+        _check(self.batch_size > 0, "recipe.batch_size", f"must be positive, got {self.batch_size}")
+        _check(0 <= self.label_smoothing < 1, "recipe.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        _check(self.grad_clip is None or self.grad_clip > 0, "recipe.grad_clip", "must be positive or null")
+        _check(self.repeated_aug >= 1, "recipe.repeated_aug", f"must be >= 1, got {self.repeated_aug}")
+
+
+@dataclass
+class HardwareConfig:
+    accelerator: str = "auto"
+    devices: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    batch_per_device: Optional[int] = None  # micro-batch; null = recipe batch / devices, no accumulation
+    num_workers: int = 4
+    pin_memory: bool = True
+    compile: bool = False  # torch.compile the network
+    peak_tflops: Optional[float] = None  # the device's peak for MFU; null = unknown
+
+    def __post_init__(self) -> None:
+        _check(self.accelerator in ("auto", "cpu", "gpu", "cuda", "mps"), "hardware.accelerator", f"unknown accelerator {self.accelerator!r}; use auto, cpu or gpu")
+        _check(self.devices >= 1, "hardware.devices", f"must be >= 1, got {self.devices}")
+        _check(self.precision in PRECISIONS, "hardware.precision", f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS[:-1])}")
+        _check(self.batch_per_device is None or self.batch_per_device > 0, "hardware.batch_per_device", "must be positive or null")
+        _check(self.num_workers >= 0, "hardware.num_workers", "must be >= 0")
+        if self.resolved_accelerator() == "cpu":
+            _check(
+                self.precision not in ("16-mixed", "16-true"),
+                "hardware.precision",
+                f"{self.precision} needs a CUDA GPU; on CPU use 32-true or bf16-mixed",
+            )
+        elif not torch.cuda.is_available():
+            raise ConfigError(f"hardware.accelerator: {self.accelerator} asked for, but no CUDA GPU is visible; use hardware=cpu or hardware=auto")
+
+    def resolved_accelerator(self) -> str:
+        if self.accelerator == "auto":
+            return "gpu" if torch.cuda.is_available() else "cpu"
+        return "gpu" if self.accelerator == "cuda" else self.accelerator
+
+
+def auto_precision() -> str:
+    """bf16 mixed precision where the GPU supports it, fp16 mixed on older GPUs, fp32 on CPU."""
+    if not torch.cuda.is_available():
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def _run_dir(run_dir: str | None, fresh: str) -> str:
+    return fresh if run_dir in (None, "") else str(run_dir)
+
+
+def _hydra_subdir(run_dir: str | None) -> str:
+    # A continued run must not overwrite the .hydra/ of the invocation that created the folder.
+    if run_dir in (None, ""):
+        return ".hydra"
+    return f".hydra/resume_{datetime.now():%Y-%m-%d_%H-%M-%S}"
+
+
+def _path_safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.,=+-]+", "-", text)[:120] or "default"
+
+
+_RESOLVERS = {
+    "vitlab.auto_precision": auto_precision,
+    "vitlab.cuda_available": torch.cuda.is_available,
+    "vitlab.run_dir": _run_dir,
+    "vitlab.hydra_subdir": _hydra_subdir,
+    "vitlab.path_safe": _path_safe,
+}
+
+
+def register_configs() -> None:
+    """Register the schemas and resolvers; safe to call more than once."""
+    cs = ConfigStore.instance()
+    cs.store(group="recipe", name="schema", node=RecipeConfig)
+    cs.store(group="hardware", name="schema", node=HardwareConfig)
+    for name, fn in _RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+def _to_object(node: DictConfig | dict, schema: type, key: str) -> Any:
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        where = f"{key}.{err.full_key}" if getattr(err, "full_key", None) else key
+        raise ConfigError(f"{where}: {err.msg if hasattr(err, 'msg') else err}".splitlines()[0]) from None
+
+
+def to_recipe(node: DictConfig | dict) -> RecipeConfig:
+    return _to_object(node, RecipeConfig, "recipe")
+
+
+def to_hardware(node: DictConfig | dict) -> HardwareConfig:
+    return _to_object(node, HardwareConfig, "hardware")
+
+
+def split_batch(recipe: RecipeConfig, hardware: HardwareConfig) -> tuple[int, int]:
+    """(per-device batch, gradient accumulation) that keep the recipe's effective batch exactly."""
+    global_batch, devices = recipe.batch_size, hardware.devices
+    _check(
+        global_batch % devices == 0,
+        "recipe.batch_size",
+        f"{global_batch} is not divisible by hardware.devices={devices}; pick a multiple of {devices}",
+    )
+    per_device = global_batch // devices
+    micro = min(hardware.batch_per_device or per_device, per_device)
+    _check(
+        per_device % micro == 0,
+        "hardware.batch_per_device",
+        f"{micro} does not divide the per-device batch {per_device} (recipe.batch_size={global_batch} over {devices} "
+        f"device(s)); pick a divisor such as {math.gcd(per_device, micro)}",
+    )
+    return micro, per_device // micro

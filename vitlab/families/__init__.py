@@ -1,0 +1,6 @@
+"""LightningModules: the shared ImageClassifier and one subclass per model family."""
+
+from vitlab.families.classifier import ImageClassifier
+from vitlab.families.mini_vit import MiniViTClassifier
+
+__all__ = ["ImageClassifier", "MiniViTClassifier"]

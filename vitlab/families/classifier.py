@@ -1,0 +1,196 @@
+"""ImageClassifier: the LightningModule every vitlab family builds on.
+
+It owns what is common to all image classifiers: the loss (label smoothing, timm's CutMix/MixUp with
+soft targets), top-1/top-5 and loss for train/val/test, AdamW with no-decay groups and the per-step
+warmup + cosine schedule, channels-last, ``torch.compile`` and grad-norm logging. A family subclass
+adds only what is specific to it (its attention checks, extra logging).
+
+The network is built here from plain settings (``net``: a registry name plus overrides) and the
+hyper-parameters saved in checkpoints are plain numbers, strings, lists and dicts, so checkpoints
+load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from vitlab.config import to_recipe
+from vitlab.errors import ConfigError
+from vitlab.models import create_model
+from vitlab.optim import build_optimizer, build_scheduler
+
+
+def _accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    return MetricCollection(
+        {
+            "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+        },
+        prefix=prefix,
+    )
+
+
+class ImageClassifier(L.LightningModule):
+    """Image classification with a registered network.
+
+    Args:
+        net: ``{"name": <registered network>, **constructor overrides}``; must include ``num_classes``.
+        recipe: the training recipe as a plain dict (see :class:`vitlab.config.RecipeConfig`).
+        compile: wrap the network's forward in ``torch.compile`` when fitting.
+    """
+
+    def __init__(self, net: dict[str, Any], recipe: dict[str, Any] | None = None, compile: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        net = dict(net)
+        if "name" not in net:
+            raise ConfigError("model.net.name: missing; set it to a registered network, e.g. mini_vit")
+        self.net = create_model(net.pop("name"), **net)
+        self.num_classes: int = self.net.num_classes
+        self.recipe = to_recipe(recipe or {})
+
+        mixing = self.recipe.mixing
+        smoothing = self.recipe.label_smoothing
+        self.mixup = (
+            Mixup(
+                mixup_alpha=mixing.mixup_alpha,
+                cutmix_alpha=mixing.cutmix_alpha,
+                prob=mixing.prob,
+                switch_prob=mixing.switch_prob,
+                label_smoothing=smoothing,
+                num_classes=self.num_classes,
+            )
+            if mixing.active
+            else None
+        )
+        # With mixing, targets are soft and already smoothed by Mixup, also on batches left unmixed.
+        self.soft_target_loss = SoftTargetCrossEntropy()
+        # Smoothed targets sit at this value for the true class when a batch was left unmixed.
+        self._clean_target_value = 1.0 - smoothing + smoothing / self.num_classes
+
+        self.train_loss = MeanMetric()
+        self.val_loss, self.val_loss_smoothed = MeanMetric(), MeanMetric()
+        self.test_loss, self.test_loss_smoothed = MeanMetric(), MeanMetric()
+        self.train_acc = _accuracy_metrics(self.num_classes, "train/")
+        self.val_acc = _accuracy_metrics(self.num_classes, "val/")
+        self.test_acc = _accuracy_metrics(self.num_classes, "test/")
+        self.best_val_top1 = 0.0
+
+    # ----------------------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.recipe.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def attention_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network's post-softmax attention maps, ``{name: (B, heads, queries, keys)}``."""
+        if not hasattr(self.net, "attention_maps"):
+            raise NotImplementedError(f"{type(self.net).__name__} exposes no attention maps")
+        return self.net.attention_maps(images)
+
+    def setup(self, stage: str) -> None:
+        if self.recipe.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if stage == "fit" and self.hparams.compile:
+            # Compiling in place keeps the state-dict keys free of the `_orig_mod.` prefix.
+            self.net.compile()
+
+    # ----------------------------------------------------------------------------- steps
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.mixup is not None:
+            if x.shape[0] % 2:
+                raise ConfigError(f"recipe.batch_size: CutMix/MixUp need an even per-device batch, got {x.shape[0]}")
+            x, soft = self.mixup(x, y)
+            logits = self(x)
+            loss = self.soft_target_loss(logits, soft)
+            # Accuracy against the true labels only means something on batches left unmixed.
+            if torch.all(soft.gather(1, y[:, None]) >= self._clean_target_value - 1e-6):
+                self.train_acc.update(logits.detach(), y)
+        else:
+            logits = self(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.label_smoothing)
+            self.train_acc.update(logits.detach(), y)
+        self.train_loss.update(loss.detach(), weight=x.shape[0])
+        self.log("train/loss_step", loss, prog_bar=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/loss", self.train_loss.compute())
+        self.train_loss.reset()
+        if self.train_acc["top1"].update_called:
+            self.log_dict(self.train_acc.compute())
+        self.train_acc.reset()
+
+    def _eval_step(self, batch, acc: MetricCollection, loss: MeanMetric, loss_smoothed: MeanMetric) -> None:
+        x, y = batch
+        logits = self(x)
+        acc.update(logits, y)
+        loss.update(F.cross_entropy(logits, y), weight=x.shape[0])
+        smoothed = F.cross_entropy(logits, y, label_smoothing=self.recipe.label_smoothing)
+        loss_smoothed.update(smoothed, weight=x.shape[0])
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_acc, self.val_loss, self.val_loss_smoothed)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.val_acc.compute()
+        self.log_dict(metrics, prog_bar=True)
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True)
+        self.log("val/loss_smoothed", self.val_loss_smoothed.compute())
+        if not self.trainer.sanity_checking:
+            self.best_val_top1 = max(self.best_val_top1, metrics["val/top1"].item())
+        self.log("val/top1_best", self.best_val_top1)
+        for metric in (self.val_acc, self.val_loss, self.val_loss_smoothed):
+            metric.reset()
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_acc, self.test_loss, self.test_loss_smoothed)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_acc.compute())
+        self.log("test/loss", self.test_loss.compute())
+        self.log("test/loss_smoothed", self.test_loss_smoothed.compute())
+        for metric in (self.test_acc, self.test_loss, self.test_loss_smoothed):
+            metric.reset()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Before clipping, after AMP unscaling: the raw global gradient norm. Only on logging steps,
+        # since it costs a pass over every gradient.
+        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            if grads:
+                self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+
+    # ----------------------------------------------------------------------------- state
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["best_val_top1"] = self.best_val_top1
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best_val_top1 = float(checkpoint.get("best_val_top1", 0.0))
+
+    # ----------------------------------------------------------------------------- optim
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = build_optimizer(self.net, self.recipe.optimizer)
+        steps_per_epoch = self._steps_per_epoch()
+        scheduler = build_scheduler(
+            optimizer, self.recipe.schedule, self.recipe.optimizer.lr, steps_per_epoch, self.recipe.epochs
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch. The schedule spans ``recipe.epochs`` of them even when
+        ``trainer.max_epochs`` stops the run earlier, so a short run follows the full recipe's curve."""
+        trainer = self.trainer
+        if trainer.max_epochs and trainer.max_epochs > 0:
+            return max(1, round(trainer.estimated_stepping_batches / trainer.max_epochs))
+        return max(1, round(trainer.estimated_stepping_batches / self.recipe.epochs))

@@ -1,0 +1,86 @@
+"""Optimizer and learning-rate schedule built from the recipe."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.optim import create_optimizer_v2
+from torch import nn
+
+from vitlab.config import OptimizerConfig, ScheduleConfig
+
+
+def build_optimizer(net: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """timm's optimizer factory: with ``exclude_from_decay`` it puts 1-D parameters (biases, norm
+    weights) and the names in ``net.no_weight_decay()`` (position tables, CLS tokens) in a group
+    without weight decay; without it every parameter is decayed."""
+    kwargs = {"momentum": cfg.momentum} if cfg.name == "sgd" else {"betas": tuple(cfg.betas), "eps": cfg.eps}
+    # Given bare parameters, timm cannot consult no_weight_decay() and decays them all.
+    return create_optimizer_v2(
+        net if cfg.exclude_from_decay else net.parameters(),
+        opt=cfg.name,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        filter_bias_and_bn=cfg.exclude_from_decay,
+        **kwargs,
+    )
+
+
+class WarmupCosine:
+    """LR multiplier at optimizer step ``s`` (0-based): a linear rise from ``warmup_factor`` to 1 over
+    ``warmup_steps``, then a cosine from 1 to ``min_factor`` at ``total_steps``, flat after that.
+
+    A plain object with number attributes, so LambdaLR's state dict (and so a checkpoint) holds
+    numbers only.
+    """
+
+    def __init__(
+        self,
+        warmup_steps: int,
+        total_steps: int,
+        warmup_factor: float = 0.0,
+        min_factor: float = 0.0,
+        first_step_peak: bool = False,
+    ) -> None:
+        if total_steps <= 0:
+            raise ValueError(f"total_steps must be positive, got {total_steps}")
+        self.warmup_steps = min(warmup_steps, total_steps)
+        self.total_steps = total_steps
+        self.warmup_factor = warmup_factor
+        self.min_factor = min_factor
+        self.first_step_peak = first_step_peak
+
+    def __call__(self, step: int) -> float:
+        if self.first_step_peak:
+            # The seeds' off-by-one: step 0 ran at the construction LR (the peak), and every later step
+            # used the schedule's value one step behind, starting the warmup from zero.
+            if step == 0:
+                return 1.0
+            return self._factor(step, warmup_factor=0.0)
+        return self._factor(step, self.warmup_factor)
+
+    def _factor(self, step: int, warmup_factor: float) -> float:
+        if step < self.warmup_steps:
+            return warmup_factor + (1.0 - warmup_factor) * step / self.warmup_steps
+        decay_steps = self.total_steps - self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / decay_steps) if decay_steps > 0 else 1.0
+        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, lr: float, steps_per_epoch: int, epochs: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    total = steps_per_epoch * epochs
+    if cfg.warmup_epochs is not None:
+        warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    else:
+        warmup = round((cfg.warmup_ratio or 0.0) * total)
+    schedule = WarmupCosine(
+        warmup_steps=warmup,
+        total_steps=total,
+        warmup_factor=min(1.0, cfg.warmup_lr / lr),
+        min_factor=min(1.0, cfg.min_lr / lr),
+        first_step_peak=cfg.first_step_peak,
+    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
