@@ -1,0 +1,62 @@
+"""Shared fixtures: compose the real config tree with the Hydra compose API, small and on CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from vitlab.config import register_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+
+# A run of a few seconds: synthetic data, tiny splits, CPU, no workers, plain progress output.
+SMOKE = [
+    "data=synthetic",
+    "hardware=cpu",
+    "hardware.num_workers=0",
+    "data.train_size=128",
+    "data.val_size=32",
+    "data.test_size=32",
+    "recipe.epochs=1",
+    "recipe.batch_size=32",
+    "recipe.repeated_aug=1",
+    "callbacks.progress_bar.kind=tqdm",
+    "trainer.log_every_n_steps=1",
+    "trainer.num_sanity_val_steps=0",
+]
+
+
+def compose_config(overrides: Sequence[str] = (), output_dir: Path | None = None) -> DictConfig:
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides))
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.fixture
+def smoke_cfg(tmp_path) -> Callable[..., DictConfig]:
+    """``smoke_cfg(*overrides, out="run")``: the smoke config writing into ``tmp_path / out``."""
+
+    def make(*overrides: str, out: str = "run") -> DictConfig:
+        return compose_config([*SMOKE, *overrides], output_dir=tmp_path / out)
+
+    return make
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m vitlab.train <args>`` in ``cwd``, as a user would run it."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "vitlab.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )

@@ -1,0 +1,104 @@
+"""Composition of every model x data x hardware config, and the start-up checks."""
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import CONF_DIR, compose_config
+from vitlab.config import HardwareConfig, RecipeConfig, split_batch, to_hardware, to_recipe
+from vitlab.errors import ConfigError
+
+MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+DATA = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
+HARDWARE = sorted(p.stem for p in (CONF_DIR / "hardware").glob("*.yaml"))
+RECIPES = sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+MANDATORY = {"image_folder": ["data.root=/nowhere", "data.num_classes=10"]}
+
+
+def test_config_groups_exist():
+    assert {"mini_vit", "mini_vit_d192", "mini_vit_d192_l12"} <= set(MODELS)
+    assert {"cifar10", "cifar100", "image_folder", "cifar10_jpg", "synthetic"} <= set(DATA)
+    assert {"auto", "cpu", "gpu", "rtx3060_6gb"} <= set(HARDWARE)
+    assert {"mini_vit", "outgrid"} <= set(RECIPES)
+    assert "cifar10_mini_vit" in EXPERIMENTS
+
+
+@pytest.mark.parametrize("hardware", HARDWARE)
+@pytest.mark.parametrize("data", DATA)
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_data_hardware_pair_composes(model, data, hardware, tmp_path):
+    cfg = compose_config([f"model={model}", f"data={data}", f"hardware={hardware}", *MANDATORY.get(data, [])], tmp_path)
+    OmegaConf.resolve(cfg.model)
+    OmegaConf.resolve(cfg.data)
+    assert cfg.model.net.num_classes == cfg.data.num_classes
+    assert cfg.model.net.img_size == cfg.data.img_size
+    assert cfg.trainer.max_epochs == cfg.recipe.epochs
+    recipe = to_recipe(cfg.recipe)
+    if hardware in ("gpu", "rtx3060_6gb") and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="hardware.accelerator: gpu asked for, but no CUDA GPU"):
+            to_hardware(cfg.hardware)
+        return
+    hw = to_hardware(cfg.hardware)
+    micro, accumulate = split_batch(recipe, hw)
+    assert micro * accumulate * hw.devices == recipe.batch_size
+    net = instantiate(cfg.model, recipe=OmegaConf.to_container(cfg.recipe, resolve=True), _convert_="all").net
+    assert net(torch.randn(1, 3, cfg.data.img_size, cfg.data.img_size)).shape == (1, cfg.data.num_classes)
+
+
+def test_model_files_select_their_seed_recipe_and_the_command_line_wins(tmp_path):
+    assert compose_config(["model=mini_vit"], tmp_path).recipe.batch_size == 512
+    assert compose_config(["model=mini_vit", "recipe=outgrid"], tmp_path).recipe.optimizer.lr == 5e-4
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiments_compose(experiment, tmp_path):
+    cfg = compose_config([f"experiment={experiment}"], tmp_path)
+    assert cfg.task_name == experiment
+    to_recipe(cfg.recipe)
+
+
+def test_seed_recipes_match_the_specs(tmp_path):
+    mini = to_recipe(compose_config(["recipe=mini_vit"], tmp_path).recipe)
+    assert (mini.epochs, mini.batch_size, mini.optimizer.lr, mini.optimizer.weight_decay) == (250, 512, 2e-3, 0.05)
+    assert (mini.schedule.warmup_epochs, mini.label_smoothing, mini.repeated_aug) == (10, 0.1, 3)
+    assert (mini.mixing.cutmix_alpha, mini.mixing.mixup_alpha, mini.mixing.prob) == (1.0, 0.0, 0.5)
+    assert mini.augment["auto_augment"] == "cifar10" and mini.augment["random_erasing"] == 0.25
+    out = to_recipe(compose_config(["recipe=outgrid"], tmp_path).recipe)
+    assert (out.epochs, out.optimizer.lr, out.schedule.warmup_ratio, out.schedule.min_lr) == (100, 5e-4, 0.05, 1e-6)
+    assert (out.mixing.mixup_alpha, out.mixing.cutmix_alpha, out.mixing.prob, out.grad_clip) == (0.8, 1.0, 0.5, 1.0)
+    assert out.label_smoothing == 0.1 and out.channels_last
+
+
+def test_rtx3060_profile_keeps_the_effective_batch(tmp_path):
+    cfg = compose_config(["hardware=rtx3060_6gb"], tmp_path)
+    hw = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(HardwareConfig), {**cfg.hardware, "accelerator": "cpu", "precision": "bf16-mixed"}))
+    assert cfg.hardware.precision == "16-mixed"
+    assert split_batch(to_recipe(cfg.recipe), hw) == (128, 4)  # 512 = 128 x 4
+    assert split_batch(RecipeConfig(batch_size=64), hw) == (64, 1)
+
+
+@pytest.mark.parametrize(
+    "node, convert, message",
+    [
+        ({"optimizer": {"lr": -1.0}}, to_recipe, "recipe.optimizer.lr: must be positive"),
+        ({"schedule": {"warmup_epochs": 2, "warmup_ratio": 0.1}}, to_recipe, "recipe.schedule: give warmup_epochs or warmup_ratio"),
+        ({"mixing": {"prob": 2.0}}, to_recipe, r"recipe.mixing.prob: must be in \[0, 1\]"),
+        ({"batch_size": "many"}, to_recipe, "recipe.batch_size"),
+        ({"epochs": 0}, to_recipe, "recipe.epochs: must be positive"),
+        ({"not_a_key": 1}, to_recipe, "recipe.not_a_key"),
+        ({"precision": "8-bit"}, to_hardware, "hardware.precision: unknown precision '8-bit'"),
+        ({"accelerator": "cpu", "precision": "16-mixed"}, to_hardware, "hardware.precision: 16-mixed needs a CUDA GPU"),
+    ],
+)
+def test_bad_values_name_the_key(node, convert, message):
+    with pytest.raises(ConfigError, match=message):
+        convert(node)
+
+
+def test_batch_not_divisible_by_devices():
+    with pytest.raises(ConfigError, match="recipe.batch_size: 100 is not divisible by hardware.devices=3"):
+        split_batch(RecipeConfig(batch_size=100), HardwareConfig(accelerator="cpu", devices=3))
+    with pytest.raises(ConfigError, match="hardware.batch_per_device: 48 does not divide"):
+        split_batch(RecipeConfig(batch_size=64), HardwareConfig(accelerator="cpu", batch_per_device=48))

@@ -1,0 +1,140 @@
+"""End-to-end runs of the train task on synthetic data (CPU)."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from conftest import CONF_DIR, ROOT, run_cli
+from vitlab.train import train
+
+MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_fit_a_few_steps_writes_checkpoints_metrics_and_tensorboard(model, smoke_cfg, tmp_path):
+    metrics = train(smoke_cfg(f"model={model}", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"))
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert any(p.name.startswith("epoch_") for p in (run / "checkpoints").iterdir())
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run / "config.yaml").is_file()
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["global_step"] == 2 and saved["epochs"] == 1
+    assert saved["params"] == metrics["params"] > 0
+    assert 0.0 <= saved["test/top1"] <= saved["test/top5"] <= 1.0
+    assert saved["tested_ckpt"].endswith(".ckpt") and "epoch_000" in saved["tested_ckpt"]
+    assert saved["test/loss"] > 0 and saved["wall_time_s"] > 0
+
+
+def test_checkpoints_load_weights_only_and_rebuild_the_module(smoke_cfg, tmp_path):
+    from vitlab.families import MiniViTClassifier
+
+    train(smoke_cfg("trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false"))
+    ckpt_path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    assert ckpt["hyper_parameters"]["net"]["name"] == "mini_vit"
+    assert not any(k.startswith("net._orig_mod") for k in ckpt["state_dict"])
+    module = MiniViTClassifier.load_from_checkpoint(ckpt_path, weights_only=True)
+    torch.testing.assert_close(module.net.head.weight, ckpt["state_dict"]["net.head.weight"])
+
+
+def test_mini_vit_learns_the_synthetic_task(smoke_cfg):
+    """Ten classes (chance 10 %): a short CPU run must get well above chance on held-out images."""
+    metrics = train(
+        smoke_cfg(
+            "data.train_size=768",
+            "data.val_size=192",
+            "data.test_size=256",
+            "recipe.epochs=8",
+            "recipe.batch_size=48",
+            "recipe.schedule.warmup_epochs=1",
+            "recipe.mixing.prob=0",
+            "recipe.augment.auto_augment=null",
+            "recipe.augment.random_erasing=0",
+            "model.net.drop_rate=0",
+            "model.net.attn_drop_rate=0",
+        )
+    )
+    assert metrics["test/top1"] > 0.35, metrics
+
+
+def _lr_at_end(run_dir):
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    return ckpt["optimizer_states"][0]["param_groups"][0]["lr"], ckpt["global_step"], ckpt["epoch"]
+
+
+def test_resume_continues_step_lr_and_epoch_exactly(smoke_cfg, tmp_path):
+    common = ("recipe.epochs=3", "recipe.schedule.warmup_epochs=1", "trainer.limit_val_batches=1", "test=false")
+    straight = train(smoke_cfg(*common, "trainer.max_epochs=2", out="straight"))
+    first = train(smoke_cfg(*common, "trainer.max_epochs=1", out="first"))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    resumed = train(smoke_cfg(*common, "trainer.max_epochs=2", f"ckpt_path={last}", out="resumed"))
+    assert first["global_step"] == 3 and first["epochs"] == 1  # 128 - 32 held out = 3 batches of 32
+    assert resumed["global_step"] == straight["global_step"] == 6
+    assert resumed["epochs"] == straight["epochs"] == 2
+    lr_straight, step_straight, epoch_straight = _lr_at_end(tmp_path / "straight")
+    lr_resumed, step_resumed, epoch_resumed = _lr_at_end(tmp_path / "resumed")
+    assert (step_resumed, epoch_resumed) == (step_straight, epoch_straight)
+    assert lr_resumed == pytest.approx(lr_straight, rel=1e-12)
+    assert lr_resumed < 2e-3  # past the warmup peak on the 3-epoch cosine
+    assert (tmp_path / "first" / "checkpoints" / "last.ckpt").stat().st_size > 0  # the first run is untouched
+
+
+def test_cli_trains_then_continues_in_the_same_run_dir(tmp_path):
+    args = ["data=synthetic", "hardware=cpu", "hardware.num_workers=0", "data.train_size=64", "data.val_size=32",
+            "data.test_size=32", "recipe.batch_size=32", "recipe.repeated_aug=1", "recipe.epochs=2",
+            "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0", "paths.log_dir=logs"]
+    done = run_cli(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 1
+    first_overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
+
+    # Only the run dir and the new stopping epoch: the run's own overrides are reused.
+    done = run_cli(f"run_dir={run_dir}", "trainer.max_epochs=2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["global_step"] == 2 * 1  # 64 - 32 held out = 1 batch per epoch
+    assert metrics["data"] == "synthetic"
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == first_overrides
+    assert list((run_dir / ".hydra").glob("resume_*/overrides.yaml"))
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["train_size"] == 64
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["model=no_such_model"], "error: model=no_such_model: no such model config; choose one of: mini_vit"),
+        (["data=cifar10", "data.download=false", "data.data_dir=missing", "hardware=cpu"], "data.data_dir"),
+        (["data=image_folder", "data.root=empty_root", "data.num_classes=3", "hardware=cpu"], "data.root"),
+        (["data=synthetic", "hardware=cpu", "hardware.devices=3", "recipe.batch_size=64"],
+         "error: recipe.batch_size: 64 is not divisible by hardware.devices=3"),
+        (["data=image_folder", "hardware=cpu"], "error: data.root: no value given; add data.root=<value>"),
+        (["ckpt_path=nope.ckpt", "data=synthetic", "hardware=cpu"], "error: ckpt_path: no checkpoint file at"),
+    ],
+)
+def test_bad_input_gives_one_line_and_no_traceback(args, expected, tmp_path):
+    (tmp_path / "empty_root" / "train").mkdir(parents=True)
+    (tmp_path / "empty_root" / "test").mkdir(parents=True)
+    done = run_cli(*args, cwd=tmp_path)
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    error_lines = [line for line in lines if line.startswith("error: ")]
+    assert len(error_lines) == 1 and expected in error_lines[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+
+
+def test_help_lists_the_config_groups(tmp_path):
+    done = run_cli("--help", cwd=tmp_path)
+    assert done.returncode == 0
+    for group in ("model:", "data:", "recipe:", "hardware:", "callbacks:", "logger:", "experiment:"):
+        assert group in done.stdout, group
+    assert "mini_vit" in done.stdout and "rtx3060_6gb" in done.stdout
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "python -m pytest -q" in ci and "python -m pytest -q" in readme

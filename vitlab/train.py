@@ -1,0 +1,183 @@
+"""``python -m vitlab.train``: fit a model on a dataset with a recipe and hardware profile, then test.
+
+    python -m vitlab.train model=mini_vit data=cifar10
+    python -m vitlab.train experiment=cifar10_mini_vit hardware=rtx3060_6gb
+    python -m vitlab.train run_dir=logs/train/runs/<date>_<time>        # continue a run where it stopped
+
+The run dir (``paths.output_dir``) receives ``checkpoints/`` (best by val top-1, and last),
+``tensorboard/``, the resolved ``config.yaml`` and, after testing the best checkpoint,
+``metrics.json``. :func:`train` is the task itself, usable without the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+from vitlab.cli import check_group_choices, exit_with_error
+from vitlab.config import register_configs, split_batch, to_hardware, to_recipe
+from vitlab.errors import ConfigError, VitlabError
+
+register_configs()
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, Any]:
+    """Fit, test the best checkpoint, write ``metrics.json``; returns the metrics.
+
+    ``choices`` are the config group selections (``{"data": "cifar10", ...}``) recorded with the metrics.
+    """
+    choices = choices or {}
+    started = time.perf_counter()
+    recipe, hardware = to_recipe(cfg.recipe), to_hardware(cfg.hardware)
+    batch_per_device, accumulate = split_batch(recipe, hardware)
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
+
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data, batch_size=batch_per_device, _convert_="all")
+    module = instantiate(cfg.model, recipe=OmegaConf.to_container(cfg.recipe, resolve=True), _convert_="all")
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        accumulate_grad_batches=accumulate,
+        callbacks=_instantiate_group(cfg.get("callbacks")),
+        logger=_instantiate_group(cfg.get("logger")) or False,
+    )
+    _save_config(cfg, output_dir)
+    rank_zero_info(
+        f"run dir: {output_dir} | batch {recipe.batch_size} = {batch_per_device} per device x "
+        f"{hardware.devices} device(s) x {accumulate} accumulation | {hardware.precision} on {hardware.resolved_accelerator()}"
+    )
+
+    fit_started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_time = time.perf_counter() - fit_started
+    metrics: dict[str, Any] = {
+        "model": cfg.model.net.name,
+        "data": choices.get("data"),
+        "recipe": choices.get("recipe"),
+        "hardware": choices.get("hardware"),
+        "params": sum(p.numel() for p in module.net.parameters()),
+        "trainable_params": sum(p.numel() for p in module.net.parameters() if p.requires_grad),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "val/top1_best": module.best_val_top1,
+        "fit_time_s": round(fit_time, 1),  # includes validation; a resumed run counts only its own part
+    }
+    if cfg.test:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best:
+            rank_zero_warn("no best checkpoint (validation off?): testing the last weights")
+        metrics["tested_ckpt"] = best or None
+        (results,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        metrics.update(results)
+    metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
+    _write_metrics(metrics, trainer, cfg, output_dir)
+    return metrics
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last`` -> the run dir's ``checkpoints/last.ckpt``; a file path must exist."""
+    if ckpt_path in (None, ""):
+        return None
+    if ckpt_path == "last":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise ConfigError(f"ckpt_path=last: no checkpoint at {last}; give run_dir=<the folder of the run to continue>")
+        return str(last)
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path: no checkpoint file at {path.resolve()}; give an existing .ckpt file or ckpt_path=last with run_dir=<run folder>")
+    return str(path)
+
+
+def continued_run_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, str]]:
+    """The config of the run in ``run_dir`` (its first invocation's overrides, then today's) and its
+    group choices."""
+    run_dir = Path(cfg.run_dir)
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"run_dir: {run_dir.resolve()} holds no .hydra/overrides.yaml; give the folder of an earlier vitlab run")
+    skip = ("run_dir=", "ckpt_path=")
+    earlier = [o for o in OmegaConf.load(saved) if not o.startswith(skip)]
+    today = list(HydraConfig.get().overrides.task)
+    composed = hydra.compose(config_name="train", overrides=earlier + today, return_hydra_config=True)
+    choices = dict(composed.hydra.runtime.choices)
+    with open_dict(composed):
+        del composed["hydra"]
+    if composed.ckpt_path is None:
+        composed.ckpt_path = "last"
+    return composed, choices
+
+
+def _instantiate_group(group: DictConfig | None) -> list[Any]:
+    if not group:
+        return []
+    return [instantiate(node, _convert_="all") for node in group.values() if node and "_target_" in node]
+
+
+@rank_zero_only
+def _save_config(cfg: DictConfig, output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+
+
+@rank_zero_only
+def _write_metrics(metrics: dict[str, Any], trainer: L.Trainer, cfg: DictConfig, output_dir: Path) -> None:
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    hparams = {
+        "model": cfg.model.net.name,
+        "data": str(cfg.data._target_).rsplit(".", 1)[-1],
+        "lr": cfg.recipe.optimizer.lr,
+        "batch_size": cfg.recipe.batch_size,
+        "epochs": cfg.recipe.epochs,
+        "seed": cfg.seed,
+        "precision": str(cfg.hardware.precision),
+    }
+    scores = {f"hp/{k.replace('/', '_')}": float(v) for k, v in metrics.items() if k.startswith(("test/", "val/top1_best"))}
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hparams, scores)
+        logger.save()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    # Hydra reports exceptions from here with a traceback; bad input must leave as one line instead.
+    try:
+        if cfg.run_dir:
+            cfg, choices = continued_run_config(cfg)
+        else:
+            choices = dict(HydraConfig.get().runtime.choices)
+        metrics = train(cfg, choices)
+    except MissingMandatoryValue as err:
+        exit_with_error(ConfigError(f"{err.full_key}: no value given; add {err.full_key}=<value> to the command"))
+    except InterpolationResolutionError as err:
+        exit_with_error(ConfigError(f"{err.full_key}: {str(err).splitlines()[0]}"))
+    except VitlabError as err:
+        exit_with_error(err)
+    value = metrics.get(cfg.optimized_metric)
+    return None if value is None else float(value)
+
+
+def main() -> None:
+    try:
+        check_group_choices(sys.argv[1:], CONF_DIR)
+    except VitlabError as err:
+        exit_with_error(err)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
