@@ -1,0 +1,70 @@
+"""Per-pixel dynamic 3x3 kernels (OutGridViT's "outlooker").
+
+Each pixel predicts, for each head, a softmax over the k x k taps of its own neighbourhood; the
+channels of that head are mixed with that kernel (zero-padded at the border). It resembles
+involution; unlike VOLO's outlook attention there is no k^4 weight tensor, no fold and no pooling.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, LayerNorm2d, Mlp
+from torch import nn
+
+
+class DynamicKernelMixer(nn.Module):
+    """``(B, C, H, W) -> (B, C, H, W)`` with a predicted per-pixel, per-head k x k kernel."""
+
+    def __init__(self, dim: int, num_heads: int, kernel_size: int = 3, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        if kernel_size % 2 == 0 or kernel_size < 1:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        if dim % num_heads != 0:
+            raise ValueError(f"dim {dim} is not divisible by outlook_heads {num_heads}")
+        self.num_heads = num_heads
+        self.kernel_size = kernel_size
+        # Channel layout of the logits is head-major: channel head * k^2 + tap (row-major taps).
+        self.kernel_logits = nn.Conv2d(dim, num_heads * kernel_size**2, 1)
+        self.value = nn.Conv2d(dim, dim, 1)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Conv2d(dim, dim, 1)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, C, H, W = x.shape
+        h, k2 = self.num_heads, self.kernel_size**2
+        weights = self.kernel_logits(x).view(B, h, k2, H, W).softmax(dim=2)
+        values = F.unfold(self.value(x), self.kernel_size, padding=self.kernel_size // 2)
+        values = values.view(B, h, C // h, k2, H, W)
+        # A contraction over the taps (a batched matmul), so flop counters see its MACs.
+        out = torch.einsum("bhkyx,bhckyx->bhcyx", self.attn_drop(weights), values).reshape(B, C, H, W)
+        return self.proj_drop(self.proj(out)), weights if need_weights else None
+
+
+class DynamicKernelBlock(nn.Module):
+    """Pre-norm ``x + mixer(LN(x))`` then ``x + MLP(LN(x))`` on NCHW maps, with drop-path on both."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        kernel_size: int = 3,
+        mlp_ratio: float = 2.0,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        self.norm1 = LayerNorm2d(dim, eps=1e-6)
+        self.mixer = DynamicKernelMixer(dim, num_heads, kernel_size, attn_drop=attn_drop, proj_drop=drop)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = LayerNorm2d(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop, use_conv=True)  # 1x1 convs
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out, weights = self.mixer(self.norm1(x), need_weights)
+        x = x + self.drop_path1(out)
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return x, weights
