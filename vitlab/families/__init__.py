@@ -2,5 +2,6 @@
 
 from vitlab.families.classifier import ImageClassifier
 from vitlab.families.mini_vit import MiniViTClassifier
+from vitlab.families.outgrid import OutGridClassifier
 
-__all__ = ["ImageClassifier", "MiniViTClassifier"]
+__all__ = ["ImageClassifier", "MiniViTClassifier", "OutGridClassifier"]

@@ -41,11 +41,17 @@ def _accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
 class ImageClassifier(L.LightningModule):
     """Image classification with a registered network.
 
+    For networks with ``attention_maps``, the first validation batch of every epoch also checks that
+    the attention weights sum to 1 (logged as ``val/attn_sum_err``; above ``attention_tol`` the run
+    stops).
+
     Args:
         net: ``{"name": <registered network>, **constructor overrides}``; must include ``num_classes``.
         recipe: the training recipe as a plain dict (see :class:`vitlab.config.RecipeConfig`).
         compile: wrap the network's forward in ``torch.compile`` when fitting.
     """
+
+    attention_tol: float = 1e-4
 
     def __init__(self, net: dict[str, Any], recipe: dict[str, Any] | None = None, compile: bool = False) -> None:
         super().__init__()
@@ -91,10 +97,15 @@ class ImageClassifier(L.LightningModule):
         return self.net(x)
 
     def attention_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The network's post-softmax attention maps, ``{name: (B, heads, queries, keys)}``."""
+        """The network's post-softmax attention maps, ``{name: tensor}`` (shapes are the family's)."""
         if not hasattr(self.net, "attention_maps"):
             raise NotImplementedError(f"{type(self.net).__name__} exposes no attention maps")
         return self.net.attention_maps(images)
+
+    def attention_normalisation_error(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Worst deviation from 1 of the maps' sums over their probability axis (the last one here;
+        a family whose maps are laid out otherwise overrides this)."""
+        return max((m.float().sum(-1) - 1).abs().max() for m in maps.values())
 
     def setup(self, stage: str) -> None:
         if self.recipe.channels_last:
@@ -141,6 +152,15 @@ class ImageClassifier(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_acc, self.val_loss, self.val_loss_smoothed)
+        if batch_idx == 0 and hasattr(self.net, "attention_maps"):
+            self._check_attention(batch[0])
+
+    def _check_attention(self, images: torch.Tensor) -> None:
+        # Checked once per validation, not every forward: the check costs a forward and a host sync.
+        err = self.attention_normalisation_error(self.attention_maps(images))
+        self.log("val/attn_sum_err", err)
+        if err > self.attention_tol:
+            raise RuntimeError(f"attention weights do not sum to 1 (max deviation {err:.2e} > {self.attention_tol:.0e})")
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.val_acc.compute()
