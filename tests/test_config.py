@@ -43,6 +43,8 @@ def test_every_model_data_hardware_pair_composes(model, data, hardware, tmp_path
     hw = to_hardware(cfg.hardware)
     micro, accumulate = split_batch(recipe, hw)
     assert micro * accumulate * hw.devices == recipe.batch_size
+    if hardware != "cpu":
+        return  # the network does not depend on the hardware profile: build it once per pair
     net = instantiate(cfg.model, recipe=OmegaConf.to_container(cfg.recipe, resolve=True), _convert_="all").net
     assert net(torch.randn(1, 3, cfg.data.img_size, cfg.data.img_size)).shape == (1, cfg.data.num_classes)
 
