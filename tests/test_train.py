@@ -113,6 +113,10 @@ def test_cli_trains_then_continues_in_the_same_run_dir(tmp_path):
          "error: recipe.batch_size: 64 is not divisible by hardware.devices=3"),
         (["data=image_folder", "hardware=cpu"], "error: data.root: no value given; add data.root=<value>"),
         (["ckpt_path=nope.ckpt", "data=synthetic", "hardware=cpu"], "error: ckpt_path: no checkpoint file at"),
+        (["model=outgrid", "data=synthetic", "data.img_size=20", "hardware=cpu"],
+         "error: model.net: grid_sizes[0]=8 does not divide stage 0's 20x20 feature map"),
+        (["model=outgrid", "data=synthetic", "+model.net.kernel_size=4", "hardware=cpu"],
+         "error: model.net: kernel_size=4 must be odd"),
     ],
 )
 def test_bad_input_gives_one_line_and_no_traceback(args, expected, tmp_path):

@@ -20,6 +20,7 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -47,8 +48,8 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
 
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data, batch_size=batch_per_device, _convert_="all")
-    module = instantiate(cfg.model, recipe=OmegaConf.to_container(cfg.recipe, resolve=True), _convert_="all")
+    datamodule = build(cfg.data, batch_size=batch_per_device)
+    module = build(cfg.model, recipe=OmegaConf.to_container(cfg.recipe, resolve=True))
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         accumulate_grad_batches=accumulate,
@@ -122,10 +123,21 @@ def continued_run_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, str]]:
     return composed, choices
 
 
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` with plain containers; bad input raised by the target comes out as
+    itself instead of wrapped in Hydra's InstantiationException (so it stays one line)."""
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, VitlabError):
+            raise err.__cause__ from None
+        raise
+
+
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
     if not group:
         return []
-    return [instantiate(node, _convert_="all") for node in group.values() if node and "_target_" in node]
+    return [build(node) for node in group.values() if node and "_target_" in node]
 
 
 @rank_zero_only
