@@ -34,10 +34,11 @@ SMOKE = [
 ]
 
 
-def compose_config(overrides: Sequence[str] = (), output_dir: Path | None = None) -> DictConfig:
+def compose_config(overrides: Sequence[str] = (), output_dir: Path | None = None, hydra: bool = False) -> DictConfig:
+    """The composed ``train`` config; ``hydra=True`` includes Hydra's own node (sweeper, mode)."""
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides))
+        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=hydra)
     if output_dir is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)

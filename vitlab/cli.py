@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vitlab.errors import ConfigError, VitlabError
 
-GROUPS = ("model", "data", "recipe", "hardware", "callbacks", "logger", "paths", "experiment")
+GROUPS = ("model", "data", "recipe", "hardware", "callbacks", "logger", "paths", "experiment", "sweep")
 
 
 def check_group_choices(argv: Sequence[str], conf_dir: Path) -> None:

@@ -163,7 +163,7 @@ def _hydra_subdir(run_dir: str | None) -> str:
 
 
 def _path_safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.,=+-]+", "-", text)[:120] or "default"
+    return re.sub(r"[^A-Za-z0-9_.,=+-]+", "-", text)[:200].rstrip(",") or "default"
 
 
 _RESOLVERS = {

@@ -1,7 +1,8 @@
 """LightningModules: the shared ImageClassifier and one subclass per model family."""
 
+from vitlab.families.baseline import BaselineClassifier
 from vitlab.families.classifier import ImageClassifier
 from vitlab.families.mini_vit import MiniViTClassifier
 from vitlab.families.outgrid import OutGridClassifier
 
-__all__ = ["ImageClassifier", "MiniViTClassifier", "OutGridClassifier"]
+__all__ = ["BaselineClassifier", "ImageClassifier", "MiniViTClassifier", "OutGridClassifier"]

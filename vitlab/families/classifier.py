@@ -96,9 +96,13 @@ class ImageClassifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
+    @property
+    def has_attention_maps(self) -> bool:
+        return hasattr(self.net, "attention_maps")
+
     def attention_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The network's post-softmax attention maps, ``{name: tensor}`` (shapes are the family's)."""
-        if not hasattr(self.net, "attention_maps"):
+        if not self.has_attention_maps:
             raise NotImplementedError(f"{type(self.net).__name__} exposes no attention maps")
         return self.net.attention_maps(images)
 
@@ -152,7 +156,7 @@ class ImageClassifier(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_acc, self.val_loss, self.val_loss_smoothed)
-        if batch_idx == 0 and hasattr(self.net, "attention_maps"):
+        if batch_idx == 0 and self.has_attention_maps:
             self._check_attention(batch[0])
 
     def _check_attention(self, images: torch.Tensor) -> None:
