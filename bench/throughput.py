@@ -1,12 +1,12 @@
 """Train and inference throughput of registered networks on synthetic tensors (no data loading).
 
-    python bench/throughput.py outgrid_7m maxvit_tiny_32 --img-size 32 --batch 128 --channels-last both
+    python bench/throughput.py outgrid_7m maxvit_tiny_32:faithful=true --batch 128 --channels-last both
     python bench/throughput.py mini_vit --num-classes 10 --mode train --iters 10
 
-Prints one markdown row per (model, mode, layout): params, MACs per image (torch's flop counter,
-FLOPs / 2), images/s and ms per step. A train step is forward + cross-entropy + backward + AdamW
-step. ``maxvit_tiny_32`` is timm's maxvit_tiny_tf_224 with the OutGrid seed's 32 px stem surgery
-(both stem convs 3x3 stride 1), the baseline the seed compares against.
+Models are registry names (``vitlab.models.list_models()``), optionally with constructor settings
+after a colon (``name:key=value,key=value``), or timm names. Prints one markdown row per (model,
+mode, layout): params, MACs per image (torch's flop counter, FLOPs / 2), images/s and ms per step.
+A train step is forward + cross-entropy + backward + AdamW step.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from datetime import date
 
 import timm
 import torch
+import yaml
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -25,22 +26,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from vitlab.models import create_model, list_models
 
 
-def maxvit_tiny_32(num_classes: int, img_size: int) -> nn.Module:
-    model = timm.create_model("maxvit_tiny_tf_224", img_size=img_size, num_classes=num_classes)
-    model.stem.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
-    model.stem.conv2 = nn.Conv2d(64, 64, 3, stride=1, padding=1, bias=False)
-    return model
-
-
-EXTRA = {"maxvit_tiny_32": maxvit_tiny_32}
-
-
-def build(name: str, num_classes: int, img_size: int) -> nn.Module:
-    if name in EXTRA:
-        return EXTRA[name](num_classes, img_size)
+def build(spec: str, num_classes: int, img_size: int) -> nn.Module:
+    name, _, settings = spec.partition(":")
+    kwargs = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in settings.split(",") if item)}
     if name in list_models():
-        return create_model(name, num_classes=num_classes, img_size=img_size)
-    return timm.create_model(name, num_classes=num_classes, img_size=img_size)
+        return create_model(name, num_classes=num_classes, img_size=img_size, **kwargs)
+    return timm.create_model(name, num_classes=num_classes, img_size=img_size, **kwargs)
 
 
 def macs_per_image(model: nn.Module, img_size: int) -> float:
