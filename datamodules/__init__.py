@@ -1,24 +1,60 @@
 """LightningDataModules, transforms and samplers for image classification."""
 
-from .base import ArrayImageDataset, ImageDataModule, TransformedView
+from .base import (
+    ArrayImageDataset,
+    ImageDataModule,
+    ImageDecodeError,
+    ImageFileDataset,
+    ImageListDataset,
+    TransformedView,
+    decode_all,
+    first_per_class,
+    load_image,
+    split_targets,
+)
 from .cifar import CIFAR10DataModule, CIFAR100DataModule
 from .folder import ImageFolderDataModule
+from .imagenet100 import CMC_CLASS_LIST, ImageNet100DataModule
 from .samplers import RepeatedAugmentationSampler, derive_seed
+from .svhn import SVHNDataModule
 from .synthetic import SyntheticDataModule
-from .transforms import AUGMENT_DEFAULTS, build_eval_transform, build_train_transform, resolve_augment
+from .tinyimagenet import CORRUPTIONS, TinyImageNetCDataModule, TinyImageNetDataModule
+from .transforms import (
+    ALL_AUGMENT_DEFAULTS,
+    AUGMENT_DEFAULTS,
+    AUGMENT_EXTRA_DEFAULTS,
+    build_eval_transform,
+    build_train_transform,
+    resolve_augment,
+)
 
 __all__ = [
+    "ALL_AUGMENT_DEFAULTS",
     "AUGMENT_DEFAULTS",
+    "AUGMENT_EXTRA_DEFAULTS",
     "ArrayImageDataset",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
+    "CMC_CLASS_LIST",
+    "CORRUPTIONS",
     "ImageDataModule",
+    "ImageDecodeError",
+    "ImageFileDataset",
     "ImageFolderDataModule",
+    "ImageListDataset",
+    "ImageNet100DataModule",
     "RepeatedAugmentationSampler",
+    "SVHNDataModule",
     "SyntheticDataModule",
+    "TinyImageNetCDataModule",
+    "TinyImageNetDataModule",
     "TransformedView",
     "build_eval_transform",
     "build_train_transform",
+    "decode_all",
     "derive_seed",
+    "first_per_class",
+    "load_image",
     "resolve_augment",
+    "split_targets",
 ]

@@ -14,6 +14,8 @@ from torchvision.transforms import v2
 
 from vitlab.errors import ConfigError
 
+from .randaug_legacy import LegacyRandAugment
+
 AUGMENT_DEFAULTS: dict[str, Any] = {
     "hflip": False,  # RandomHorizontalFlip(0.5)
     "crop_padding": 0,  # RandomCrop(img_size, padding, zero fill); 0 = no crop
@@ -24,12 +26,31 @@ AUGMENT_DEFAULTS: dict[str, Any] = {
     "random_erasing_ratio": [0.3, 3.3],
 }
 
+# Keys added after the first release, kept apart so that AUGMENT_DEFAULTS stays the documented
+# CIFAR set; resolve_augment accepts and fills both. ALL_AUGMENT_DEFAULTS is the union.
+AUGMENT_EXTRA_DEFAULTS: dict[str, Any] = {
+    # None | [min_scale, max_scale]: RandomResizedCrop(img_size, scale, ratio 3/4-4/3, bilinear) as the
+    # first step, replacing both the resize to img_size and the padded crop (crop_padding is then ignored).
+    "random_resized_crop": None,
+    # true: the clear-vit seed's custom RandAugment (3 of 16 ops with replacement, fixed magnitude;
+    # datamodules/randaug_legacy.py), after the flip; excludes auto_augment and rand_augment.
+    "randaug_legacy": False,
+}
+ALL_AUGMENT_DEFAULTS: dict[str, Any] = {**AUGMENT_DEFAULTS, **AUGMENT_EXTRA_DEFAULTS}
+
+_INTERPOLATIONS = {
+    "bilinear": v2.InterpolationMode.BILINEAR,
+    "bicubic": v2.InterpolationMode.BICUBIC,
+    "nearest": v2.InterpolationMode.NEAREST,
+}
+
 _AUTO_AUGMENT_POLICIES = {policy.value: policy for policy in v2.AutoAugmentPolicy}
 _RAND_AUGMENT_KEYS = ("num_ops", "magnitude")
 # v2.RandAugment's default number of magnitude bins; a magnitude must index one of them.
 _RAND_AUGMENT_BINS = 31
 
-Size = int | Sequence[int]
+# (height, width), one side of a square, or None when it varies from image to image (always resize).
+Size = int | Sequence[int] | None
 
 
 def _key(name: str) -> str:
@@ -64,12 +85,12 @@ def resolve_augment(augment: Mapping[str, Any] | None) -> dict[str, Any]:
     Raises :class:`ConfigError` naming ``recipe.augment.<key>`` for unknown keys and bad values.
     """
     augment = dict(augment or {})
-    unknown = sorted(set(augment) - set(AUGMENT_DEFAULTS))
+    unknown = sorted(set(augment) - set(ALL_AUGMENT_DEFAULTS))
     if unknown:
         raise ConfigError(
-            f"{_key(unknown[0])}: unknown augmentation key; known keys: {', '.join(AUGMENT_DEFAULTS)}"
+            f"{_key(unknown[0])}: unknown augmentation key; known keys: {', '.join(ALL_AUGMENT_DEFAULTS)}"
         )
-    resolved = {**AUGMENT_DEFAULTS, **augment}
+    resolved = {**ALL_AUGMENT_DEFAULTS, **augment}
 
     if not isinstance(resolved["hflip"], bool):
         raise ConfigError(f"{_key('hflip')}: expected true or false, got {resolved['hflip']!r}")
@@ -112,7 +133,20 @@ def resolve_augment(augment: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ConfigError(f"{_key('random_erasing')}: expected a probability in [0, 1], got {erasing!r}")
     resolved["random_erasing_scale"] = _check_range(resolved["random_erasing_scale"], "random_erasing_scale", 1.0)
     resolved["random_erasing_ratio"] = _check_range(resolved["random_erasing_ratio"], "random_erasing_ratio", None)
+    if resolved["random_resized_crop"] is not None:
+        resolved["random_resized_crop"] = _check_range(resolved["random_resized_crop"], "random_resized_crop", 1.0)
+    if not isinstance(resolved["randaug_legacy"], bool):
+        raise ConfigError(f"{_key('randaug_legacy')}: expected true or false, got {resolved['randaug_legacy']!r}")
+    if resolved["randaug_legacy"] and (policy is not None or rand_augment is not None):
+        other = "auto_augment" if policy is not None else "rand_augment"
+        raise ConfigError(f"{_key('randaug_legacy')}: cannot be combined with {_key(other)}; set {_key(other)}=null")
     return resolved
+
+
+def _interpolation(name: str) -> v2.InterpolationMode:
+    if name not in _INTERPOLATIONS:
+        raise ConfigError(f"data.interpolation: unknown mode {name!r}; use one of {', '.join(_INTERPOLATIONS)}")
+    return _INTERPOLATIONS[name]
 
 
 def _as_hw(size: Size) -> tuple[int, int]:
@@ -122,11 +156,11 @@ def _as_hw(size: Size) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def _resize_if_needed(img_size: int, native_size: Size) -> list[v2.Transform]:
-    # Always to a square, so that images of any aspect ratio stack into one batch.
-    if _as_hw(native_size) == (img_size, img_size):
+def _resize_if_needed(img_size: int, native_size: Size, interpolation: str = "bicubic") -> list[v2.Transform]:
+    # Always to a square (aspect ratio not kept), so that images of any shape stack into one batch.
+    if native_size is not None and _as_hw(native_size) == (img_size, img_size):
         return []
-    return [v2.Resize((img_size, img_size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)]
+    return [v2.Resize((img_size, img_size), interpolation=_interpolation(interpolation), antialias=True)]
 
 
 def _to_normalised_float(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
@@ -139,19 +173,34 @@ def build_train_transform(
     mean: Sequence[float],
     std: Sequence[float],
     native_size: Size,
+    interpolation: str = "bicubic",
 ) -> v2.Compose:
-    """Training pipeline in the seeds' order: resize (only if ``native_size != img_size``), flip,
-    padded crop, AutoAugment or RandAugment, to float in [0, 1], normalise, random erasing."""
+    """Training pipeline in the seeds' order: resize (only if ``native_size != img_size``; always
+    when ``native_size`` is None), flip, padded crop, AutoAugment or RandAugment, to float in [0, 1],
+    normalise, random erasing.
+
+    With ``random_resized_crop`` set, a RandomResizedCrop to ``img_size`` (bilinear) replaces the
+    resize and the padded crop and comes first, before the flip (the ImageNet order).
+    """
     aug = resolve_augment(augment)
-    steps = _resize_if_needed(img_size, native_size)
+    if aug["random_resized_crop"] is not None:
+        steps: list[v2.Transform] = [
+            v2.RandomResizedCrop(
+                img_size, scale=aug["random_resized_crop"], interpolation=v2.InterpolationMode.BILINEAR, antialias=True
+            )
+        ]
+    else:
+        steps = _resize_if_needed(img_size, native_size, interpolation)
     if aug["hflip"]:
         steps.append(v2.RandomHorizontalFlip(0.5))
-    if aug["crop_padding"] > 0:
+    if aug["crop_padding"] > 0 and aug["random_resized_crop"] is None:
         steps.append(v2.RandomCrop(img_size, padding=aug["crop_padding"], fill=0))
     if aug["auto_augment"] is not None:
         steps.append(v2.AutoAugment(_AUTO_AUGMENT_POLICIES[aug["auto_augment"]]))
     if aug["rand_augment"] is not None:
         steps.append(v2.RandAugment(**aug["rand_augment"]))
+    if aug["randaug_legacy"]:
+        steps.append(LegacyRandAugment())
     steps += _to_normalised_float(mean, std)
     if aug["random_erasing"] > 0:
         steps.append(
@@ -166,6 +215,15 @@ def build_train_transform(
     return v2.Compose(steps)
 
 
-def build_eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], native_size: Size) -> v2.Compose:
-    """Evaluation pipeline: resize (only if needed), to float in [0, 1], normalise."""
-    return v2.Compose([*_resize_if_needed(img_size, native_size), *_to_normalised_float(mean, std), v2.ToPureTensor()])
+def build_eval_transform(
+    img_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    native_size: Size,
+    interpolation: str = "bicubic",
+) -> v2.Compose:
+    """Evaluation pipeline: resize to ``img_size x img_size`` (only if needed; no centre crop), to
+    float in [0, 1], normalise."""
+    return v2.Compose(
+        [*_resize_if_needed(img_size, native_size, interpolation), *_to_normalised_float(mean, std), v2.ToPureTensor()]
+    )
