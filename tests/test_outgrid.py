@@ -139,7 +139,9 @@ def test_cli_config_outgrid_cifar100_composes(tmp_path):
 @pytest.mark.parametrize("img_size, model", [(32, "outgrid"), (64, "outgrid_tinc")])
 def test_trains_on_synthetic_data(img_size, model, smoke_cfg, tmp_path):
     metrics = train(
-        smoke_cfg(f"model={model}", f"data.img_size={img_size}", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1")
+        smoke_cfg(f"model={model}", f"data.img_size={img_size}", "recipe.batch_size=8", "data.train_size=24",
+                  "data.val_size=8", "data.test_size=8", "trainer.limit_train_batches=2",
+                  "~callbacks.model_checkpoint", "trainer.enable_checkpointing=false")
     )
     assert metrics["global_step"] == 2 and metrics["params"] > 6e6
     assert 0.0 <= metrics["test/top1"] <= 1.0
