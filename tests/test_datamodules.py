@@ -32,13 +32,7 @@ IDENTITY_NORM = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 LOADER = {"batch_size": 8, "num_workers": 0, "pin_memory": False}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are small: one thread is as fast, and does not stall when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------
