@@ -40,6 +40,13 @@ def test_every_model_trains_a_step(model, smoke_cfg):
     assert metrics["test/loss"] > 0 and metrics["test/loss"] == metrics["test/loss"]  # finite, not NaN
 
 
+def test_csv_logger_records_the_run(smoke_cfg, tmp_path):
+    train(smoke_cfg("logger=csv", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"))
+    (metrics_csv,) = (tmp_path / "run" / "csv").glob("version_*/metrics.csv")
+    text = metrics_csv.read_text()
+    assert "val/top1" in text and "hp/test_top1" in text
+
+
 def test_checkpoints_load_weights_only_and_rebuild_the_module(smoke_cfg, tmp_path):
     from vitlab.families import MiniViTClassifier
 

@@ -22,6 +22,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
@@ -160,7 +161,11 @@ def _write_metrics(metrics: dict[str, Any], trainer: L.Trainer, cfg: DictConfig,
     }
     scores = {f"hp/{k.replace('/', '_')}": float(v) for k, v in metrics.items() if k.startswith(("test/", "val/top1_best"))}
     for logger in trainer.loggers:
-        logger.log_hyperparams(hparams, scores)
+        if isinstance(logger, TensorBoardLogger):  # its HPARAMS tab pairs them with the final metrics
+            logger.log_hyperparams(hparams, scores)
+        else:
+            logger.log_hyperparams(hparams)
+            logger.log_metrics(scores)
         logger.save()
 
 
