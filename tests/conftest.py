@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab.config import register_configs
 
@@ -43,6 +43,21 @@ def compose_config(overrides: Sequence[str] = (), output_dir: Path | None = None
     if output_dir is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+def compose_data_config(name: str, data_dir: Path, *overrides: str, batch_size: int = 8) -> DictConfig:
+    """One ``data`` config alone, resolved against stand-in paths, recipe, hardware and seed."""
+    with initialize_config_dir(version_base=None, config_dir=str(CONF_DIR)):
+        cfg = compose(overrides=[f"+data={name}", *overrides])
+    context = {
+        "paths": {"data_dir": str(data_dir)},
+        "recipe": {"batch_size": batch_size, "repeated_aug": 1, "augment": {"hflip": True, "crop_padding": 4}},
+        "hardware": {"num_workers": 0, "pin_memory": False},
+        "seed": 0,
+    }
+    cfg = OmegaConf.merge(context, cfg)
+    OmegaConf.resolve(cfg)
     return cfg
 
 

@@ -25,6 +25,7 @@ from datamodules import (
     SyntheticDataModule,
 )
 from datamodules.synthetic import generate_images
+from conftest import compose_data_config
 from vitlab.errors import ConfigError, DataError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -499,17 +500,7 @@ def test_synthetic_task_is_learnable():
 
 
 def data_config(name: str, data_dir: Path, *overrides: str):
-    with initialize_config_dir(version_base=None, config_dir=str(CONF_DIR)):
-        cfg = compose(overrides=[f"+data={name}", *overrides])
-    context = {
-        "paths": {"data_dir": str(data_dir)},
-        "recipe": {"batch_size": 8, "repeated_aug": 1, "augment": {"hflip": True, "crop_padding": 4}},
-        "hardware": {"num_workers": 0, "pin_memory": False},
-        "seed": 0,
-    }
-    cfg = OmegaConf.merge(context, cfg)
-    OmegaConf.resolve(cfg)
-    return cfg
+    return compose_data_config(name, data_dir, *overrides, batch_size=8)
 
 
 @pytest.mark.parametrize(("name", "module_class"), [("cifar10", CIFAR10DataModule), ("cifar100", CIFAR100DataModule)])

@@ -19,9 +19,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import CONF_DIR, SMOKE, compose_config
@@ -37,6 +35,7 @@ from datamodules import (
     build_train_transform,
 )
 from datamodules import download as download_module
+from conftest import compose_data_config
 from vitlab.errors import ConfigError, DataError
 
 IDENTITY_NORM = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
@@ -616,17 +615,7 @@ def test_random_resized_crop_augment_key():
 
 
 def data_config(name: str, data_dir: Path, *overrides: str):
-    with initialize_config_dir(version_base=None, config_dir=str(CONF_DIR)):
-        cfg = compose(overrides=[f"+data={name}", *overrides])
-    context = {
-        "paths": {"data_dir": str(data_dir)},
-        "recipe": {"batch_size": 4, "repeated_aug": 1, "augment": {"hflip": True, "crop_padding": 4}},
-        "hardware": {"num_workers": 0, "pin_memory": False},
-        "seed": 0,
-    }
-    cfg = OmegaConf.merge(context, cfg)
-    OmegaConf.resolve(cfg)
-    return instantiate(cfg.data, _convert_="all")
+    return instantiate(compose_data_config(name, data_dir, *overrides, batch_size=4).data, _convert_="all")
 
 
 def test_data_yamls_instantiate_with_their_constants(tmp_path):
