@@ -22,15 +22,30 @@ def attend(
     dropout_p: float = 0.0,
     scale: float | None = None,
     need_weights: bool = False,
+    attn_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Softmax attention; returns ``(output, probabilities or None)``.
 
     ``probabilities`` are the post-softmax, pre-dropout weights of shape ``(B, heads, N_q, N_k)``.
+    ``attn_mask`` (optional) is added to the scaled scores before the softmax, as in SDPA: a float
+    bias broadcastable to ``(B, heads, N_q, N_k)`` (ALiBi), or a boolean mask where ``False`` hides a key.
     """
     if not need_weights:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale), None
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale), None
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    probs = torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
+    scores = (q * scale) @ k.transpose(-2, -1)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    return attend_scores(scores, v, dropout_p=dropout_p)
+
+
+def attend_scores(
+    scores: torch.Tensor, v: torch.Tensor, *, dropout_p: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The second half of :func:`attend` for callers that edit the score matrix themselves (variants
+    that cannot run on SDPA): softmax over the keys, dropout, weighted sum of ``v``. Returns
+    ``(output, probabilities)``, the probabilities taken before dropout."""
+    probs = torch.softmax(scores, dim=-1)
     weights = F.dropout(probs, p=dropout_p) if dropout_p > 0 else probs
     return weights @ v, probs
 

@@ -10,7 +10,12 @@ from vitlab.layers.attention import Attention
 
 
 class TransformerBlock(nn.Module):
-    """``x + attn(norm(x))`` then ``x + mlp(norm(x))``, with optional drop-path."""
+    """``x + attn(norm(x))`` then ``x + mlp(norm(x))``, with optional drop-path.
+
+    ``attn_layer`` replaces the default :class:`Attention` (built from ``qkv_bias``, ``proj_bias``,
+    ``attn_drop`` and ``drop``) by any module called as ``attn(x, need_weights=..., **attn_kwargs)``
+    that returns ``(output, weights or None)``; ``forward``'s extra keyword arguments are passed to it.
+    """
 
     def __init__(
         self,
@@ -25,17 +30,24 @@ class TransformerBlock(nn.Module):
         drop_path: float = 0.0,
         norm_layer: type[nn.Module] = nn.LayerNorm,
         act_layer: type[nn.Module] = nn.GELU,
+        attn_layer: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, attn_drop=attn_drop, proj_drop=drop)
+        if attn_layer is None:
+            attn_layer = Attention(
+                dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, attn_drop=attn_drop, proj_drop=drop
+            )
+        self.attn = attn_layer
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, bias=mlp_bias, drop=drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out, probs = self.attn(self.norm1(x), need_weights=need_weights)
+    def forward(
+        self, x: torch.Tensor, need_weights: bool = False, **attn_kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out, probs = self.attn(self.norm1(x), need_weights=need_weights, **attn_kwargs)
         x = x + self.drop_path1(out)
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return x, probs

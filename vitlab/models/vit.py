@@ -1,0 +1,420 @@
+"""One ViT backbone with pluggable attention and positional encodings: the clear-vit study.
+
+Re-implementation of the ImageNet-100 models of github.com/4adex/clear-vit following vitlab's spec
+``specs/clear_vit.md``. The backbone (B0) is a ViT-Ti/16 with CLS pooling at 256 px: patch conv 3->192
+(16x16 grid), a learnable position table added to the patch tokens only, a CLS token without
+position, input dropout, 12 pre-norm blocks (3 heads of 64, MLP 768, LayerNorm eps 1e-6), a final
+LayerNorm and a zero-initialised linear head on the CLS output: 5,555,044 parameters at 100 classes.
+
+The variants differ only in ``attention`` (mhsa, diffsim, suppress, diff, alibi), ``rope`` (none,
+axial, mixed), ``ape`` (the learnable table on or off), ``pe_drop_rate`` and ``cpe``; every choice
+the seed left open is a constructor argument (so a ``model.net.<key>`` in the config).
+
+``patch_size: null`` picks the patch size from the image size: 4 up to 64 px (CIFAR), 16 above
+(ImageNet-100 at 224 / 256 px).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+from timm.layers import trunc_normal_
+from torch import nn
+
+from vitlab.layers.cpe import PEG
+from vitlab.layers.transformer import TransformerBlock
+from vitlab.layers.vit_attention import (
+    DIFF_BOUNDARIES,
+    LAMBDA_MODES,
+    ALiBi2DAttention,
+    AttentionContext,
+    DifferentialAttention,
+    DiffSimAttention,
+    SuppressionAttention,
+    ViTAttention,
+    patch_luminance_entropy,
+    token_entropy,
+)
+from vitlab.models._registry import build, register_model
+
+__all__ = ["ViT", "default_patch_size"]
+
+ATTENTIONS = ("mhsa", "diffsim", "suppress", "diff", "alibi")
+ROPES = (None, "axial", "mixed")
+ENTROPY_SOURCES = ("pixels", "tokens", "attention")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Heo et al.'s bases: 100 for the fixed axial frequencies, 10 for the initial mixed ones.
+DEFAULT_ROPE_THETA = {"axial": 100.0, "mixed": 10.0}
+
+
+def default_patch_size(img_size: int) -> int:
+    """4 for images up to 64 px (CIFAR's 8x8 grid at 32 px), 16 above (16x16 at 256 px)."""
+    return 4 if img_size <= 64 else 16
+
+
+class ViT(nn.Module):
+    """ViT backbone (patch embed, CLS, pre-norm blocks, head on the CLS output) whose attention and
+    positional encoding are chosen by its arguments.
+
+    Args (beyond the usual sizes):
+        patch_size: ``None`` = :func:`default_patch_size` of ``img_size``.
+        drop_rate: B0's ``dropout``: on the input tokens, after the attention and in the MLP.
+        attn_drop_rate: dropout on the attention weights (B0's ``attention_dropout``).
+        pe_drop_rate: V1: element-wise dropout (inverted scaling) on the position table before it is
+            added, an independent mask per image; CLS unaffected.
+        ape: add the learnable position table (N(0, 0.02^2)) to the patch tokens.
+        attention: ``mhsa`` | ``diffsim`` (V2) | ``suppress`` (V4) | ``diff`` (V6) | ``alibi`` (2D ALiBi).
+        rope: ``None`` | ``axial`` (fixed) | ``mixed`` (learnable per layer and head); with ``mhsa``,
+            ``suppress`` or ``alibi``. ``rope_theta`` ``None`` = 100 (axial) / 10 (mixed).
+        diff_boundary: V2's boundary rule, ``sequence`` | ``patches`` | ``rows``.
+        suppression_mode, suppression_radius: V4's ``token_conv`` (the seed) | ``grid``, kernel 2r+1.
+        lambda_mode: V6's ``replace`` | ``scale`` | ``learned`` (plain differential attention).
+        entropy_source: V6's ``pixels`` | ``tokens`` | ``attention``; ``entropy_mean``/``entropy_std``
+            undo the input normalisation for ``pixels``.
+        alibi_distance: ``euclidean`` | ``manhattan`` patch distance.
+        cpe: insert a PEG (depthwise ``cpe_kernel_size`` conv, residual on the patches) after block
+            ``cpe_after`` (0 = after the first block, as CPVT); ``cpe_zero_init`` starts it as identity.
+        legacy_init: the seed's per-variant attention init (V4: uniform weights with default biases;
+            RoPE: PyTorch's default) instead of B0's for all (defect 7).
+        qkv_bias, proj_bias: biases of the attention projections (the differential variant has none).
+    """
+
+    def __init__(
+        self,
+        img_size: int = 256,
+        patch_size: int | None = None,
+        in_chans: int = 3,
+        num_classes: int = 100,
+        embed_dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 3,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        pe_drop_rate: float = 0.0,
+        ape: bool = True,
+        attention: str = "mhsa",
+        rope: str | None = None,
+        rope_theta: float | None = None,
+        diff_boundary: str = "sequence",
+        suppression_mode: str = "token_conv",
+        suppression_radius: int = 1,
+        lambda_mode: str = "replace",
+        entropy_source: str = "pixels",
+        entropy_mean: Sequence[float] = IMAGENET_MEAN,
+        entropy_std: Sequence[float] = IMAGENET_STD,
+        alibi_distance: str = "euclidean",
+        cpe: bool = False,
+        cpe_after: int = 0,
+        cpe_kernel_size: int = 3,
+        cpe_zero_init: bool = False,
+        legacy_init: bool = False,
+        norm_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        patch_size = default_patch_size(img_size) if patch_size is None else patch_size
+        if img_size % patch_size != 0:
+            raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+        if rope not in ROPES:
+            raise ValueError(f"rope must be null, axial or mixed, got {rope!r}")
+        if rope is not None and attention in ("diffsim", "diff"):
+            raise ValueError(f"rope={rope} does not combine with attention={attention}; use mhsa, suppress or alibi")
+        if rope is not None and (embed_dim // num_heads) % 4 != 0:
+            raise ValueError(
+                f"rope needs a head dim (embed_dim / num_heads) divisible by 4, got {embed_dim // num_heads}"
+            )
+        if diff_boundary not in DIFF_BOUNDARIES:
+            raise ValueError(f"diff_boundary must be one of {', '.join(DIFF_BOUNDARIES)}, got {diff_boundary!r}")
+        if lambda_mode not in LAMBDA_MODES:
+            raise ValueError(f"lambda_mode must be one of {', '.join(LAMBDA_MODES)}, got {lambda_mode!r}")
+        if entropy_source not in ENTROPY_SOURCES:
+            raise ValueError(f"entropy_source must be one of {', '.join(ENTROPY_SOURCES)}, got {entropy_source!r}")
+        if cpe and not 0 <= cpe_after < depth:
+            raise ValueError(f"cpe_after {cpe_after} must index a block (0 .. {depth - 1})")
+        if not 0.0 <= pe_drop_rate < 1.0:
+            raise ValueError(f"pe_drop_rate must be in [0, 1), got {pe_drop_rate}")
+        if pe_drop_rate > 0 and not ape:
+            raise ValueError("pe_drop_rate needs the position table (ape: true)")
+        if attention == "diff" and lambda_mode != "learned" and entropy_source == "pixels":
+            if len(entropy_mean) != in_chans or len(entropy_std) != in_chans:
+                raise ValueError(f"entropy_mean and entropy_std need {in_chans} values (one per input channel)")
+
+        self.num_classes = num_classes
+        self.num_features = embed_dim
+        self.embed_dim = embed_dim
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.grid = (img_size // patch_size, img_size // patch_size)
+        self.num_prefix_tokens = 1
+        self.attention = attention
+        self.rope = rope
+        self.lambda_mode = lambda_mode
+        self.entropy_source = entropy_source
+        self.entropy_mean = tuple(float(m) for m in entropy_mean)
+        self.entropy_std = tuple(float(s) for s in entropy_std)
+        self.legacy_init = legacy_init
+        self.cpe_after = cpe_after if cpe else None
+        num_patches = self.grid[0] * self.grid[1]
+
+        self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.empty(1, num_patches, embed_dim)) if ape else None
+        self.pe_drop = nn.Dropout(pe_drop_rate)
+        self.pos_drop = nn.Dropout(drop_rate)
+
+        theta = DEFAULT_ROPE_THETA.get(rope, 10.0) if rope_theta is None else rope_theta
+        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        common = dict(qkv_bias=qkv_bias, proj_bias=proj_bias, attn_drop=attn_drop_rate, proj_drop=drop_rate)
+        rope_kwargs = dict(rope=rope, rope_theta=theta)
+
+        def make_attention(i: int) -> nn.Module:
+            if attention == "mhsa":
+                return ViTAttention(embed_dim, num_heads, **common, **rope_kwargs)
+            if attention == "diffsim":
+                return DiffSimAttention(embed_dim, num_heads, diff_boundary=diff_boundary, **common)
+            if attention == "suppress":
+                return SuppressionAttention(
+                    embed_dim, num_heads, suppression_mode=suppression_mode, suppression_radius=suppression_radius,
+                    **common, **rope_kwargs,
+                )
+            if attention == "alibi":
+                return ALiBi2DAttention(embed_dim, num_heads, alibi_distance=alibi_distance, **common, **rope_kwargs)
+            return DifferentialAttention(
+                embed_dim, num_heads, layer_index=i, lambda_mode=lambda_mode, entropy_source=entropy_source, **common
+            )
+
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                embed_dim,
+                num_heads,
+                mlp_ratio=mlp_ratio,
+                drop=drop_rate,
+                drop_path=dpr[i],
+                norm_layer=norm_layer,
+                attn_layer=make_attention(i),
+            )
+            for i in range(depth)
+        )
+        self.peg = PEG(embed_dim, cpe_kernel_size, zero_init=cpe_zero_init) if cpe else None
+        self.norm = norm_layer(embed_dim)
+        self.head = nn.Linear(embed_dim, num_classes)
+        self.last_entropy: torch.Tensor | None = None  # detached mean modulation of the last forward
+        self.reset_parameters()
+
+    # ----------------------------------------------------------------------------- init
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """B0's init (spec §1): LeCun truncated-normal stem, N(0, 0.02^2) CLS and position table,
+        attention projections U(-sqrt(3/dim), sqrt(3/dim)) with zero biases, PyTorch's default for the
+        MLP, zero head. ``legacy_init`` keeps the seed's per-variant attention init instead."""
+        fan_in = self.patch_embed.in_channels * self.patch_embed.kernel_size[0] * self.patch_embed.kernel_size[1]
+        std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # std of N(0, 1) truncated to [-2, 2]
+        trunc_normal_(self.patch_embed.weight, std=std, a=-2 * std, b=2 * std)
+        nn.init.zeros_(self.patch_embed.bias)
+        nn.init.normal_(self.cls_token, std=0.02)
+        if self.pos_embed is not None:
+            nn.init.normal_(self.pos_embed, std=0.02)
+        bound = math.sqrt(3.0 / self.embed_dim)
+        for block in self.blocks:
+            attn = block.attn
+            if self.legacy_init and self.rope == "mixed":
+                continue  # the seed's RoPE attention: PyTorch's default Linear init
+            for linear in (attn.qkv, attn.proj):
+                nn.init.uniform_(linear.weight, -bound, bound)
+                if linear.bias is not None:
+                    if self.legacy_init and self.attention == "suppress":
+                        b = 1.0 / math.sqrt(linear.in_features)  # the seed's V4 keeps default biases
+                        nn.init.uniform_(linear.bias, -b, b)
+                    else:
+                        nn.init.zeros_(linear.bias)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Position table, CLS token, RoPE frequencies, suppression kernels, lambda vectors (biases and
+        norm gains are 1-D and excluded by the optimizer factory anyway)."""
+        names = {"cls_token"} | ({"pos_embed"} if self.pos_embed is not None else set())
+        suffixes = (".rope.freqs", ".attn.kernel", ".lambda_q1", ".lambda_k1", ".lambda_q2", ".lambda_k2")
+        return names | {n for n, _ in self.named_parameters() if n.endswith(suffixes)}
+
+    # ----------------------------------------------------------------------------- forward
+    def _grid_of(self, x: torch.Tensor) -> tuple[int, int]:
+        H, W = x.shape[-2:]
+        p = self.patch_size
+        if H % p or W % p:
+            raise ValueError(f"input {H}x{W} is not divisible by patch_size {p}")
+        grid = (H // p, W // p)
+        if self.pos_embed is not None and grid != self.grid:
+            raise ValueError(
+                f"input {H}x{W} gives a {grid[0]}x{grid[1]} grid but the position table is "
+                f"{self.grid[0]}x{self.grid[1]} (img_size {self.img_size}); it is not interpolated"
+            )
+        return grid
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        if self.pos_embed is not None:
+            table = self.pos_embed
+            if self.pe_drop.p > 0 and self.training:
+                table = table.expand(x.shape[0], -1, -1)  # an independent mask per image
+            x = x + self.pe_drop(table)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        return self.pos_drop(x)
+
+    @property
+    def uses_modulation(self) -> bool:
+        return self.attention == "diff" and self.lambda_mode != "learned"
+
+    def _pixel_modulation(self, images: torch.Tensor) -> torch.Tensor:
+        ent = patch_luminance_entropy(images, self.patch_size, self.entropy_mean, self.entropy_std)
+        return torch.cat((ent.mean(1, keepdim=True), ent), dim=1)  # CLS gets the image mean
+
+    def _forward_tokens(
+        self, images: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        grid = self._grid_of(images)
+        ctx = AttentionContext(grid=grid, num_prefix=self.num_prefix_tokens)
+        if self.uses_modulation and self.entropy_source == "pixels":
+            ctx.modulation = self._pixel_modulation(images)
+            self.last_entropy = ctx.modulation.detach().mean()
+        x = self._embed(images)
+        weights = []
+        for i, block in enumerate(self.blocks):
+            if self.uses_modulation and self.entropy_source == "tokens":
+                ctx = AttentionContext(grid=grid, num_prefix=self.num_prefix_tokens, modulation=token_entropy(x))
+                if i == 0:
+                    self.last_entropy = ctx.modulation.detach().mean()
+            x, w = block(x, need_weights=need_weights, ctx=ctx)
+            weights.append(w)
+            if self.peg is not None and i == self.cpe_after:
+                x = self.peg(x, grid, self.num_prefix_tokens)
+        return self.norm(x), weights
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` -> normalised tokens ``(B, 1 + patches, embed_dim)``."""
+        return self._forward_tokens(x)[0]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x[:, 0]
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    # ----------------------------------------------------------------------------- analysis
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per block ``i``:
+
+        * ``"blocks.i"``: the attention weights ``(B, heads, N, N)``, N = 1 + patches, CLS first;
+        * ``"blocks.i.cls"``: the CLS query's weights on the patches laid out on the patch grid,
+          ``(B, heads, grid_h, grid_w)``;
+        * differential attention only: ``"blocks.i.softmax1"`` / ``"blocks.i.softmax2"``, the two
+          softmax maps ``A1``, ``A2``; then ``"blocks.i"`` is ``A1 - lambda A2``, whose rows sum to
+          ``1 - lambda`` (not 1) and may hold negative weights.
+        """
+        grid = self._grid_of(x)
+        _, weights = self._forward_tokens(x, need_weights=True)
+        maps: dict[str, torch.Tensor] = {}
+        for i, (block, w) in enumerate(zip(self.blocks, weights)):
+            name = f"blocks.{i}"
+            maps[name] = w
+            maps[f"{name}.cls"] = w[:, :, 0, self.num_prefix_tokens :].reshape(w.shape[0], w.shape[1], *grid)
+            if isinstance(block.attn, DifferentialAttention) and block.attn.last_maps is not None:
+                maps[f"{name}.softmax1"], maps[f"{name}.softmax2"] = block.attn.last_maps
+                block.attn.last_maps = None
+        return maps
+
+    def modulation_stats(self) -> dict[str, torch.Tensor]:
+        """Detached means of the last forward: ``entropy`` (the per-token factor, where used) and
+        ``lambda`` (differential attention, over all layers)."""
+        stats = {}
+        if self.last_entropy is not None:
+            stats["entropy"] = self.last_entropy
+        lambdas = [b.attn.last_lambda for b in self.blocks if getattr(b.attn, "last_lambda", None) is not None]
+        if lambdas:
+            stats["lambda"] = torch.stack(lambdas).mean()
+        return stats
+
+
+def _create(overrides: dict, **arch) -> ViT:
+    return build(ViT, arch, overrides)
+
+
+@register_model
+def vit(**kwargs) -> ViT:
+    """README row 3, the baseline B0: ViT-Ti/16, learnable PE, standard attention (5,555,044 params
+    at 256 px / 100 classes)."""
+    return _create(kwargs)
+
+
+@register_model
+def vit_pe_dropout(**kwargs) -> ViT:
+    """Row 1 (re-specified, no seed code): B0 with dropout p=0.1 on the position table."""
+    return _create(kwargs, pe_drop_rate=0.1)
+
+
+@register_model
+def vit_diffsim(**kwargs) -> ViT:
+    """Row 2 (re-specified, no seed code): difference-similarity attention, boundary ``sequence``."""
+    return _create(kwargs, attention="diffsim", diff_boundary="sequence")
+
+
+@register_model
+def vit_suppress(**kwargs) -> ViT:
+    """Row 4: spatial-suppression attention, the seed's ``token_conv`` mode (+324 params)."""
+    return _create(kwargs, attention="suppress", suppression_mode="token_conv", suppression_radius=1)
+
+
+@register_model
+def vit_rope(**kwargs) -> ViT:
+    """Row 5, "RoPE extension", read as RoPE-Mixed without the absolute PE (5,508,196 params)."""
+    return _create(kwargs, rope="mixed", ape=False)
+
+
+@register_model
+def vit_rope_axial(**kwargs) -> ViT:
+    """Row 5's alternative: fixed axial 2D RoPE (theta 100), no absolute PE."""
+    return _create(kwargs, rope="axial", ape=False)
+
+
+@register_model
+def vit_diff_entropy(**kwargs) -> ViT:
+    """Row 6 (re-specified, no seed code): differential attention with lambda replaced by the
+    normalised luminance entropy of each query patch; bias-free projections as Differential
+    Transformer. ``lambda_mode=learned`` gives plain differential attention."""
+    return _create(
+        kwargs, attention="diff", lambda_mode="replace", entropy_source="pixels", qkv_bias=False, proj_bias=False
+    )
+
+
+@register_model
+def vit_rope_mixed(**kwargs) -> ViT:
+    """Row 7: RoPE-Mixed (learnable 2D frequencies per layer and head) plus the absolute PE
+    (5,557,348 params)."""
+    return _create(kwargs, rope="mixed", ape=True)
+
+
+@register_model
+def vit_alibi(**kwargs) -> ViT:
+    """Extra: bidirectional 2D ALiBi (Euclidean patch distance, CLS unbiased), no absolute PE."""
+    return _create(kwargs, attention="alibi", ape=False)
+
+
+@register_model
+def vit_cpe(**kwargs) -> ViT:
+    """Extra: CPVT's conditional positional encoding (PEG after the first block), no absolute PE."""
+    return _create(kwargs, cpe=True, cpe_after=0, ape=False)
