@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -17,9 +18,10 @@ _DTYPES = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed"
            "64-true": torch.float64}
 
 
-def measure_matmul_tflops(size: int = 1024, repeats: int = 5, device: torch.device | str = "cpu") -> float:
+@functools.lru_cache(maxsize=8)
+def measure_matmul_tflops(size: int = 512, repeats: int = 3, device: str = "cpu") -> float:
     """The best fp32 matmul rate of ``repeats`` timed ``size`` x ``size`` products, in TFLOP/s: the
-    peak the MFU of a device without a published one is measured against."""
+    peak the MFU of a device without a published one is measured against. Measured once per process."""
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
     a @ b  # warm-up
