@@ -176,7 +176,7 @@ def _score_datamodule(datamodule, split: str, scorer: Scorer) -> dict[str, dict[
     loaders = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
     if not isinstance(loaders, (list, tuple)):
         loaders = [loaders]
-    names = list(getattr(datamodule, "names", None) or []) if len(loaders) > 1 or hasattr(datamodule, "names") else []
+    names = list(getattr(datamodule, "names", None) or [])
     if len(names) != len(loaders):
         names = ["all"] if len(loaders) == 1 else [f"set_{i}" for i in range(len(loaders))]
     scores = {}
