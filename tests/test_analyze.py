@@ -208,3 +208,23 @@ def test_cli_one_line_for_a_missing_checkpoint(tmp_path):
     assert done.returncode == 2, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines == [f"error: ckpt_path: no checkpoint file at {tmp_path / 'nope.ckpt'}; give a .ckpt from a run's checkpoints/ folder"]
+
+
+def test_analyze_an_outgrid_checkpoint_kernel_and_grid_rows_and_overlays(tmp_path):
+    from vitlab.train import train
+
+    run = tmp_path / "outgrid"
+    train(compose_config([*SMOKE, "model=outgrid", "recipe.batch_size=4", "data.train_size=12", "data.val_size=8",
+                          "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false"], output_dir=run))
+    out = tmp_path / "analysis"
+    rows = analyze(compose_analyze(f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "num_images=4", "batch_size=4",
+                                   "overlay_images=2", "exclude_border=true", out_dir=out))
+    means = {r["map"]: r for r in rows if r["head"] == "mean"}
+    assert len(means) == 14 and {r["kind"] for r in means.values()} == {"kernel", "grid"}
+    kernel, grid = means["stages.0.blocks.0.kernel"], means["stages.0.blocks.0.grid"]
+    assert (kernel["stage"], kernel["block"], kernel["keys"], kernel["mad_uniform"]) == ("0", "0", 9, pytest.approx(4 / 3))
+    # Stage 0 at 32 px, g = 8: 4x4 tokens 8 pixels apart; interior queries only (the 2x2 centre).
+    assert grid["keys"] == 16 and grid["mad_uniform"] == pytest.approx(8 * 2.0)
+    assert len([r for r in rows if r["map"] == "stages.2.blocks.0.grid"]) == 6 + 1  # 6 heads and their mean
+    overlays = {p.name for p in (out / "overlays").glob("*.png")}
+    assert {"stages.0.blocks.0.kernel.png", "stages.0.blocks.0.grid.png"} <= overlays and len(overlays) == 14
