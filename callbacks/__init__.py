@@ -1,5 +1,17 @@
 """Lightning callbacks instantiated from conf/callbacks/."""
 
+from callbacks.attention_dump import AttentionDumpCallback
+from callbacks.flops import FlopsCallback, count_flops
+from callbacks.lr_monitor import LearningRateMonitor
 from callbacks.progress import make_progress_bar
+from callbacks.throughput import ThroughputCallback, measure_matmul_tflops
 
-__all__ = ["make_progress_bar"]
+__all__ = [
+    "AttentionDumpCallback",
+    "FlopsCallback",
+    "LearningRateMonitor",
+    "ThroughputCallback",
+    "count_flops",
+    "make_progress_bar",
+    "measure_matmul_tflops",
+]

@@ -78,6 +78,7 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
         "val/top1_best": module.best_val_top1,
         "fit_time_s": round(fit_time, 1),  # includes validation; a resumed run counts only its own part
     }
+    metrics.update(getattr(module, "run_metrics", {}))  # what callbacks measured: FLOPs, images/s, MFU
     if cfg.test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:

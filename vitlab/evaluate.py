@@ -1,0 +1,364 @@
+"""``python -m vitlab.evaluate``: score a checkpoint on any data config.
+
+    python -m vitlab.evaluate ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt             # the run's test split
+    python -m vitlab.evaluate ckpt_path=... data=cifar100 hardware=gpu
+    python -m vitlab.evaluate ckpt_path=... data=tinyimagenet_c [reference=<other eval>/robustness.json]
+
+The model is rebuilt from the run's ``config.yaml`` and the weights load with ``weights_only=True``
+(:mod:`vitlab.runs`). Every set is scored for loss (plain and with the run's label smoothing), top-1
+and top-5, and timed: ``warmup_iters`` untimed forward passes first, the device synchronised around
+every timed forward, ms per batch = mean over all batches, images/s = the real number of images
+(the last batch counts with its own size) over the summed forward time. Data loading is not timed.
+
+Written to the evaluation's folder: ``eval_metrics.json`` (every set); for data whose test sets are
+named ``<corruption>/<severity>`` (TinyImageNet-C, or any DataModule with such ``names``) also
+``robustness.{csv,json,md}`` (corruption x severity top-1, clean top-1, mean corrupted top-1, mCE and
+relative mCE against a ``reference`` evaluation) and ``robustness_per_corruption.png`` /
+``robustness_per_severity.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+from vitlab.cli import check_group_choices, exit_with_error
+from vitlab.config import register_configs, to_hardware
+from vitlab.errors import ConfigError, VitlabError
+from vitlab.runs import load_run, prepare_output_dir, write_json
+
+register_configs()
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+ROBUSTNESS_FILES = ["robustness.csv", "robustness.json", "robustness.md", "robustness_per_corruption.png", "robustness_per_severity.png"]
+_CORRUPTION_SET = re.compile(r"^(?P<corruption>[^/]+)/(?P<severity>\d+)$")
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score ``cfg.ckpt_path`` on ``cfg.data`` (or the run's data); returns what ``eval_metrics.json`` holds."""
+    from vitlab.train import build
+
+    if cfg.split not in ("test", "val"):
+        raise ConfigError(f"split: unknown split {cfg.split!r}; use test or val")
+    model_node = cfg.model if cfg.get("model") else None
+    if model_node is not None:
+        model_node = OmegaConf.create(OmegaConf.to_container(model_node, resolve=True))
+    run = load_run(cfg.ckpt_path, model_node)
+    hardware = to_hardware(cfg.hardware)
+    device = torch.device("cuda" if hardware.resolved_accelerator() == "gpu" else "cpu")
+    module = run.module.to(device)
+    out_dir = prepare_output_dir(Path(cfg.out_dir or cfg.paths.output_dir), ["eval_metrics.json", *ROBUSTNESS_FILES], cfg.overwrite)
+
+    loader_args = {"batch_size": cfg.batch_size, "num_workers": hardware.num_workers, "pin_memory": hardware.pin_memory}
+    data_node = cfg.data if cfg.get("data") else _run_data(run)
+    datamodule = build(data_node, **loader_args)
+    scorer = Scorer(module, device, hardware.precision, module.recipe.label_smoothing, cfg.warmup_iters, cfg.limit_batches)
+    print(f"evaluating {run.model_name} from {run.ckpt_path} on {device} ({hardware.precision}); results in {out_dir}")
+
+    sets = _score_datamodule(datamodule, cfg.split, scorer)
+    result: dict[str, Any] = {
+        "ckpt_path": str(run.ckpt_path.resolve()),
+        "model": run.model_name,
+        "data": _data_name(data_node),
+        "split": cfg.split,
+        "device": str(device),
+        "precision": hardware.precision,
+        "batch_size": cfg.batch_size,
+        "warmup_iters": cfg.warmup_iters,
+        "sets": sets,
+    }
+    table = corruption_table(sets)
+    if table:
+        clean = None
+        if cfg.clean == "run":
+            clean_dm = build(_run_data(run), **loader_args)
+            clean = _score_datamodule(clean_dm, cfg.split, scorer)["all"]
+            result["clean"] = clean
+        elif cfg.clean not in (None, "null", "none"):
+            raise ConfigError(f"clean: unknown value {cfg.clean!r}; use run (score the run's own data) or null")
+        reference = read_reference(cfg.reference) if cfg.reference else None
+        summary = robustness_summary(table, clean["top1"] if clean else None, reference)
+        result["robustness"] = summary
+        write_robustness(out_dir, summary, run.model_name)
+        print(
+            f"clean top-1 {_pct(summary['clean_top1'])} | mean corrupted top-1 {_pct(summary['mean_corrupted_top1'])}"
+            + (f" | mCE {_num(summary['mce'])} | relative mCE {_num(summary['relative_mce'])}" if reference else "")
+        )
+    elif cfg.reference:
+        raise ConfigError("reference: only used with corruption data (sets named <corruption>/<severity>), e.g. data=tinyimagenet_c")
+    write_json(out_dir / "eval_metrics.json", result)
+    return result
+
+
+class Scorer:
+    """Loss, top-1/top-5 and timing of a module over data loaders (see the module docstring)."""
+
+    def __init__(self, module, device: torch.device, precision: str, label_smoothing: float, warmup_iters: int = 5, limit_batches: int | None = None):
+        self.module, self.device = module, device
+        self.label_smoothing = label_smoothing
+        self.warmup_iters, self.limit_batches = warmup_iters, limit_batches
+        self.warmed_up = False
+        self.input_dtype: torch.dtype | None = None
+        self.autocast: Any = nullcontext()
+        if precision in ("bf16-mixed", "16-mixed"):
+            dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
+            self.autocast = torch.autocast(device.type, dtype=dtype)
+        elif precision in ("bf16-true", "16-true", "64-true"):
+            self.input_dtype = {"bf16-true": torch.bfloat16, "16-true": torch.float16, "64-true": torch.float64}[precision]
+            module.to(self.input_dtype)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self.autocast:
+            return self.module(x)
+
+    @torch.no_grad()
+    def score(self, loader) -> dict[str, float]:
+        num_classes = self.module.num_classes
+        k = min(5, num_classes)
+        images = batches = correct1 = correct5 = 0
+        loss = loss_smoothed = elapsed = 0.0
+        for i, (x, y) in enumerate(loader):
+            if self.limit_batches is not None and i >= self.limit_batches:
+                break
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            if self.input_dtype is not None:
+                x = x.to(self.input_dtype)
+            if not self.warmed_up:  # kernels selected, caches filled, clocks up: none of it timed
+                for _ in range(self.warmup_iters):
+                    self._forward(x)
+                self.warmed_up = True
+            self._sync()
+            started = time.perf_counter()
+            logits = self._forward(x)
+            self._sync()
+            elapsed += time.perf_counter() - started
+            logits = logits.float()
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            loss_smoothed += F.cross_entropy(logits, y, label_smoothing=self.label_smoothing, reduction="sum").item()
+            top = logits.topk(k, dim=1).indices
+            correct1 += (top[:, 0] == y).sum().item()
+            correct5 += (top == y[:, None]).any(dim=1).sum().item()
+            images += y.shape[0]
+            batches += 1
+        if images == 0:
+            raise ConfigError("data: the evaluated split holds no images; check the data config (subset, sizes)")
+        return {
+            "images": images,
+            "loss": loss / images,
+            "loss_smoothed": loss_smoothed / images,
+            "top1": correct1 / images,
+            "top5": correct5 / images,
+            "ms_per_batch": 1000 * elapsed / batches,
+            "images_per_s": images / elapsed,
+        }
+
+
+def _score_datamodule(datamodule, split: str, scorer: Scorer) -> dict[str, dict[str, float]]:
+    """``{set name: scores}``; a DataModule with several test loaders names them by its ``names``."""
+    datamodule.setup("test" if split == "test" else "validate")
+    loaders = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
+    if not isinstance(loaders, (list, tuple)):
+        loaders = [loaders]
+    names = list(getattr(datamodule, "names", None) or [])
+    if len(names) != len(loaders):
+        names = ["all"] if len(loaders) == 1 else [f"set_{i}" for i in range(len(loaders))]
+    scores = {}
+    for name, loader in zip(names, loaders):
+        scores[name] = s = scorer.score(loader)
+        print(
+            f"{name}: {s['images']} images | loss {s['loss']:.4f} (smoothed {s['loss_smoothed']:.4f}) | "
+            f"top-1 {_pct(s['top1'])} | top-5 {_pct(s['top5'])} | {s['ms_per_batch']:.2f} ms/batch | {s['images_per_s']:.1f} images/s"
+        )
+    return scores
+
+
+def _run_data(run) -> DictConfig:
+    if run.config is None or "data" not in run.config:
+        raise ConfigError(f"data: no data config given and no config.yaml in {run.run_dir}; add data=<data config>")
+    return run.config.data
+
+
+def _data_name(node: DictConfig) -> str:
+    return str(node.get("_target_", "")).rsplit(".", 1)[-1]
+
+
+# ------------------------------------------------------------------------------------- robustness
+def corruption_table(sets: dict[str, dict[str, float]]) -> dict[str, dict[int, float]]:
+    """``{corruption: {severity: top1}}`` from sets named ``<corruption>/<severity>``; empty if the
+    sets are not corruption-structured."""
+    table: dict[str, dict[int, float]] = {}
+    for name, scores in sets.items():
+        match = _CORRUPTION_SET.match(name)
+        if not match:
+            return {}
+        table.setdefault(match["corruption"], {})[int(match["severity"])] = scores["top1"]
+    return table
+
+
+def read_reference(path: str) -> dict[str, Any]:
+    file = Path(path).expanduser()
+    if file.is_dir():
+        file = file / "robustness.json"
+    if not file.is_file():
+        raise ConfigError(f"reference: no robustness.json at {file.resolve()}; give a file written by vitlab.evaluate on corruption data")
+    data = json.loads(file.read_text())
+    if "table" not in data:
+        raise ConfigError(f"reference: {file.resolve()} holds no corruption table; give a robustness.json written by vitlab.evaluate")
+    data["table"] = {c: {int(s): v for s, v in row.items()} for c, row in data["table"].items()}
+    return data
+
+
+def robustness_summary(table: dict[str, dict[int, float]], clean_top1: float | None, reference: dict | None = None) -> dict[str, Any]:
+    """Means over the table, and against a reference: mCE = mean over corruptions of
+    sum_s err(c, s) / sum_s err_ref(c, s), relative mCE the same with the clean error subtracted from
+    both (Hendrycks & Dietterich), in %. Errors are 1 - top-1."""
+    severities = sorted({s for row in table.values() for s in row})
+    values = [v for row in table.values() for v in row.values()]
+    summary: dict[str, Any] = {
+        "clean_top1": clean_top1,
+        "mean_corrupted_top1": sum(values) / len(values),
+        "table": table,
+        "per_corruption": {c: sum(row.values()) / len(row) for c, row in table.items()},
+        "per_severity": {s: _mean([row[s] for row in table.values() if s in row]) for s in severities},
+        "mce": None,
+        "relative_mce": None,
+    }
+    if reference is not None:
+        ref = reference["table"]
+        absent = [f"{c}/{s}" for c, row in table.items() for s in row if s not in ref.get(c, {})]
+        if absent:
+            raise ConfigError(f"reference: the reference table lacks {', '.join(absent[:3])}; evaluate both on the same corruptions and severities")
+        ces, rel = [], []
+        ref_clean = reference.get("clean_top1")
+        for c, row in table.items():
+            err = sum(1 - v for v in row.values())
+            ref_err = sum(1 - ref[c][s] for s in row)
+            if ref_err > 0:  # a reference that never errs on c leaves c out
+                ces.append(err / ref_err)
+            if clean_top1 is not None and ref_clean is not None:
+                num = sum((1 - v) - (1 - clean_top1) for v in row.values())
+                den = sum((1 - ref[c][s]) - (1 - ref_clean) for s in row)
+                if den > 0:  # the reference must lose accuracy on c for a relative figure
+                    rel.append(num / den)
+        summary["mce"] = 100 * _mean(ces) if ces else None
+        summary["relative_mce"] = 100 * _mean(rel) if rel else None
+        summary["reference"] = reference.get("model")
+    return summary
+
+
+def write_robustness(out_dir: Path, summary: dict[str, Any], model: str) -> None:
+    table = summary["table"]
+    severities = sorted(summary["per_severity"])
+    write_json(out_dir / "robustness.json", {"model": model, **summary})
+    with (out_dir / "robustness.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["corruption", *[f"severity_{s}" for s in severities], "mean"])
+        for c, row in table.items():
+            writer.writerow([c, *[_csv(row.get(s)) for s in severities], _csv(summary["per_corruption"][c])])
+        writer.writerow(["mean", *[_csv(summary["per_severity"][s]) for s in severities], _csv(summary["mean_corrupted_top1"])])
+    lines = [
+        f"Top-1 (%) of {model} per corruption and severity.",
+        "",
+        f"Clean top-1: {_pct(summary['clean_top1'])}; mean corrupted top-1: {_pct(summary['mean_corrupted_top1'])}"
+        + (f"; mCE {_num(summary['mce'])}; relative mCE {_num(summary['relative_mce'])} (reference: {summary.get('reference')})" if "reference" in summary else ""),
+        "",
+        "| corruption | " + " | ".join(f"severity {s}" for s in severities) + " | mean |",
+        "|---|" + "---|" * (len(severities) + 1),
+    ]
+    for c, row in table.items():
+        lines.append(f"| {c} | " + " | ".join(_pct(row.get(s)) for s in severities) + f" | {_pct(summary['per_corruption'][c])} |")
+    lines.append("| **mean** | " + " | ".join(_pct(summary["per_severity"][s]) for s in severities) + f" | **{_pct(summary['mean_corrupted_top1'])}** |")
+    (out_dir / "robustness.md").write_text("\n".join(lines) + "\n")
+    _plot_robustness(out_dir, summary, model)
+
+
+def _plot_robustness(out_dir: Path, summary: dict[str, Any], model: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clean = summary["clean_top1"]
+    per_c = summary["per_corruption"]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(per_c) + 2), 4))
+    ax.bar(range(len(per_c)), [100 * v for v in per_c.values()], color="tab:blue")
+    ax.set_xticks(range(len(per_c)), list(per_c), rotation=45, ha="right")
+    if clean is not None:
+        ax.axhline(100 * clean, color="k", linestyle="--", label=f"clean {100 * clean:.1f}")
+        ax.legend()
+    ax.set_ylabel("top-1 (%), mean over severities")
+    ax.set_title(f"{model}: top-1 per corruption")
+    fig.tight_layout()
+    fig.savefig(out_dir / "robustness_per_corruption.png", dpi=100)
+    plt.close(fig)
+
+    per_s = summary["per_severity"]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(list(per_s), [100 * v for v in per_s.values()], marker="o", label="mean over corruptions")
+    if clean is not None:
+        ax.axhline(100 * clean, color="k", linestyle="--", label=f"clean {100 * clean:.1f}")
+    ax.set_xticks(list(per_s))
+    ax.set_xlabel("severity")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(f"{model}: top-1 per severity")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "robustness_per_severity.png", dpi=100)
+    plt.close(fig)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _csv(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.2f}"
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg)
+    except MissingMandatoryValue as err:
+        exit_with_error(ConfigError(f"{err.full_key}: no value given; add {err.full_key}=<value> to the command"))
+    except InterpolationResolutionError as err:
+        exit_with_error(ConfigError(f"{err.full_key}: {str(err).splitlines()[0]}"))
+    except VitlabError as err:
+        exit_with_error(err)
+
+
+def main() -> None:
+    try:
+        check_group_choices(sys.argv[1:], CONF_DIR)
+    except VitlabError as err:
+        exit_with_error(err)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
