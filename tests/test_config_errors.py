@@ -43,6 +43,8 @@ CASES = [
     (["recipe.epochs=[1,2"], "error: recipe.epochs=[1,2: not a valid override"),
     (["+recipe.epochs=3"], "error: recipe.epochs: could not append to config"),
     (["model=mini_vit,outgrid"], "error: model=mini_vit,outgrid: a comma-separated value is a sweep; add -m"),
+    (["-m", "model=mini_vit,outgrid", "recipe.optimizer.lrr=1,2"], "error: recipe.optimizer.lrr: no such key in the config; did you mean recipe.optimizer.lr"),
+    (["-m", "model=mini_vit,outgrid", "recipe.batch_size=big"], "error: recipe.batch_size: Value 'big' of type 'str' could not be converted to Integer"),
     # wrong types
     (["recipe.epochs=many"], "error: recipe.epochs: Value 'many' of type 'str' could not be converted to Integer"),
     (["recipe.optimizer.lr=fast"], "error: recipe.optimizer.lr: Value 'fast' of type 'str' could not be converted to Float"),
@@ -67,6 +69,7 @@ CASES = [
     (["hardware.precision=16-mixed"], "error: hardware.precision: 16-mixed needs a CUDA GPU; on CPU use 32-true or bf16-mixed"),
     pytest.param(["hardware.accelerator=gpu"], "error: hardware.accelerator: gpu asked for, but no CUDA GPU is visible", marks=NO_CUDA),
     (["hardware.num_workers=-1"], "error: hardware.num_workers: must be >= 0"),
+    (["hardware.sync_batchnorm=true"], "error: hardware.sync_batchnorm: SyncBatchNorm runs on GPUs only"),
     # data
     (["data.num_classes=1"], "error: data.num_classes: the synthetic task has 2 to 36 classes, got 1"),
     (["data.img_size=8"], "error: data.img_size: the synthetic task needs at least 16 pixels"),
@@ -85,7 +88,7 @@ CASES = [
     (["run_dir=not_a_run"], "error: run_dir: "),
     (["ckpt_path=other_model.ckpt"], "error: ckpt_path: other_model.ckpt is a checkpoint of network 'outgrid_7m', but model.net.name is 'mini_vit'"),
     (["ckpt_path=five_classes.ckpt"], "error: ckpt_path: five_classes.ckpt does not match the configured mini_vit: net.head.weight is [5, "),
-    (["ckpt_path=tampered.ckpt"], "error: ckpt_path: tampered.ckpt holds pickled Python objects, not only tensors, and is refused"),
+    (["ckpt_path=tampered.ckpt"], "error: ckpt_path: tampered.ckpt holds pickled Python objects, not only tensors, and is refused (it asks for print;"),
     (["ckpt_path=truncated.ckpt"], "error: ckpt_path: truncated.ckpt is not a readable checkpoint"),
     # callbacks
     (["callbacks.nan_guard.mode=ignore"], "error: callbacks.nan_guard.mode: unknown mode 'ignore'; use stop or skip"),

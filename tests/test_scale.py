@@ -8,11 +8,14 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 from omegaconf import OmegaConf
 
 from conftest import ROOT, compose_config
-from vitlab.config import fresh_dir
+from vitlab.checkpoint import load_checkpoint
+from vitlab.config import fresh_dir, to_hardware
+from vitlab.errors import ConfigError
 
 SMALL = [
     "data=synthetic", "hardware.num_workers=0", "data.train_size=96", "data.val_size=32", "data.test_size=32",
@@ -32,7 +35,8 @@ def _run(args: list[str], cwd, extra_path: str = "") -> subprocess.CompletedProc
 def test_ddp_on_two_cpu_processes_keeps_the_ranks_in_step(tmp_path):
     reports = tmp_path / "reports"
     done = _run(
-        [*SMALL, "hardware=ddp", "hardware.accelerator=cpu", "hardware.devices=2", "recipe.epochs=2",
+        [*SMALL, "hardware=ddp", "hardware.accelerator=cpu", "hardware.devices=2", "hardware.sync_batchnorm=false", "recipe.epochs=1", "~logger",
+         "trainer.limit_test_batches=1",
          "+callbacks.rank_report._target_=ddp_probe.RankReport", f"+callbacks.rank_report.out_dir={reports}"],
         cwd=tmp_path, extra_path=str(ROOT / "tests" / "helpers"),
     )
@@ -41,22 +45,25 @@ def test_ddp_on_two_cpu_processes_keeps_the_ranks_in_step(tmp_path):
     assert rank0["world_size"] == rank1["world_size"] == 2
     assert rank0["weights_sha256"] == rank1["weights_sha256"]  # gradients were all-reduced every step
     # 64 training images / 16 per step = 4 steps per epoch, each rank taking 8 of the 16.
-    assert rank0["global_step"] == rank1["global_step"] == 2 * 4 and rank0["train_batches"] == 4
+    assert rank0["global_step"] == rank1["global_step"] == 4 and rank0["train_batches"] == 4
     assert rank0["val_top1"] == rank1["val_top1"]  # metrics synced over the ranks' halves
     assert rank0["initial_seed"] != rank1["initial_seed"]  # each rank draws its own augmentations
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()  # the second process made no run dir
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["global_step"] == 8 and 0 <= metrics["test/top1"] <= 1
+    assert metrics["global_step"] == 4 and 0 <= metrics["test/top1"] <= 1
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["strategy"] == "ddp"
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"] or \
-        sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_001.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+    assert len(load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["rng_states"]) == 2  # both ranks' streams
     assert not list(run_dir.glob("**/*.tmp"))
 
 
-def test_ddp_profile_composes_with_sync_batchnorm(tmp_path):
+def test_ddp_profile_syncs_batchnorm_on_gpus(tmp_path):
     cfg = compose_config(["hardware=ddp", "model=outgrid"], tmp_path)
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
-    assert trainer["strategy"] == "ddp" and trainer["sync_batchnorm"] is True and trainer["devices"] == 2
+    assert trainer["strategy"] == "ddp" and trainer["devices"] == 2
+    assert trainer["sync_batchnorm"] is torch.cuda.is_available()
+    with pytest.raises(ConfigError, match="hardware.sync_batchnorm: SyncBatchNorm runs on GPUs only"):
+        to_hardware({**cfg.hardware, "accelerator": "cpu", "precision": "32-true", "sync_batchnorm": True})
 
 
 def test_slurm_launcher_composes_without_submitting(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -34,11 +35,12 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        # torch's message spans a dozen lines; the line naming the offending global is the useful one.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)|Unsupported operand \d+|Unsupported class \S+", str(err))
+        what = f"it asks for {found.group(1) or found.group(0)}" if found else "it holds more than tensors"
         raise ConfigError(
-            f"{key}: {path} holds pickled Python objects, not only tensors, and is refused (weights-only load: "
-            f"{reason.removeprefix('Weights only load failed. ')[:160]}); use a checkpoint written by vitlab, or "
-            "re-save its state_dict with torch.save if you trust its source"
+            f"{key}: {path} holds pickled Python objects, not only tensors, and is refused ({what}; loading it "
+            "could run code); use a checkpoint written by vitlab, or re-save its state_dict if you trust its source"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0][:160]

@@ -44,23 +44,26 @@ def exit_with_error(err: VitlabError) -> None:
 def check_overrides_compose(argv: Sequence[str], conf_dir: Path, config_name: str) -> None:
     """Compose the config of a single run once before Hydra does, so that a mistyped key, a value of
     the wrong type or an unparsable override is one ``error:`` line instead of Hydra's multi-line
-    report. Commands with Hydra flags (``-m``, ``--cfg``, ``--help``...) or sweep overrides are left to
-    Hydra, which expands them itself."""
-    if not argv or any(arg.startswith("-") or ("=" not in arg and not arg.startswith("~")) for arg in argv):
+    report. A sweep (``-m``, or a sweep config) is checked with its swept overrides left out; commands
+    with other Hydra flags (``--cfg``, ``--help``...) are left to Hydra."""
+    multirun = any(arg in ("-m", "--multirun") for arg in argv)
+    overrides = [arg for arg in argv if arg not in ("-m", "--multirun")]
+    if not overrides or any(arg.startswith("-") or ("=" not in arg and not arg.startswith("~")) for arg in overrides):
         return
-    overrides = list(argv)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as err:
         raise composition_error(err, overrides) from None
     sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
-    single = [o for o in overrides if o not in sweeps]  # a sweep is checked with its other overrides
+    # A swept key is checked with its first value (model=a,b composes as model=a).
+    single = [o for o in overrides if o not in sweeps] + [_first_of_sweep(o) for o in parsed if o.is_sweep_override()]
+    single = [o for o in single if o]
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=single, return_hydra_config=bool(sweeps))
     except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
         raise composition_error(err, overrides, conf_dir, config_name) from None
-    if sweeps and str(cfg.hydra.mode) != "RunMode.MULTIRUN" and cfg.hydra.mode != "MULTIRUN":
+    if sweeps and not multirun and str(cfg.hydra.mode) != "RunMode.MULTIRUN":
         raise ConfigError(f"{sweeps[0]}: a comma-separated value is a sweep; add -m to sweep over it, or write key=[a,b] for a list")
 
 
@@ -104,6 +107,14 @@ def composition_error(
     return ConfigError(f"config: {message.splitlines()[0] if message else type(err).__name__}")
 
 
+def _first_of_sweep(override) -> str | None:
+    try:
+        first = next(iter(override.sweep_string_iterator()), None)
+    except (HydraException, TypeError, ValueError):
+        return None
+    return None if first is None else f"{override.get_key_element()}={first}"
+
+
 def _unparsable(override: str) -> bool:
     try:
         OverridesParser.create().parse_override(override)
@@ -126,7 +137,7 @@ def _similar_keys(key: str, conf_dir: Path | None, config_name: str, overrides: 
     """Keys of the composed config that end like ``key`` or are spelled almost like it."""
     if conf_dir is None:
         return []
-    groups = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in GROUPS]
+    groups = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in GROUPS and "," not in o]
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=groups)

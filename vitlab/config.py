@@ -137,6 +137,7 @@ class HardwareConfig:
                 "hardware.precision",
                 f"{self.precision} needs a CUDA GPU; on CPU use 32-true or bf16-mixed",
             )
+            _check(not self.sync_batchnorm, "hardware.sync_batchnorm", "SyncBatchNorm runs on GPUs only; set it to false on CPU")
         elif not torch.cuda.is_available():
             raise ConfigError(f"hardware.accelerator: {self.accelerator} asked for, but no CUDA GPU is visible; use hardware=cpu or hardware=auto")
         elif self.precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
