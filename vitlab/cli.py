@@ -85,6 +85,8 @@ def composition_error(
         options = re.findall(r"^\t(\S+)$", message, flags=re.MULTILINE)
         group, name = (found.group(1), found.group(2)) if found else ("config", "?")
         hint = f"choose one of: {', '.join(options)}" if options else "check the name"
+        if group in ("hydra/launcher", "hydra/sweeper"):
+            hint += ' (the SLURM launcher and the Optuna sweeper need pip install -e ".[slurm]" / ".[optuna]")'
         return ConfigError(f"{group}={name}: no such {group} config; {hint}")
     if key and "Could not override" in message:
         suggestion = _similar_keys(key, conf_dir, config_name, overrides)
