@@ -59,6 +59,8 @@ class RepeatedAugmentationSampler(DistributedSampler):
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ConfigError(f"recipe.repeated_aug: expected an integer >= 1, got {repeats!r}")
+        # DistributedSampler.__init__ is not called: it wants a dataset and a process group, and only
+        # the type matters to Lightning (it then leaves the sampler as it is).
         distributed = dist.is_available() and dist.is_initialized()
         self.num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if distributed else 1)
         self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)

@@ -57,6 +57,21 @@ def test_ddp_on_two_cpu_processes_keeps_the_ranks_in_step(tmp_path):
     assert not list(run_dir.glob("**/*.tmp"))
 
 
+def test_ranks_share_each_epoch_order_without_overlap():
+    from datamodules import RepeatedAugmentationSampler
+
+    ranks = [RepeatedAugmentationSampler(10, repeats=1, seed=4, num_replicas=3, rank=r) for r in range(3)]
+    for sampler in ranks:
+        sampler.set_epoch(2)
+    shares = [list(sampler) for sampler in ranks]
+    assert [len(share) for share in shares] == [4, 4, 4]  # 10 padded to 12 by wrapping around
+    single = RepeatedAugmentationSampler(10, repeats=1, seed=4)
+    single.set_epoch(2)
+    order = list(single)
+    assert [shares[i % 3][i // 3] for i in range(10)] == order  # rank r takes every 3rd index from r
+    assert set().union(*shares) == set(range(10))
+
+
 def test_ddp_profile_syncs_batchnorm_on_gpus(tmp_path):
     cfg = compose_config(["hardware=ddp", "model=outgrid"], tmp_path)
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
