@@ -463,10 +463,18 @@ class ImageDataModule(lightning.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         if self._train_generator is None:
             return {}
-        return {"train_generator": self._train_generator.get_state()}
+        state = self._train_generator.get_state()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every rank builds the checkpoint, rank 0 writes it: it keeps each rank's generator.
+            states: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, state)
+            return {"train_generators": states}
+        return {"train_generators": [state]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._train_generator_state = state_dict.get("train_generator")
+        states = state_dict.get("train_generators") or []
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        self._train_generator_state = states[rank] if rank < len(states) else None
 
     def val_dataloader(self) -> DataLoader:
         self._require_setup()

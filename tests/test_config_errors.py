@@ -69,6 +69,8 @@ CASES = [
     (["hardware.precision=16-mixed"], "error: hardware.precision: 16-mixed needs a CUDA GPU; on CPU use 32-true or bf16-mixed"),
     pytest.param(["hardware.accelerator=gpu"], "error: hardware.accelerator: gpu asked for, but no CUDA GPU is visible", marks=NO_CUDA),
     (["hardware.num_workers=-1"], "error: hardware.num_workers: must be >= 0"),
+    (["-m", "hardware=ddp", "hardware.accelerator=cpu", "hardware.sync_batchnorm=false", "seed=1,2"],
+     "error: hardware.strategy: ddp over 2 devices cannot run inside a local sweep (-m)"),
     (["hardware.sync_batchnorm=true"], "error: hardware.sync_batchnorm: SyncBatchNorm runs on GPUs only"),
     # data
     (["data.num_classes=1"], "error: data.num_classes: the synthetic task has 2 to 36 classes, got 1"),
@@ -143,7 +145,8 @@ def test_bad_config_gives_one_line(args, expected, tmp_path, monkeypatch, capsys
     if any(a.startswith("ckpt_path=") or a.startswith("run_dir=") for a in args):
         _write_checkpoints(tmp_path)
     data = [] if any(a.startswith("data=") for a in args) else SYNTHETIC
-    code, stderr = run_in_process([*COMMON, *data, *args])
+    flags = [a for a in args if a.startswith("-")]  # Hydra wants its flags before the overrides
+    code, stderr = run_in_process([*flags, *COMMON, *data, *(a for a in args if a not in flags)])
     lines = [line for line in stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
     assert code == 2, stderr[-2000:]

@@ -53,7 +53,9 @@ def test_ddp_on_two_cpu_processes_keeps_the_ranks_in_step(tmp_path):
     assert metrics["global_step"] == 4 and 0 <= metrics["test/top1"] <= 1
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["strategy"] == "ddp"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
-    assert len(load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["rng_states"]) == 2  # both ranks' streams
+    last = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert len(last["rng_states"]) == 2 and len(last["SyntheticDataModule"]["train_generators"]) == 2  # both ranks'
+    assert not last["rng_states"][0]["torch"].equal(last["rng_states"][1]["torch"])
     assert not list(run_dir.glob("**/*.tmp"))
 
 

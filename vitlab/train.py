@@ -12,6 +12,7 @@ The run dir (``paths.output_dir``) receives ``checkpoints/`` (best by val top-1,
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -187,6 +189,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             cfg, choices = continued_run_config(cfg)
         else:
             choices = dict(HydraConfig.get().runtime.choices)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            check_sweep_can_use_ddp(cfg)
         metrics = train(cfg, choices)
     except MissingMandatoryValue as err:
         exit_with_error(ConfigError(f"{err.full_key}: no value given; add {err.full_key}=<value> to the command"))
@@ -198,6 +202,20 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         exit_with_error(err)
     value = metrics.get(cfg.optimized_metric)
     return None if value is None else float(value)
+
+
+def check_sweep_can_use_ddp(cfg: DictConfig) -> None:
+    """Refuse a local sweep of multi-process runs. Lightning's DDP launcher starts the other ranks by
+    re-running the command line, which in a sweep (-m) re-runs the whole sweep in every rank. Under
+    SLURM (hydra/launcher=slurm) or torchrun the ranks come from the job instead, which works."""
+    hardware = to_hardware(cfg.hardware)
+    launched_outside = any(k in os.environ for k in ("SLURM_NTASKS", "TORCHELASTIC_RUN_ID"))
+    if hardware.devices > 1 and hardware.strategy.startswith("ddp") and not launched_outside:
+        raise ConfigError(
+            f"hardware.strategy: {hardware.strategy} over {hardware.devices} devices cannot run inside a local sweep (-m): "
+            "Lightning would re-run the whole sweep in every rank; sweep on SLURM (hydra/launcher=slurm) or "
+            "start each run on its own"
+        )
 
 
 def check_run_dir_exists(argv: list[str]) -> None:
