@@ -1,15 +1,20 @@
 """Lightning callbacks instantiated from conf/callbacks/."""
 
 from callbacks.attention_dump import AttentionDumpCallback
+from callbacks.checkpoint import AtomicModelCheckpoint
 from callbacks.flops import FlopsCallback, count_flops
 from callbacks.lr_monitor import LearningRateMonitor
+from callbacks.nan_guard import NaNGuard, NonFiniteLossError
 from callbacks.progress import make_progress_bar
 from callbacks.throughput import ThroughputCallback, measure_matmul_tflops
 
 __all__ = [
+    "AtomicModelCheckpoint",
     "AttentionDumpCallback",
     "FlopsCallback",
     "LearningRateMonitor",
+    "NaNGuard",
+    "NonFiniteLossError",
     "ThroughputCallback",
     "count_flops",
     "make_progress_bar",

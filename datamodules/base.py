@@ -350,6 +350,8 @@ class ImageDataModule(lightning.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self._train_generator: torch.Generator | None = None
+        self._train_generator_state: torch.Tensor | None = None
 
     def _load_split(self, train: bool) -> Dataset:
         """The official train (``train=True``) or test split, without any transform."""
@@ -446,12 +448,33 @@ class ImageDataModule(lightning.LightningDataModule):
                 f"recipe.batch_size: {self.batch_size} per device is larger than the {samples_per_epoch} "
                 "training samples per epoch, so there would be no full batch; lower recipe.batch_size"
             )
-        # Seeds the shuffle and the workers' base seed, so augmentations are reproducible too.
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, "train-order"))
-        if self.repeated_aug > 1:
-            sampler = RepeatedAugmentationSampler(len(self.train_set), repeats=self.repeated_aug, seed=self.seed)
-            return self._loader(self.train_set, sampler=sampler, generator=generator, drop_last=True)
-        return self._loader(self.train_set, shuffle=True, generator=generator, drop_last=True)
+        # The order depends only on (seed, epoch), so a resumed run sees the batches an uninterrupted
+        # one would; each rank of a multi-process run takes its share of the same order.
+        sampler = RepeatedAugmentationSampler(len(self.train_set), repeats=self.repeated_aug, seed=self.seed)
+        # Seeds the workers' base seed (one draw per epoch), so augmentations are reproducible too; its
+        # state is saved in checkpoints (state_dict) so a resumed run continues the same draws.
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        self._train_generator = torch.Generator().manual_seed(derive_seed(self.seed, "train-order", rank))
+        if self._train_generator_state is not None:
+            self._train_generator.set_state(self._train_generator_state)
+            self._train_generator_state = None
+        return self._loader(self.train_set, sampler=sampler, generator=self._train_generator, drop_last=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._train_generator is None:
+            return {}
+        state = self._train_generator.get_state()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every rank builds the checkpoint, rank 0 writes it: it keeps each rank's generator.
+            states: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, state)
+            return {"train_generators": states}
+        return {"train_generators": [state]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        states = state_dict.get("train_generators") or []
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        self._train_generator_state = states[rank] if rank < len(states) else None
 
     def val_dataloader(self) -> DataLoader:
         self._require_setup()

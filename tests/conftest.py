@@ -81,8 +81,10 @@ def smoke_cfg(tmp_path) -> Callable[..., DictConfig]:
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``python -m vitlab.train <args>`` in ``cwd``, as a user would run it."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
+    """``python -m vitlab.train <args>`` in ``cwd``, as a user would run it (this checkout's code first
+    on the path, whatever the installed copy points at)."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.run(
         [sys.executable, "-m", "vitlab.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )

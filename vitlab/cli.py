@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from vitlab.errors import ConfigError, VitlabError
 
@@ -31,3 +39,113 @@ def exit_with_error(err: VitlabError) -> None:
     """Bad input: one ``error:`` line on stderr, exit status 2, no traceback."""
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)
+
+
+def check_overrides_compose(argv: Sequence[str], conf_dir: Path, config_name: str) -> None:
+    """Compose the config of a single run once before Hydra does, so that a mistyped key, a value of
+    the wrong type or an unparsable override is one ``error:`` line instead of Hydra's multi-line
+    report. A sweep (``-m``, or a sweep config) is checked with its swept overrides left out; commands
+    with other Hydra flags (``--cfg``, ``--help``...) are left to Hydra."""
+    multirun = any(arg in ("-m", "--multirun") for arg in argv)
+    overrides = [arg for arg in argv if arg not in ("-m", "--multirun")]
+    if not overrides or any(arg.startswith("-") or ("=" not in arg and not arg.startswith("~")) for arg in overrides):
+        return
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        raise composition_error(err, overrides) from None
+    sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+    # A swept key is checked with its first value (model=a,b composes as model=a).
+    single = [o for o in overrides if o not in sweeps] + [_first_of_sweep(o) for o in parsed if o.is_sweep_override()]
+    single = [o for o in single if o]
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=single, return_hydra_config=bool(sweeps))
+    except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
+        raise composition_error(err, overrides, conf_dir, config_name) from None
+    if sweeps and not multirun and str(cfg.hydra.mode) != "RunMode.MULTIRUN":
+        raise ConfigError(f"{sweeps[0]}: a comma-separated value is a sweep; add -m to sweep over it, or write key=[a,b] for a list")
+
+
+def composition_error(
+    err: Exception, overrides: Sequence[str] = (), conf_dir: Path | None = None, config_name: str = "train"
+) -> ConfigError:
+    """One line for a Hydra composition failure, naming the key and what to do."""
+    message = str(err)
+    cause = err.__cause__
+    key = getattr(cause, "full_key", None)
+    if isinstance(err, OverrideParseException) or "no viable alternative" in message:
+        bad = next((o for o in overrides if _unparsable(o)), "an override")
+        return ConfigError(
+            f"{bad}: not a valid override ({message.splitlines()[0]}); write key=value, key=[a,b] for a list, "
+            "+key=value to add a key, or quote a value with special characters"
+        )
+    if isinstance(err, MissingConfigException) or "Could not find" in message:
+        found = re.search(r"Could not find '([^']+)/([^'/]+)'", message)
+        options = re.findall(r"^\t(\S+)$", message, flags=re.MULTILINE)
+        group, name = (found.group(1), found.group(2)) if found else ("config", "?")
+        hint = f"choose one of: {', '.join(options)}" if options else "check the name"
+        if group in ("hydra/launcher", "hydra/sweeper"):
+            hint += ' (the SLURM launcher and the Optuna sweeper need pip install -e ".[slurm]" / ".[optuna]")'
+        return ConfigError(f"{group}={name}: no such {group} config; {hint}")
+    if key and "Could not override" in message:
+        suggestion = _similar_keys(key, conf_dir, config_name, overrides)
+        hint = f"did you mean {' or '.join(suggestion)}? " if suggestion else ""
+        return ConfigError(
+            f"{key}: no such key in the config; {hint}`python -m vitlab.train --cfg job` prints every key "
+            f"(a new key is added with +{key}=...)"
+        )
+    if key and cause is not None:
+        detail = str(cause).splitlines()[0]
+        return ConfigError(f"{key}: {detail}; give a value of that type")
+    if "Ambiguous value for argument" in message:
+        arg = message.split("'", 2)[1] if "'" in message else "a value with commas"
+        return ConfigError(f"{arg}: a comma-separated value is a sweep; add -m to sweep over it, or write key=[a,b] for a list")
+    if "Could not append to config" in message or "Could not delete from config" in message:
+        found = re.search(r"'([^']+)'", message)
+        where = found.group(1) if found else "config"
+        first = message.splitlines()[0]
+        return ConfigError(f"{where}: {first[0].lower()}{first[1:]} (use key=value to change an existing key, +key=value to add one)")
+    return ConfigError(f"config: {message.splitlines()[0] if message else type(err).__name__}")
+
+
+def _first_of_sweep(override) -> str | None:
+    try:
+        first = next(iter(override.sweep_string_iterator()), None)
+    except (HydraException, TypeError, ValueError):
+        return None
+    return None if first is None else f"{override.get_key_element()}={first}"
+
+
+def _unparsable(override: str) -> bool:
+    try:
+        OverridesParser.create().parse_override(override)
+    except HydraException:
+        return True
+    return False
+
+
+def _leaf_keys(node: DictConfig, prefix: str = "") -> Iterator[str]:
+    for name in node.keys():
+        child = node._get_node(name)
+        full = f"{prefix}{name}"
+        if isinstance(child, DictConfig):
+            yield from _leaf_keys(child, f"{full}.")
+        else:
+            yield full
+
+
+def _similar_keys(key: str, conf_dir: Path | None, config_name: str, overrides: Sequence[str]) -> list[str]:
+    """Keys of the composed config that end like ``key`` or are spelled almost like it."""
+    if conf_dir is None:
+        return []
+    groups = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in GROUPS and "," not in o]
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=groups)
+    except (ConfigCompositionException, MissingConfigException, OmegaConfBaseException):
+        return []
+    keys = list(_leaf_keys(cfg))
+    last = key.rsplit(".", 1)[-1]
+    same_name = [k for k in keys if k.rsplit(".", 1)[-1] == last and k != key]
+    return same_name[:3] or difflib.get_close_matches(key, keys, n=2, cutoff=0.75)

@@ -13,6 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -115,7 +116,8 @@ class RecipeConfig:
 class HardwareConfig:
     accelerator: str = "auto"
     devices: int = 1
-    strategy: str = "auto"
+    strategy: str = "auto"  # ddp for several devices (conf/hardware/ddp.yaml)
+    sync_batchnorm: bool = False  # BatchNorm statistics over all devices (several devices only)
     precision: str = "32-true"
     batch_per_device: Optional[int] = None  # micro-batch; null = recipe batch / devices, no accumulation
     num_workers: int = 4
@@ -135,8 +137,16 @@ class HardwareConfig:
                 "hardware.precision",
                 f"{self.precision} needs a CUDA GPU; on CPU use 32-true or bf16-mixed",
             )
+            _check(not self.sync_batchnorm, "hardware.sync_batchnorm", "SyncBatchNorm runs on GPUs only; set it to false on CPU")
         elif not torch.cuda.is_available():
             raise ConfigError(f"hardware.accelerator: {self.accelerator} asked for, but no CUDA GPU is visible; use hardware=cpu or hardware=auto")
+        elif self.precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
+            raise ConfigError(f"hardware.precision: {self.precision} needs a GPU with bfloat16 (Ampere or newer); use 16-mixed")
+        elif self.devices > torch.cuda.device_count():
+            raise ConfigError(
+                f"hardware.devices: {self.devices} GPUs asked for, but {torch.cuda.device_count()} visible; "
+                f"use hardware.devices={torch.cuda.device_count()}"
+            )
 
     def resolved_accelerator(self) -> str:
         if self.accelerator == "auto":
@@ -151,8 +161,28 @@ def auto_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
+def fresh_dir(path: str) -> str:
+    """Create and return a new folder at ``path``, or at ``path_1``, ``path_2``... if it exists.
+
+    ``os.mkdir`` fails when the folder exists, so two runs started in the same second (the run dir
+    names hold the time to the second) each get a folder of their own and never write into each
+    other's. Registered with ``use_cache``, so the folder is claimed once per composed config, however
+    often ``hydra.run.dir`` is read afterwards.
+    """
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    candidate, suffix = base, 0
+    while True:
+        try:
+            candidate.mkdir()
+            return str(candidate)
+        except FileExistsError:
+            suffix += 1
+            candidate = base.with_name(f"{base.name}_{suffix}")
+
+
 def _run_dir(run_dir: str | None, fresh: str) -> str:
-    return fresh if run_dir in (None, "") else str(run_dir)
+    return fresh_dir(fresh) if run_dir in (None, "") else str(run_dir)
 
 
 def _hydra_subdir(run_dir: str | None) -> str:
@@ -166,10 +196,11 @@ def _path_safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.,=+-]+", "-", text)[:200].rstrip(",") or "default"
 
 
+# Resolvers with side effects: evaluated once per composed config.
+_CACHED_RESOLVERS = {"vitlab.run_dir": _run_dir, "vitlab.fresh_dir": fresh_dir}
 _RESOLVERS = {
     "vitlab.auto_precision": auto_precision,
     "vitlab.cuda_available": torch.cuda.is_available,
-    "vitlab.run_dir": _run_dir,
     "vitlab.hydra_subdir": _hydra_subdir,
     "vitlab.path_safe": _path_safe,
 }
@@ -183,6 +214,9 @@ def register_configs() -> None:
     for name, fn in _RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+    for name, fn in _CACHED_RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=True)
 
 
 def _to_object(node: DictConfig | dict, schema: type, key: str) -> Any:
@@ -205,6 +239,11 @@ def to_hardware(node: DictConfig | dict) -> HardwareConfig:
 def split_batch(recipe: RecipeConfig, hardware: HardwareConfig) -> tuple[int, int]:
     """(per-device batch, gradient accumulation) that keep the recipe's effective batch exactly."""
     global_batch, devices = recipe.batch_size, hardware.devices
+    _check(
+        global_batch >= devices,
+        "recipe.batch_size",
+        f"{global_batch} is smaller than hardware.devices={devices}; every device needs at least one sample per step",
+    )
     _check(
         global_batch % devices == 0,
         "recipe.batch_size",

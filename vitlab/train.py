@@ -12,6 +12,7 @@ The run dir (``paths.output_dir``) receives ``checkpoints/`` (best by val top-1,
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,14 +21,16 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from vitlab.cli import check_group_choices, exit_with_error
+from vitlab.checkpoint import check_resume_checkpoint
+from vitlab.cli import check_group_choices, check_overrides_compose, composition_error, exit_with_error
 from vitlab.config import register_configs, split_batch, to_hardware, to_recipe
 from vitlab.errors import ConfigError, VitlabError
 
@@ -47,10 +50,19 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
     batch_per_device, accumulate = split_batch(recipe, hardware)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
+    if ckpt_path is None and (output_dir / "checkpoints" / "last.ckpt").is_file():
+        # The run dir already holds a run (a SLURM job requeued after its time limit reruns in its
+        # sweep folder): continue it instead of overwriting its checkpoints.
+        ckpt_path = str(output_dir / "checkpoints" / "last.ckpt")
+        rank_zero_info(f"{output_dir} already holds a run: continuing from {ckpt_path}")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed: expected an integer in [0, 2**32), got {cfg.seed!r}")
 
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data, batch_size=batch_per_device)
     module = build(cfg.model, recipe=OmegaConf.to_container(cfg.recipe, resolve=True))
+    if ckpt_path:
+        check_resume_checkpoint(ckpt_path, module)
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         accumulate_grad_batches=accumulate,
@@ -64,7 +76,7 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
     )
 
     fit_started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_time = time.perf_counter() - fit_started
     metrics: dict[str, Any] = {
         "model": cfg.model.net.name,
@@ -178,20 +190,49 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             cfg, choices = continued_run_config(cfg)
         else:
             choices = dict(HydraConfig.get().runtime.choices)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            check_sweep_can_use_ddp(cfg)
         metrics = train(cfg, choices)
     except MissingMandatoryValue as err:
         exit_with_error(ConfigError(f"{err.full_key}: no value given; add {err.full_key}=<value> to the command"))
     except InterpolationResolutionError as err:
         exit_with_error(ConfigError(f"{err.full_key}: {str(err).splitlines()[0]}"))
+    except (ConfigCompositionException, MissingConfigException) as err:  # composing a continued run
+        exit_with_error(composition_error(err, list(HydraConfig.get().overrides.task), CONF_DIR))
     except VitlabError as err:
         exit_with_error(err)
     value = metrics.get(cfg.optimized_metric)
     return None if value is None else float(value)
 
 
+def check_sweep_can_use_ddp(cfg: DictConfig) -> None:
+    """Refuse a local sweep of multi-process runs. Lightning's DDP launcher starts the other ranks by
+    re-running the command line, which in a sweep (-m) re-runs the whole sweep in every rank. Under
+    SLURM (hydra/launcher=slurm) or torchrun the ranks come from the job instead, which works."""
+    hardware = to_hardware(cfg.hardware)
+    launched_outside = any(k in os.environ for k in ("SLURM_NTASKS", "TORCHELASTIC_RUN_ID"))
+    if hardware.devices > 1 and hardware.strategy.startswith("ddp") and not launched_outside:
+        raise ConfigError(
+            f"hardware.strategy: {hardware.strategy} over {hardware.devices} devices cannot run inside a local sweep (-m): "
+            "Lightning would re-run the whole sweep in every rank; sweep on SLURM (hydra/launcher=slurm) or "
+            "start each run on its own"
+        )
+
+
+def check_run_dir_exists(argv: list[str]) -> None:
+    """``run_dir=<folder>`` must name an earlier run's folder; checked before Hydra creates it."""
+    for arg in argv:
+        if arg.startswith("run_dir="):
+            value = arg.partition("=")[2].strip("'\"")
+            if value not in ("", "null") and not Path(value).is_dir():
+                raise ConfigError(f"run_dir: no folder at {Path(value).resolve()}; give the folder of an earlier run (logs/<task>/runs/<date>_<time>)")
+
+
 def main() -> None:
     try:
+        check_run_dir_exists(sys.argv[1:])
         check_group_choices(sys.argv[1:], CONF_DIR)
+        check_overrides_compose(sys.argv[1:], CONF_DIR, "train")
     except VitlabError as err:
         exit_with_error(err)
     _hydra_main()

@@ -12,9 +12,12 @@ load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import os
+import random
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup
@@ -22,6 +25,8 @@ from timm.loss import SoftTargetCrossEntropy
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from datamodules.samplers import derive_seed
+from vitlab.checkpoint import capture_rng_state, restore_rng_state
 from vitlab.config import to_recipe
 from vitlab.errors import ConfigError
 from vitlab.models import create_model
@@ -89,6 +94,7 @@ class ImageClassifier(L.LightningModule):
         self.val_acc = _accuracy_metrics(self.num_classes, "val/")
         self.test_acc = _accuracy_metrics(self.num_classes, "test/")
         self.best_val_top1 = 0.0
+        self._rng_state_to_restore: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,6 +118,8 @@ class ImageClassifier(L.LightningModule):
         return max((m.float().sum(-1) - 1).abs().max() for m in maps.values())
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.trainer.world_size > 1:
+            self._seed_this_rank()
         if self.recipe.channels_last:
             self.net.to(memory_format=torch.channels_last)
         if stage == "fit" and self.hparams.compile:
@@ -196,11 +204,38 @@ class ImageClassifier(L.LightningModule):
                 self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
 
     # ----------------------------------------------------------------------------- state
+    def _seed_this_rank(self) -> None:
+        # Every process starts from the same seed (identical initial weights before DDP's broadcast);
+        # from here on each rank draws its own dropout masks, augmentations and mixing partners.
+        seed = derive_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), "rank", self.trainer.global_rank) % 2**32
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def on_train_epoch_start(self) -> None:
+        # A resumed run continues the RNG streams where the checkpoint left them. Restored here, not
+        # in on_load_checkpoint, so what runs in between (sanity validation, loader set-up) cannot
+        # shift them.
+        if self._rng_state_to_restore is not None:
+            restore_rng_state(self._rng_state_to_restore)
+            self._rng_state_to_restore = None
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["best_val_top1"] = self.best_val_top1
+        state = capture_rng_state()
+        if self.trainer.world_size > 1:  # every rank has its own streams; rank 0 writes them all
+            states: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(states, state)
+            checkpoint["rng_states"] = states
+        else:
+            checkpoint["rng_states"] = [state]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_val_top1 = float(checkpoint.get("best_val_top1", 0.0))
+        states = checkpoint.get("rng_states") or []
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        if rank < len(states):
+            self._rng_state_to_restore = states[rank]
 
     # ----------------------------------------------------------------------------- optim
     def configure_optimizers(self) -> dict[str, Any]:

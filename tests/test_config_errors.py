@@ -1,0 +1,165 @@
+"""Bad configurations end with one ``error: <key>: ...`` line, exit status 2 and no traceback.
+
+Each case runs the real command-line path (``python -m vitlab.train``) in this process through
+``runpy``, which costs a fraction of a subprocess; one case also runs as a real subprocess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import runpy
+import sys
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+
+from conftest import run_cli
+from vitlab.models import create_model
+
+# A tiny synthetic run: cases that pass start-up checks would train for one step on one thread.
+COMMON = [
+    "hardware=cpu", "hardware.num_workers=0", "recipe.epochs=1", "recipe.batch_size=8", "recipe.repeated_aug=1",
+    "trainer.limit_train_batches=1", "~logger", "callbacks.progress_bar.kind=tqdm",
+]
+SYNTHETIC = ["data=synthetic", "data.train_size=32", "data.val_size=8", "data.test_size=8"]
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+
+# (overrides, the start of the error line). Grouped by what is wrong.
+CASES = [
+    # unknown group options
+    (["model=no_such_model"], "error: model=no_such_model: no such model config; choose one of: "),
+    (["data=imagenet1k"], "error: data=imagenet1k: no such data config; choose one of: "),
+    (["recipe=deit"], "error: recipe=deit: no such recipe config"),
+    (["hardware=tpu"], "error: hardware=tpu: no such hardware config"),
+    (["logger=wandb"], "error: logger=wandb: no such logger config"),
+    (["hydra/launcher=no_such_launcher"], "error: hydra/launcher=no_such_launcher: no such hydra/launcher config; choose one of: "),
+    # mistyped keys and unparsable overrides
+    (["recipe.lr=0.1"], "error: recipe.lr: no such key in the config; did you mean recipe.optimizer.lr?"),
+    (["lr=0.1"], "error: lr: no such key in the config; did you mean recipe.optimizer.lr?"),
+    (["model.net.drop_rat=0.1"], "error: model.net.drop_rat: no such key in the config; did you mean model.net.drop_rate"),
+    (["+model.net.embed_dimm=64"], "error: model.net.embed_dimm: MiniViT has no such setting"),
+    (["recipe.epochs=[1,2"], "error: recipe.epochs=[1,2: not a valid override"),
+    (["+recipe.epochs=3"], "error: recipe.epochs: could not append to config"),
+    (["model=mini_vit,outgrid"], "error: model=mini_vit,outgrid: a comma-separated value is a sweep; add -m"),
+    (["-m", "model=mini_vit,outgrid", "recipe.optimizer.lrr=1,2"], "error: recipe.optimizer.lrr: no such key in the config; did you mean recipe.optimizer.lr"),
+    (["-m", "model=mini_vit,outgrid", "recipe.batch_size=big"], "error: recipe.batch_size: Value 'big' of type 'str' could not be converted to Integer"),
+    # wrong types
+    (["recipe.epochs=many"], "error: recipe.epochs: Value 'many' of type 'str' could not be converted to Integer"),
+    (["recipe.optimizer.lr=fast"], "error: recipe.optimizer.lr: Value 'fast' of type 'str' could not be converted to Float"),
+    (["hardware.devices=two"], "error: hardware.devices: Value 'two' of type 'str' could not be converted to Integer"),
+    (["seed=abc"], "error: seed: expected an integer"),
+    # bad recipe values
+    (["recipe.optimizer.lr=-0.001"], "error: recipe.optimizer.lr: must be positive, got -0.001"),
+    (["recipe.optimizer.weight_decay=-0.1"], "error: recipe.optimizer.weight_decay: must be >= 0"),
+    (["recipe.optimizer.name=lamb"], "error: recipe.optimizer.name: unknown optimizer 'lamb'"),
+    (["recipe.epochs=0"], "error: recipe.epochs: must be positive, got 0"),
+    (["recipe.label_smoothing=1.5"], "error: recipe.label_smoothing: must be in [0, 1)"),
+    (["recipe.mixing.prob=2"], "error: recipe.mixing.prob: must be in [0, 1]"),
+    (["recipe.schedule.warmup_epochs=1", "recipe.schedule.warmup_ratio=0.1"], "error: recipe.schedule: give warmup_epochs or warmup_ratio"),
+    (["recipe.grad_clip=-1"], "error: recipe.grad_clip: must be positive or null"),
+    (["recipe.repeated_aug=0"], "error: recipe.repeated_aug: must be >= 1"),
+    # hardware
+    (["hardware.devices=0"], "error: hardware.devices: must be >= 1, got 0"),
+    (["hardware.devices=16", "recipe.batch_size=8"], "error: recipe.batch_size: 8 is smaller than hardware.devices=16"),
+    (["hardware.devices=3"], "error: recipe.batch_size: 8 is not divisible by hardware.devices=3"),
+    (["hardware.batch_per_device=3"], "error: hardware.batch_per_device: 3 does not divide the per-device batch 8"),
+    (["hardware.precision=8-bit"], "error: hardware.precision: unknown precision '8-bit'"),
+    (["hardware.precision=16-mixed"], "error: hardware.precision: 16-mixed needs a CUDA GPU; on CPU use 32-true or bf16-mixed"),
+    pytest.param(["hardware.accelerator=gpu"], "error: hardware.accelerator: gpu asked for, but no CUDA GPU is visible", marks=NO_CUDA),
+    (["hardware.num_workers=-1"], "error: hardware.num_workers: must be >= 0"),
+    (["-m", "hardware=ddp", "hardware.accelerator=cpu", "hardware.sync_batchnorm=false", "seed=1,2"],
+     "error: hardware.strategy: ddp over 2 devices cannot run inside a local sweep (-m)"),
+    (["hardware.sync_batchnorm=true"], "error: hardware.sync_batchnorm: SyncBatchNorm runs on GPUs only"),
+    # data
+    (["data.num_classes=1"], "error: data.num_classes: the synthetic task has 2 to 36 classes, got 1"),
+    (["data.img_size=8"], "error: data.img_size: the synthetic task needs at least 16 pixels"),
+    (["data.val_size=-1"], "error: data.val_size: expected an image count >= 0"),
+    (["data=image_folder"], "error: data.root: no value given; add data.root=<value>"),
+    (["data=cifar10", "data.download=false", "data.data_dir=missing"], "error: data.data_dir"),
+    # models that cannot be built for the data
+    (["+model.net.num_heads=5"], "error: model.net: embed_dim 96 is not divisible by num_heads 5"),
+    (["data.img_size=30"], "error: model.net: img_size 30 is not divisible by patch_size 4"),
+    (["model=outgrid", "data.img_size=20"], "error: model.net: grid_sizes[0]=8 does not divide stage 0's 20x20 feature map"),
+    (["model=outgrid", "+model.net.kernel_size=4"], "error: model.net: kernel_size=4 must be odd"),
+    # resuming
+    (["ckpt_path=nope.ckpt"], "error: ckpt_path: no checkpoint file at"),
+    (["ckpt_path=last"], "error: ckpt_path=last: no checkpoint at"),
+    (["run_dir=no_such_run"], "error: run_dir: no folder at"),
+    (["run_dir=not_a_run"], "error: run_dir: "),
+    (["ckpt_path=other_model.ckpt"], "error: ckpt_path: other_model.ckpt is a checkpoint of network 'outgrid_7m', but model.net.name is 'mini_vit'"),
+    (["ckpt_path=five_classes.ckpt"], "error: ckpt_path: five_classes.ckpt does not match the configured mini_vit: net.head.weight is [5, "),
+    (["ckpt_path=tampered.ckpt"], "error: ckpt_path: tampered.ckpt holds pickled Python objects, not only tensors, and is refused (it asks for print;"),
+    (["ckpt_path=truncated.ckpt"], "error: ckpt_path: truncated.ckpt is not a readable checkpoint"),
+    # callbacks
+    (["callbacks.nan_guard.mode=ignore"], "error: callbacks.nan_guard.mode: unknown mode 'ignore'; use stop or skip"),
+    (["callbacks.progress_bar.kind=fancy"], "error: callbacks.progress_bar.kind: unknown progress bar 'fancy'"),
+]
+
+
+class _RunsPrint:
+    """Pickled as a call to print: what a tampered checkpoint would run when unpickled."""
+
+    def __reduce__(self):
+        return (print, ("this ran while loading the checkpoint",))
+
+
+def _write_checkpoints(folder) -> None:
+    net = create_model("mini_vit", num_classes=5)
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": {"net": {"name": "mini_vit", "num_classes": 5}}},
+               folder / "five_classes.ckpt")
+    torch.save({"state_dict": {"net.head.weight": torch.zeros(2, 2)}, "hyper_parameters": {"net": {"name": "outgrid_7m"}}},
+               folder / "other_model.ckpt")
+    torch.save({"state_dict": state, "callbacks": {"x": _RunsPrint()}}, folder / "tampered.ckpt")
+    (folder / "truncated.ckpt").write_bytes((folder / "five_classes.ckpt").read_bytes()[:300])
+    (folder / "not_a_run").mkdir()
+
+
+def run_in_process(args: list[str]) -> tuple[int, str]:
+    """``python -m vitlab.train <args>`` in this process: (exit status, stderr)."""
+    GlobalHydra.instance().clear()
+    argv, stderr = sys.argv, io.StringIO()
+    sys.argv = ["vitlab.train", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stderr(stderr):
+            runpy.run_module("vitlab.train", run_name="__main__", alter_sys=True)
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 1
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
+    return code, stderr.getvalue()
+
+
+def test_the_list_has_at_least_30_cases():
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("args, expected", CASES)
+def test_bad_config_gives_one_line(args, expected, tmp_path, monkeypatch, capsys, one_thread):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    if any(a.startswith("ckpt_path=") or a.startswith("run_dir=") for a in args):
+        _write_checkpoints(tmp_path)
+    data = [] if any(a.startswith("data=") for a in args) else SYNTHETIC
+    flags = [a for a in args if a.startswith("-")]  # Hydra wants its flags before the overrides
+    code, stderr = run_in_process([*flags, *COMMON, *data, *(a for a in args if a not in flags)])
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert code == 2, stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith(expected), stderr[-2000:]
+    assert "Traceback" not in stderr and "HYDRA_FULL_ERROR" not in stderr, stderr[-2000:]
+    assert "this ran while loading" not in capsys.readouterr().out
+
+
+def test_mistyped_key_is_one_line_from_a_real_process(tmp_path):
+    done = run_cli("data=synthetic", "hardware=cpu", "recipe.lr=0.1", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: recipe.lr: no such key in the config; did you mean recipe.optimizer.lr? `python -m vitlab.train "
+        "--cfg job` prints every key (a new key is added with +recipe.lr=...)"
+    ]
+    assert not (tmp_path / "logs").exists()  # refused before a run dir was made
