@@ -212,6 +212,17 @@ def test_no_nan_under_bf16_autocast_at_the_seed_lr(lr, one_thread):
     assert torch.isfinite(net.bank_norm)
 
 
+def test_flops_are_countable_under_no_grad(one_thread):
+    """torch's flop counter (the FLOPs callback, bench/throughput.py) hooks every module's inputs,
+    bank state included."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = tiny().eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.randn(1, 3, 32, 32))
+    assert counter.get_total_flops() > 2 * sum(p.numel() for p in net.blocks.parameters()) / 2
+
+
 def test_fusion_weights_start_equal():
     weights = tiny().fusion_weights()
     torch.testing.assert_close(weights, torch.full((2, 4), 0.25))

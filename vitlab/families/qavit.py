@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from vitlab.families.classifier import ImageClassifier
@@ -27,6 +28,14 @@ class QAViTClassifier(ImageClassifier):
             f"QAViT: {'faithful (seed) bank and layouts' if net.faithful else 'functional per-sample bank'}, "
             f"{net.grid[0]}x{net.grid[1]} grid, bank of {net.token_bank.num_tokens} tokens"
         )
+
+    #: Images of the first validation batch whose maps the softmax check computes: all four branches
+    #: of every block for a full batch of 224 px images would take gigabytes (the channel-group maps
+    #: alone are groups x heads x N x (N + S) per image and block).
+    attention_check_images: int = 8
+
+    def _check_attention(self, images: torch.Tensor) -> None:
+        super()._check_attention(images[: self.attention_check_images])
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.net.bank_norm is not None:

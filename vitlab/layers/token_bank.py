@@ -76,7 +76,9 @@ class TokenBank(nn.Module):
         trunc_normal_(self.values, std=0.02)
 
     def initial_state(self, batch_size: int) -> BankState:
-        return BankState(self.keys.expand(batch_size, -1, -1), self.values.expand(batch_size, -1, -1))
+        # Copies, not expanded views: a view of a parameter made under no_grad requires grad without
+        # a grad_fn, which breaks module hooks such as torch's flop counter.
+        return BankState(self.keys.repeat(batch_size, 1, 1), self.values.repeat(batch_size, 1, 1))
 
     def pool(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens ``(B, N, dim)`` -> per-sample slot updates for keys and values, each ``(B, S, dim)``."""
@@ -104,8 +106,7 @@ class TokenBank(nn.Module):
             if dist.is_available() and dist.is_initialized():
                 dist.all_reduce(update)
                 update /= dist.get_world_size()
-            # `.data` bypasses autograd's version check, as the seed's assignment did: reads made
-            # earlier in this forward are saved for backward and silently see the new values.
+            # In place through `.data`, outside autograd, as the seed's assignment did.
             self.keys.data.add_(self.write_rate * update[0].to(self.keys.dtype))
             self.values.data.add_(self.write_rate * update[1].to(self.values.dtype))
         return self.initial_state(tokens.shape[0])
