@@ -27,7 +27,7 @@ from torchvision.transforms.v2 import functional as TF
 from vitlab.errors import ConfigError, DataError
 
 from .samplers import RepeatedAugmentationSampler, derive_seed
-from .transforms import build_eval_transform, build_train_transform, resolve_augment
+from .transforms import _INTERPOLATIONS, build_eval_transform, build_train_transform, resolve_augment
 
 Transform = Callable[[Any], Any]
 
@@ -288,7 +288,8 @@ class ImageDataModule(lightning.LightningDataModule):
     naming the file, also from inside loader workers.
     """
 
-    #: Interpolation of the resize to ``img_size`` (when the images are not already that size).
+    #: Interpolation of the resize to ``img_size`` (when the images are not already that size);
+    #: the ``resize_interpolation`` argument (``data.resize_interpolation``) overrides it.
     resize_interpolation = "bicubic"
 
     def __init__(
@@ -309,6 +310,7 @@ class ImageDataModule(lightning.LightningDataModule):
         seed: int = 0,
         cache: bool = False,
         subset: int | None = None,
+        resize_interpolation: str | None = None,
     ) -> None:
         super().__init__()
         _check_int(num_classes, "data.num_classes")
@@ -347,6 +349,12 @@ class ImageDataModule(lightning.LightningDataModule):
         self.seed = seed
         self.cache = cache
         self.subset = subset
+        if resize_interpolation is not None:  # else the dataset's class default
+            if resize_interpolation not in _INTERPOLATIONS:
+                raise ConfigError(
+                    f"data.resize_interpolation: unknown mode {resize_interpolation!r}; use one of {', '.join(_INTERPOLATIONS)}"
+                )
+            self.resize_interpolation = resize_interpolation
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None

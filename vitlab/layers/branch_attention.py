@@ -1,0 +1,83 @@
+"""Pieces shared by the QAViT attention branches: the kernel dispatch (optional flash-attn) and the
+Linformer-style sequence compression.
+
+Every branch calls :func:`branch_attend`, which is :func:`vitlab.layers.attention.attend` (PyTorch SDPA)
+unless the optional ``flash-attn`` package can take the call: it must be importable, the tensors on
+CUDA in fp16/bf16, no mask, no weights asked for, and a head dim flash supports. The choice depends
+only on the tensors, never on train/eval mode, so training and evaluation use the same kernel
+family (the seed used flash only in training, spec D18).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vitlab.layers.attention import attend
+
+try:  # the `flash` extra; CUDA only
+    from flash_attn import flash_attn_func as _flash_attn_func
+except ImportError:  # pragma: no cover - depends on the environment
+    _flash_attn_func = None
+
+
+def flash_available() -> bool:
+    """Whether the flash-attn package imported and a CUDA device is visible."""
+    return _flash_attn_func is not None and torch.cuda.is_available()
+
+
+def _flash_can_run(q: torch.Tensor, attn_mask: torch.Tensor | None, need_weights: bool) -> bool:
+    return (
+        _flash_attn_func is not None
+        and q.is_cuda
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and attn_mask is None
+        and not need_weights
+        and q.shape[-1] % 8 == 0
+        and q.shape[-1] <= 256
+    )
+
+
+def branch_attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+    attn_mask: torch.Tensor | None = None,
+    use_flash: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`attend` on ``(B, heads, N, head_dim)`` tensors, through flash-attn when ``use_flash`` is
+    set and the call qualifies (see the module docstring); same result within fp16 tolerance."""
+    if use_flash and _flash_can_run(q, attn_mask, need_weights):
+        # flash-attn wants (B, N, heads, head_dim) and one dtype for q, k and v.
+        out = _flash_attn_func(
+            q.transpose(1, 2), k.to(q.dtype).transpose(1, 2), v.to(q.dtype).transpose(1, 2), dropout_p=dropout_p
+        )
+        return out.transpose(1, 2), None
+    return attend(q, k, v, dropout_p=dropout_p, need_weights=need_weights, attn_mask=attn_mask)
+
+
+class SequenceCompression(nn.Module):
+    """Linformer's learned projections along the sequence axis: ``K' = E_K^T K``, ``V' = E_V^T V``,
+    ``(..., length, D) -> (..., k, D)``, shared across heads and batch (Xavier-uniform init).
+
+    Inputs shorter than ``length`` are zero-padded first (the seed's behaviour, needed only for its
+    fixed-length faithful mode); longer ones are an error.
+    """
+
+    def __init__(self, length: int, k: int) -> None:
+        super().__init__()
+        self.length, self.k = length, k
+        self.e_k = nn.Parameter(torch.empty(length, k))
+        self.e_v = nn.Parameter(torch.empty(length, k))
+        nn.init.xavier_uniform_(self.e_k)
+        nn.init.xavier_uniform_(self.e_v)
+
+    def forward(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = k.shape[-2]
+        if n > self.length:
+            raise ValueError(f"sequence of {n} tokens is longer than the compression's {self.length}")
+        e_k, e_v = self.e_k[:n].to(k.dtype), self.e_v[:n].to(v.dtype)  # padding with zeros == dropping rows of E
+        return torch.einsum("...nd,nk->...kd", k, e_k), torch.einsum("...nd,nk->...kd", v, e_v)
