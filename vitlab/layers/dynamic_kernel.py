@@ -3,6 +3,9 @@
 Each pixel predicts, for each head, a softmax over the k x k taps of its own neighbourhood; the
 channels of that head are mixed with that kernel (zero-padded at the border). It resembles
 involution; unlike VOLO's outlook attention there is no k^4 weight tensor, no fold and no pooling.
+
+The tap contraction is elementwise, so ``torch.utils.flop_counter`` (which counts matmuls and
+convolutions) leaves out its ``C * H * W * k^2`` MACs: 0.3 % of OutGrid 7M's total at 32 px.
 """
 
 from __future__ import annotations
@@ -33,13 +36,18 @@ class DynamicKernelMixer(nn.Module):
 
     def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, C, H, W = x.shape
-        h, k2 = self.num_heads, self.kernel_size**2
-        weights = self.kernel_logits(x).view(B, h, k2, H, W).softmax(dim=2)
-        values = F.unfold(self.value(x), self.kernel_size, padding=self.kernel_size // 2)
-        values = values.view(B, h, C // h, k2, H, W)
-        # A contraction over the taps (a batched matmul), so flop counters see its MACs.
-        out = torch.einsum("bhkyx,bhckyx->bhcyx", self.attn_drop(weights), values).reshape(B, C, H, W)
-        return self.proj_drop(self.proj(out)), weights if need_weights else None
+        h, k = self.num_heads, self.kernel_size
+        weights = self.kernel_logits(x).view(B, h, k * k, H, W).softmax(dim=2)
+        mixing = self.attn_drop(weights)
+        pad = k // 2
+        values = F.pad(self.value(x), (pad, pad, pad, pad)).view(B, h, C // h, H + 2 * pad, W + 2 * pad)
+        # One multiply-add per tap on shifted views of the padded values: no k*k-times unfolded copy
+        # (im2col / col2im), and no per-pixel batched matmul in the backward (the profile's hot spots).
+        out = mixing[:, :, :1] * values[..., :H, :W]
+        for tap in range(1, k * k):
+            dy, dx = divmod(tap, k)
+            out = torch.addcmul(out, mixing[:, :, tap : tap + 1], values[..., dy : dy + H, dx : dx + W])
+        return self.proj_drop(self.proj(out.reshape(B, C, H, W))), weights if need_weights else None
 
 
 class DynamicKernelBlock(nn.Module):
