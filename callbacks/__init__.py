@@ -1,5 +1,6 @@
 """Lightning callbacks instantiated from conf/callbacks/."""
 
 from callbacks.progress import make_progress_bar
+from callbacks.sdpa_backend import SDPABackend
 
-__all__ = ["make_progress_bar"]
+__all__ = ["SDPABackend", "make_progress_bar"]
