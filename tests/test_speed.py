@@ -44,6 +44,17 @@ def test_dynamic_kernel_mixer_equals_the_unfold_version_with_its_gradients(kerne
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_tap_mix_backward_passes_gradcheck_in_both_layouts():
+    from vitlab.layers.dynamic_kernel import _TapMix
+
+    torch.manual_seed(0)
+    weights = torch.rand(1, 2, 9, 4, 3, dtype=torch.float64).requires_grad_()
+    padded = torch.randn(1, 6, 6, 5, dtype=torch.float64)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        values = padded.contiguous(memory_format=layout).view(1, 2, 3, 6, 5).requires_grad_()
+        assert torch.autograd.gradcheck(_TapMix.apply, (weights, values, 3))
+
+
 def test_outgrid_runs_channels_last_inside_and_gives_the_same_logits_for_either_input_layout(one_thread):
     torch.manual_seed(0)
     net = create_model("outgrid_7m", dims=(8, 16, 16, 16), num_heads=(2, 2, 2, 2), outlook_heads=(2, 2, 2, 2),
