@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import timm
@@ -292,8 +293,10 @@ def peak_memory(subject: Subject, sw: Switches) -> tuple[float, bool]:
 
 
 # ----------------------------------------------------------------------------------------- run
-def measure(subjects: list[Subject], sw: Switches, modes: list[str], warmup: int, iters: int) -> None:
-    """Fill every subject's ``results``; a network and its reference are timed in turn."""
+def measure(subjects: list[Subject], sw: Switches, modes: list[str], warmup: int, iters: int,
+            after_group: Callable[[], None] = lambda: None) -> None:
+    """Fill every subject's ``results``; a network and its reference are timed in turn.
+    ``after_group`` runs after each network (with its reference) is done."""
     groups: list[list[Subject]] = []
     for subject in subjects:
         if subject.reference_of is not None and groups and groups[-1][0].label == subject.reference_of:
@@ -321,6 +324,7 @@ def measure(subjects: list[Subject], sw: Switches, modes: list[str], warmup: int
         for subject in group:
             subject.net.to("cpu")
             print(f"# measured {subject.label}", file=sys.stderr, flush=True)
+        after_group()
 
 
 COLUMNS = ["model", "px", "classes", "params", "MACs/img", "train img/s", "infer img/s", "train ms/step",
@@ -331,6 +335,8 @@ def rows(subjects: list[Subject], peak: float) -> list[dict[str, str]]:
     by_label = {s.label: s for s in subjects}
     out = []
     for s in subjects:
+        if not s.results:
+            continue
         r = s.results
         train = r.get("train_ips")
         ratio = "-"
@@ -444,8 +450,16 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, str]], str]:
     peak = measure_peak_flops(device, PRECISIONS[args.precision], clock)
     modes = ["train", "infer"] if args.mode == "both" else [args.mode]
     started = datetime.now()
-    measure(subjects, sw, modes, args.warmup, args.iters)
+    # The files are rewritten after every network, so a long run that is stopped keeps what it measured.
+    write = partial(write_results, subjects, args, device, started, csv_path, md_path)
+    measure(subjects, sw, modes, args.warmup, args.iters, after_group=lambda: write(peak))
     peak = max(peak, measure_peak_flops(device, PRECISIONS[args.precision], clock))  # the better of before and after
+    table, text = write(peak)
+    return table, text + f"\nwrote {csv_path} and {md_path}\n"
+
+
+def write_results(subjects: list[Subject], args: argparse.Namespace, device: torch.device, started: datetime,
+                  csv_path: Path, md_path: Path, peak: float) -> tuple[list[dict[str, str]], str]:
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     header = [
         f"{started:%Y-%m-%d %H:%M} | {device_name(device)} | torch {torch.__version__} | timm {timm.__version__}",
@@ -453,7 +467,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, str]], str]:
         f"batch {args.batch_size} | {args.precision} | channels_last {'on' if args.channels_last else 'off'} | "
         f"compile {'on' if args.compile else 'off'} | sdpa {args.sdpa_backend} | warm-up {args.warmup}, median of {args.iters} "
         f"| {args.timer} time",
-        f"peak {args.precision} matmul {peak / 1e9:.1f} GFLOP/s (measured here) | load average after the run {load}",
+        f"peak {args.precision} matmul {peak / 1e9:.1f} GFLOP/s (measured here) | load average at the end {load}",
     ]
     table = rows(subjects, peak)
     text = markdown(table, header)
@@ -466,12 +480,14 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, str]], str]:
                          "mfu", "peak_flops", "precision", "channels_last", "compile", "batch_size", "device"])
         for s in subjects:
             r = s.results
+            if not r:
+                continue
             mfu = r["train_flops"] * r["train_ips"] / peak if "train_ips" in r else ""
             writer.writerow([s.label, s.reference_of or "", s.img_size, s.num_classes, r["params"], r["macs"],
                              r["train_flops"], r.get("train_ips", ""), r.get("infer_ips", ""), r.get("train_ms", ""),
                              r.get("infer_ms", ""), r["peak_mem_mb"], r["mem_measured"], mfu, peak, args.precision,
                              args.channels_last, args.compile, args.batch_size, device_name(device)])
-    return table, text + f"\nwrote {csv_path} and {md_path}\n"
+    return table, text
 
 
 def main(argv: list[str] | None = None) -> None:
