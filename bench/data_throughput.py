@@ -11,7 +11,7 @@ batches of the train loader after one untimed warm-up batch (which also absorbs 
 reported apart). The main process runs with one torch thread, as each loader worker does, so the
 ``0`` row is the cost of one core. ``--cache`` adds rows with every image decoded once into memory
 (``data.cache=true``): augmentation only. ``--model`` times that model's training step on
-synthetic tensors of the same batch (bench/throughput.py) to say whether loading keeps up.
+synthetic tensors of the same batch (``python -m vitlab.bench``) to say whether loading keeps up.
 
 Prints a markdown table headed by the date, machine (nproc, CPU model) and the command line.
 """
@@ -75,14 +75,13 @@ def time_loader(dm: ImageFolderDataModule, workers: int, batches: int) -> tuple[
 
 
 def model_train_rate(name: str, batch: int, img_size: int, threads: int) -> float:
-    sys.path.insert(0, str(ROOT / "bench"))
-    from throughput import build, time_steps
+    from vitlab.bench import Switches, build_subject, make_steps, time_in_turn
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build(name, 10, img_size)
-    seconds = time_steps(model, "train", batch, img_size, 10, False, warmup=1, iters=3, device=torch.device("cpu"))
-    return batch / seconds
+    subject = build_subject(name, img_size, 10)
+    step = make_steps(subject, Switches(torch.device("cpu"), batch_size=batch))["train"]
+    return batch / time_in_turn([step], warmup=1, iters=3, device=torch.device("cpu"))[0]
 
 
 def main() -> None:

@@ -25,9 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import macs_per_image  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vitlab.bench import count_flops  # noqa: E402
 from vitlab.models import create_model  # noqa: E402
 
 VARIANTS = {  # name: (seed README row, attention path)
@@ -80,7 +79,7 @@ def main() -> None:
     for name in names:
         torch.manual_seed(0)
         model = create_model(name, num_classes=args.num_classes, img_size=args.img_size, patch_size=args.patch_size)
-        info[name] = (sum(p.numel() for p in model.parameters()), macs_per_image(model, args.img_size))
+        info[name] = (sum(p.numel() for p in model.parameters()), count_flops(model, args.img_size, args.num_classes)[0] / 2)
         model.to(device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 

@@ -6,6 +6,7 @@ from callbacks.flops import FlopsCallback, count_flops
 from callbacks.lr_monitor import LearningRateMonitor
 from callbacks.nan_guard import NaNGuard, NonFiniteLossError
 from callbacks.progress import make_progress_bar
+from callbacks.sdpa_backend import SDPABackend
 from callbacks.throughput import ThroughputCallback, measure_matmul_tflops
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "LearningRateMonitor",
     "NaNGuard",
     "NonFiniteLossError",
+    "SDPABackend",
     "ThroughputCallback",
     "count_flops",
     "make_progress_bar",

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vitlab.errors import ConfigError
+from vitlab.layers.attention import SDPA_BACKENDS
 
 PRECISIONS = ("32-true", "32", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine")
 
@@ -42,6 +43,8 @@ class OptimizerConfig:
     # No weight decay on biases, norm weights, position tables and CLS tokens (the network's
     # no_weight_decay()); false decays every parameter, as the Mini-ViT seed did.
     exclude_from_decay: bool = True
+    # The fused (one-kernel) Adam/AdamW step: null = on when the parameters are on a CUDA GPU.
+    fused: Optional[bool] = None
 
     def __post_init__(self) -> None:
         _check(self.name in ("adamw", "adam", "sgd"), "recipe.optimizer.name", f"unknown optimizer {self.name!r}; use adamw, adam or sgd")
@@ -123,6 +126,9 @@ class HardwareConfig:
     num_workers: int = 4
     pin_memory: bool = True
     compile: bool = False  # torch.compile the network
+    # Which kernel scaled_dot_product_attention may use: auto (torch picks), flash, efficient, math,
+    # cudnn. The CPU has flash and math only.
+    sdpa_backend: str = "auto"
     peak_tflops: Optional[float] = None  # the device's peak for MFU; null = unknown
 
     def __post_init__(self) -> None:
@@ -131,6 +137,7 @@ class HardwareConfig:
         _check(self.precision in PRECISIONS, "hardware.precision", f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS[:-1])}")
         _check(self.batch_per_device is None or self.batch_per_device > 0, "hardware.batch_per_device", "must be positive or null")
         _check(self.num_workers >= 0, "hardware.num_workers", "must be >= 0")
+        _check(self.sdpa_backend in SDPA_BACKENDS, "hardware.sdpa_backend", f"unknown backend {self.sdpa_backend!r}; use one of {', '.join(SDPA_BACKENDS)}")
         if self.resolved_accelerator() == "cpu":
             _check(
                 self.precision not in ("16-mixed", "16-true"),
@@ -138,6 +145,11 @@ class HardwareConfig:
                 f"{self.precision} needs a CUDA GPU; on CPU use 32-true or bf16-mixed",
             )
             _check(not self.sync_batchnorm, "hardware.sync_batchnorm", "SyncBatchNorm runs on GPUs only; set it to false on CPU")
+            _check(
+                self.sdpa_backend not in ("efficient", "cudnn"),
+                "hardware.sdpa_backend",
+                f"{self.sdpa_backend} is a CUDA kernel; on CPU use auto, flash or math",
+            )
         elif not torch.cuda.is_available():
             raise ConfigError(f"hardware.accelerator: {self.accelerator} asked for, but no CUDA GPU is visible; use hardware=cpu or hardware=auto")
         elif self.precision.startswith("bf16") and not torch.cuda.is_bf16_supported():

@@ -14,8 +14,14 @@ from vitlab.config import OptimizerConfig, ScheduleConfig
 def build_optimizer(net: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """timm's optimizer factory: with ``exclude_from_decay`` it puts 1-D parameters (biases, norm
     weights) and the names in ``net.no_weight_decay()`` (position tables, CLS tokens) in a group
-    without weight decay; without it every parameter is decayed."""
+    without weight decay; without it every parameter is decayed. Adam/AdamW use the fused step when
+    ``cfg.fused`` says so (``None``: on CUDA)."""
     kwargs = {"momentum": cfg.momentum} if cfg.name == "sgd" else {"betas": tuple(cfg.betas), "eps": cfg.eps}
+    if cfg.name in ("adam", "adamw"):
+        fused = cfg.fused
+        if fused is None:  # auto: the fused step on a CUDA GPU, torch's default (foreach) elsewhere
+            fused = any(p.is_cuda for p in net.parameters())
+        kwargs["fused"] = fused
     # Given bare parameters, timm cannot consult no_weight_decay() and decays them all.
     return create_optimizer_v2(
         net if cfg.exclude_from_decay else net.parameters(),

@@ -29,9 +29,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from callbacks import SDPABackend
 from vitlab.checkpoint import check_resume_checkpoint
 from vitlab.cli import check_group_choices, check_overrides_compose, composition_error, exit_with_error
-from vitlab.config import register_configs, split_batch, to_hardware, to_recipe
+from vitlab.config import HardwareConfig, register_configs, split_batch, to_hardware, to_recipe
 from vitlab.errors import ConfigError, VitlabError
 
 register_configs()
@@ -66,7 +67,7 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         accumulate_grad_batches=accumulate,
-        callbacks=_instantiate_group(cfg.get("callbacks")),
+        callbacks=_instantiate_group(cfg.get("callbacks")) + _hardware_callbacks(hardware),
         logger=_instantiate_group(cfg.get("logger")) or False,
     )
     _save_config(cfg, output_dir)
@@ -152,6 +153,10 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     if not group:
         return []
     return [build(node) for node in group.values() if node and "_target_" in node]
+
+
+def _hardware_callbacks(hardware: HardwareConfig) -> list[Any]:
+    return [] if hardware.sdpa_backend == "auto" else [SDPABackend(hardware.sdpa_backend)]
 
 
 @rank_zero_only

@@ -7,6 +7,7 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 
 from vitlab.layers.attention import Attention
+from vitlab.layers.dropout import Dropout
 
 
 class TransformerBlock(nn.Module):
@@ -42,6 +43,9 @@ class TransformerBlock(nn.Module):
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, bias=mlp_bias, drop=drop)
+        # timm's Mlp holds nn.Dropout; the cheaper-mask Dropout has no parameters, so state dicts
+        # keep their keys.
+        self.mlp.drop1, self.mlp.drop2 = Dropout(drop), Dropout(drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(

@@ -54,6 +54,7 @@ class MiniViT(nn.Module):
         self.num_classes = num_classes
         self.num_cls_tokens = num_cls_tokens
         self.num_features = embed_dim
+        self.img_size = img_size
         grid = img_size // patch_size
 
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
@@ -106,6 +107,32 @@ class MiniViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def timm_reference(self) -> tuple[str, nn.Module]:
+        """timm's VisionTransformer at this network's shape (tokens, widths, heads, biases, dropout),
+        the yardstick of ``python -m vitlab.bench --against timm``. Extra CLS tokens are timm's
+        register tokens; timm's MLP keeps its biases (it has no switch for them)."""
+        from timm.models.vision_transformer import VisionTransformer
+
+        block = self.blocks[0]
+        patch = self.patch_embed.kernel_size[0]
+        net = VisionTransformer(
+            img_size=self.img_size,
+            patch_size=patch,
+            num_classes=self.num_classes,
+            embed_dim=self.num_features,
+            depth=len(self.blocks),
+            num_heads=block.attn.num_heads,
+            mlp_ratio=block.mlp.fc1.out_features / self.num_features,
+            qkv_bias=block.attn.qkv.bias is not None,
+            class_token=True,
+            reg_tokens=self.num_cls_tokens - 1,
+            global_pool="token",
+            proj_drop_rate=block.attn.proj_drop.p,
+            attn_drop_rate=block.attn.attn_drop,
+        )
+        label = f"VisionTransformer d{self.num_features} L{len(self.blocks)} h{block.attn.num_heads} p{patch}"
+        return label, net
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -314,6 +314,29 @@ class ViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def timm_reference(self) -> tuple[str, nn.Module]:
+        """timm's VisionTransformer at this backbone's shape with plain multi-head attention and a
+        learnable position table (the B0 layout), the yardstick of ``python -m vitlab.bench --against
+        timm``; for a variant it shows what the variant costs over B0."""
+        from timm.models.vision_transformer import VisionTransformer
+
+        attn = self.blocks[0].attn
+        net = VisionTransformer(
+            img_size=self.img_size,
+            patch_size=self.patch_size,
+            num_classes=self.num_classes,
+            embed_dim=self.embed_dim,
+            depth=len(self.blocks),
+            num_heads=attn.num_heads,
+            mlp_ratio=self.blocks[0].mlp.fc1.out_features / self.embed_dim,
+            qkv_bias=attn.qkv.bias is not None,
+            global_pool="token",
+            pos_drop_rate=self.pos_drop.p,
+            proj_drop_rate=attn.proj_drop.p,
+            attn_drop_rate=attn.attn_drop,
+        )
+        return f"VisionTransformer d{self.embed_dim} L{len(self.blocks)} h{attn.num_heads} p{self.patch_size}", net
+
     # ----------------------------------------------------------------------------- analysis
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
