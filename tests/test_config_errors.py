@@ -78,6 +78,7 @@ CASES = [
     (["data.val_size=-1"], "error: data.val_size: expected an image count >= 0"),
     (["data=image_folder"], "error: data.root: no value given; add data.root=<value>"),
     (["data=cifar10", "data.download=false", "data.data_dir=missing"], "error: data.data_dir"),
+    (["data=image_folder", "data.root=empty_root", "data.num_classes=3"], "error: data.root: "),
     # models that cannot be built for the data
     (["+model.net.num_heads=5"], "error: model.net: embed_dim 96 is not divisible by num_heads 5"),
     (["data.img_size=30"], "error: model.net: img_size 30 is not divisible by patch_size 4"),
@@ -142,6 +143,8 @@ def test_the_list_has_at_least_30_cases():
 def test_bad_config_gives_one_line(args, expected, tmp_path, monkeypatch, capsys, one_thread):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    for split in ("train", "test"):  # an ImageFolder root without class folders
+        (tmp_path / "empty_root" / split).mkdir(parents=True)
     if any(a.startswith("ckpt_path=") or a.startswith("run_dir=") for a in args):
         _write_checkpoints(tmp_path)
     data = [] if any(a.startswith("data=") for a in args) else SYNTHETIC

@@ -22,7 +22,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from conftest import CONF_DIR, SMOKE, compose_config
+from conftest import SMOKE, compose_config
 from datamodules import (
     CMC_CLASS_LIST,
     CORRUPTIONS,

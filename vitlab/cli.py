@@ -6,13 +6,14 @@ import difflib
 import re
 import sys
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
 
 from vitlab.errors import ConfigError, VitlabError
 
@@ -39,6 +40,21 @@ def exit_with_error(err: VitlabError) -> None:
     """Bad input: one ``error:`` line on stderr, exit status 2, no traceback."""
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Around the body of a ``@hydra.main`` task: Hydra reports exceptions raised there with a
+    traceback, so bad input (a missing mandatory value, an interpolation that does not resolve, a
+    :class:`VitlabError`) leaves as one ``error:`` line instead."""
+    try:
+        yield
+    except MissingMandatoryValue as err:
+        exit_with_error(ConfigError(f"{err.full_key}: no value given; add {err.full_key}=<value> to the command"))
+    except InterpolationResolutionError as err:
+        exit_with_error(ConfigError(f"{err.full_key}: {str(err).splitlines()[0]}"))
+    except VitlabError as err:
+        exit_with_error(err)
 
 
 def check_overrides_compose(argv: Sequence[str], conf_dir: Path, config_name: str) -> None:

@@ -32,9 +32,8 @@ import hydra
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from vitlab.cli import check_group_choices, exit_with_error
+from vitlab.cli import check_group_choices, exit_with_error, one_line_errors
 from vitlab.config import register_configs, to_hardware
 from vitlab.errors import ConfigError, VitlabError
 from vitlab.runs import load_run, prepare_output_dir, write_json
@@ -342,14 +341,8 @@ def _csv(value: float | None) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def _hydra_main(cfg: DictConfig) -> None:
-    try:
+    with one_line_errors():
         evaluate(cfg)
-    except MissingMandatoryValue as err:
-        exit_with_error(ConfigError(f"{err.full_key}: no value given; add {err.full_key}=<value> to the command"))
-    except InterpolationResolutionError as err:
-        exit_with_error(ConfigError(f"{err.full_key}: {str(err).splitlines()[0]}"))
-    except VitlabError as err:
-        exit_with_error(err)
 
 
 def main() -> None:

@@ -27,11 +27,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from callbacks import SDPABackend
 from vitlab.checkpoint import check_resume_checkpoint
-from vitlab.cli import check_group_choices, check_overrides_compose, composition_error, exit_with_error
+from vitlab.cli import check_group_choices, check_overrides_compose, composition_error, exit_with_error, one_line_errors
 from vitlab.config import HardwareConfig, register_configs, split_batch, to_hardware, to_recipe
 from vitlab.errors import ConfigError, VitlabError
 
@@ -189,23 +188,17 @@ def _write_metrics(metrics: dict[str, Any], trainer: L.Trainer, cfg: DictConfig,
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    # Hydra reports exceptions from here with a traceback; bad input must leave as one line instead.
-    try:
+    with one_line_errors():
         if cfg.run_dir:
-            cfg, choices = continued_run_config(cfg)
+            try:
+                cfg, choices = continued_run_config(cfg)
+            except (ConfigCompositionException, MissingConfigException) as err:
+                raise composition_error(err, list(HydraConfig.get().overrides.task), CONF_DIR) from None
         else:
             choices = dict(HydraConfig.get().runtime.choices)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             check_sweep_can_use_ddp(cfg)
         metrics = train(cfg, choices)
-    except MissingMandatoryValue as err:
-        exit_with_error(ConfigError(f"{err.full_key}: no value given; add {err.full_key}=<value> to the command"))
-    except InterpolationResolutionError as err:
-        exit_with_error(ConfigError(f"{err.full_key}: {str(err).splitlines()[0]}"))
-    except (ConfigCompositionException, MissingConfigException) as err:  # composing a continued run
-        exit_with_error(composition_error(err, list(HydraConfig.get().overrides.task), CONF_DIR))
-    except VitlabError as err:
-        exit_with_error(err)
     value = metrics.get(cfg.optimized_metric)
     return None if value is None else float(value)
 
