@@ -25,6 +25,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from vitlab.layers.cpe import PEG
+from vitlab.layers.dropout import dropout
 from vitlab.layers.transformer import TransformerBlock
 from vitlab.layers.vit_attention import (
     DIFF_BOUNDARIES,
@@ -170,7 +171,7 @@ class ViT(nn.Module):
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.empty(1, num_patches, embed_dim)) if ape else None
-        self.pe_drop = nn.Dropout(pe_drop_rate)
+        self.pe_drop_rate = pe_drop_rate
         self.pos_drop = nn.Dropout(drop_rate)
 
         theta = DEFAULT_ROPE_THETA.get(rope, 10.0) if rope_theta is None else rope_theta
@@ -268,9 +269,11 @@ class ViT(nn.Module):
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
         if self.pos_embed is not None:
             table = self.pos_embed
-            if self.pe_drop.p > 0 and self.training:
-                table = table.expand(x.shape[0], -1, -1)  # an independent mask per image
-            x = x + self.pe_drop(table)
+            if self.pe_drop_rate > 0 and self.training:
+                # An independent mask per image. Functional, not a module: torch's module tracker (flop
+                # counter) cannot hook a parameter's view made under no_grad.
+                table = dropout(table.expand(x.shape[0], -1, -1), self.pe_drop_rate)
+            x = x + table
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         return self.pos_drop(x)
 
