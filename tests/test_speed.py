@@ -179,6 +179,8 @@ FAMILIES = {
                        depths=(1, 1, 1, 1), stem_dim=8, drop_path_rate=0.0),
     "vit": dict(img_size=32, embed_dim=24, depth=2, num_heads=2),
     "resnet18_cifar": dict(),
+    "qavit_tiny_32": dict(embed_dim=32, depth=2, num_heads=2, num_groups=4, bank_size=4,
+                          drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0),
 }
 
 
