@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -18,21 +19,41 @@ _DTYPES = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed"
            "64-true": torch.float64}
 
 
+def time_matmul_flops(
+    n: int,
+    device: torch.device = torch.device("cpu"),
+    dtype: torch.dtype = torch.float32,
+    min_repeats: int = 3,
+    seconds: float = 0.0,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """FLOP/s of the fastest of the timed ``n`` x ``n`` products (``min_repeats`` of them, more while
+    within ``seconds``, 50 at most), timed with ``clock``: the peak MFU is measured against. The best,
+    so a busy moment does not lower it."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm-up: library initialisation, clocks
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < min_repeats or (time.perf_counter() - started < seconds and len(times) < 50):
+        _sync(device)
+        start = clock()
+        a @ b
+        _sync(device)
+        times.append(clock() - start)
+    return 2 * n**3 / min(times)
+
+
 @functools.lru_cache(maxsize=8)
 def measure_matmul_tflops(size: int = 512, repeats: int = 3, device: str = "cpu") -> float:
     """The best fp32 matmul rate of ``repeats`` timed ``size`` x ``size`` products, in TFLOP/s: the
     peak the MFU of a device without a published one is measured against. Measured once per process."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best / 1e12
+    return time_matmul_flops(size, torch.device(device), min_repeats=repeats) / 1e12
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _batch_size(batch: Any) -> int:

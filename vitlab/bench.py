@@ -52,6 +52,8 @@ import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from callbacks.flops import count_flops as count_forward_flops
+from callbacks.throughput import time_matmul_flops
 from vitlab.cli import exit_with_error
 from vitlab.errors import ConfigError, VitlabError
 from vitlab.layers.attention import SDPA_BACKENDS, sdpa_backend
@@ -166,12 +168,11 @@ def count_flops(net: nn.Module, img_size: int, num_classes: int) -> tuple[float,
     x = torch.randn(batch, 3, img_size, img_size)
     y = torch.randint(0, num_classes, (batch,))
     net.train()
-    with FlopCounterMode(display=False) as fwd_counter, torch.no_grad():
-        net(x)
+    forward = count_forward_flops(net, x)
     with FlopCounterMode(display=False, custom_mapping=FLOP_FIXES) as step_counter:
         F.cross_entropy(net(x), y).backward()
     net.zero_grad(set_to_none=True)
-    return fwd_counter.get_total_flops() / batch, step_counter.get_total_flops() / batch
+    return forward / batch, step_counter.get_total_flops() / batch
 
 
 def saved_tensor_bytes(net: nn.Module, x: torch.Tensor) -> int:
@@ -194,21 +195,9 @@ def saved_tensor_bytes(net: nn.Module, x: torch.Tensor) -> int:
 # ----------------------------------------------------------------------------------------- timing
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, clock: Callable[[], float] = time.perf_counter,
                        seconds: float = 1.0) -> float:
-    """FLOP/s of a square matmul timed here (n = 2048 on CPU, 8192 on CUDA) with the run's clock: the
-    peak for MFU. The best of the timed products, so a busy moment does not lower it."""
-    n = 8192 if device.type == "cuda" else 2048
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b  # warm-up: library initialisation, clocks
-    times = []
-    start_all = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start_all < seconds and len(times) < 50):
-        _sync(device)
-        start = clock()
-        a @ b
-        _sync(device)
-        times.append(clock() - start)
-    return 2 * n**3 / min(times)
+    """FLOP/s of a square matmul timed here (n = 2048 on CPU, 8192 on CUDA) with the run's clock, for
+    up to ``seconds``: the peak for MFU."""
+    return time_matmul_flops(8192 if device.type == "cuda" else 2048, device, dtype, seconds=seconds, clock=clock)
 
 
 def _sync(device: torch.device) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import difflib
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -40,6 +41,17 @@ def exit_with_error(err: VitlabError) -> None:
     """Bad input: one ``error:`` line on stderr, exit status 2, no traceback."""
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)
+
+
+def run_entry_point(hydra_main: Callable[[], Any], *checks: Callable[[Sequence[str]], None]) -> None:
+    """A ``python -m vitlab.<command>`` entry point: the cheap ``checks`` of the command line run first,
+    in order, so bad input is one ``error:`` line before Hydra composes; then the Hydra task."""
+    try:
+        for check in checks:
+            check(sys.argv[1:])
+    except VitlabError as err:
+        exit_with_error(err)
+    hydra_main()
 
 
 @contextmanager

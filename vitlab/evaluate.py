@@ -22,9 +22,9 @@ from __future__ import annotations
 import csv
 import json
 import re
-import sys
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from vitlab.cli import check_group_choices, exit_with_error, one_line_errors
+from vitlab.cli import check_group_choices, one_line_errors, run_entry_point
 from vitlab.config import register_configs, to_hardware
-from vitlab.errors import ConfigError, VitlabError
+from vitlab.errors import ConfigError
 from vitlab.runs import load_run, prepare_output_dir, write_json
 
 register_configs()
@@ -346,11 +346,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    try:
-        check_group_choices(sys.argv[1:], CONF_DIR)
-    except VitlabError as err:
-        exit_with_error(err)
-    _hydra_main()
+    run_entry_point(_hydra_main, partial(check_group_choices, conf_dir=CONF_DIR))
 
 
 if __name__ == "__main__":

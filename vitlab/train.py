@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from callbacks import SDPABackend
 from vitlab.checkpoint import check_resume_checkpoint
-from vitlab.cli import check_group_choices, check_overrides_compose, composition_error, exit_with_error, one_line_errors
+from vitlab.cli import check_group_choices, check_overrides_compose, composition_error, one_line_errors, run_entry_point
 from vitlab.config import HardwareConfig, register_configs, split_batch, to_hardware, to_recipe
 from vitlab.errors import ConfigError, VitlabError
 
@@ -227,13 +227,12 @@ def check_run_dir_exists(argv: list[str]) -> None:
 
 
 def main() -> None:
-    try:
-        check_run_dir_exists(sys.argv[1:])
-        check_group_choices(sys.argv[1:], CONF_DIR)
-        check_overrides_compose(sys.argv[1:], CONF_DIR, "train")
-    except VitlabError as err:
-        exit_with_error(err)
-    _hydra_main()
+    run_entry_point(
+        _hydra_main,
+        check_run_dir_exists,
+        partial(check_group_choices, conf_dir=CONF_DIR),
+        partial(check_overrides_compose, conf_dir=CONF_DIR, config_name="train"),
+    )
 
 
 if __name__ == "__main__":
