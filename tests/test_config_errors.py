@@ -156,6 +156,8 @@ def test_bad_config_gives_one_line(args, expected, tmp_path, monkeypatch, capsys
     assert len(errors) == 1 and errors[0].startswith(expected), stderr[-2000:]
     assert "Traceback" not in stderr and "HYDRA_FULL_ERROR" not in stderr, stderr[-2000:]
     assert "this ran while loading" not in capsys.readouterr().out
+    if args == ["model=no_such_model"]:  # the options are listed
+        assert "mini_vit" in errors[0] and "outgrid" in errors[0]
 
 
 def test_mistyped_key_is_one_line_from_a_real_process(tmp_path):
