@@ -16,7 +16,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from conftest import CONF_DIR, ROOT
+from conftest import CONF_DIR, ROOT, compose_config
 from vitlab.errors import ConfigError
 from vitlab.report import load_seed_results, main, read_curves, report
 
@@ -268,8 +268,8 @@ def test_sweep_files_say_how_to_ask_for_seeds():
     for path in sorted((CONF_DIR / "sweep").glob("*.yaml")):
         assert "seed=0,1,2" in path.read_text(), path.name
     for name in ("clear_vit_ablation", "baselines_cifar32"):
-        params = yaml.safe_load((CONF_DIR / "sweep" / f"{name}.yaml").read_text())["hydra"]["sweeper"]["params"]
-        assert str(params["seed"]).replace(" ", "") == "0,1,2", name
+        params = compose_config([f"sweep={name}"], hydra=True).hydra.sweeper.params
+        assert params.seed == "0,1,2" and list(params) == ["model", "seed"], name
 
 
 def test_no_finished_runs_is_one_line(tmp_path):
