@@ -132,9 +132,10 @@ def read_run(path: Path, over: list[str]) -> Run:
     else the saved config) and its metrics, or why it cannot be averaged."""
     overrides = read_overrides(path)
     config = _saved_config(path)
-    replicate = tuple(overrides[k] if k in overrides else str(_dotted(config, k) if _dotted(config, k) is not None else "") for k in over)
+    replicate = tuple(overrides[k] if k in overrides else _text(_dotted(config, k)) for k in over)
     job = re.match(r"^(\d+)_", path.name)  # Hydra's job number names the run; the rest repeats the overrides
-    run = Run(path, job.group(1) if job else path.name, {k: v for k, v in overrides.items() if k not in over}, replicate)
+    shared = {k: v for k, v in overrides.items() if k not in over}
+    run = Run(path, job.group(1) if job else path.name, shared, replicate)
     metrics_file = path / "metrics.json"
     if not metrics_file.is_file():
         run.problem = "no metrics.json (still running, stopped or failed)"
@@ -155,6 +156,10 @@ def read_run(path: Path, over: list[str]) -> Run:
         if isinstance(max_epochs, int) and max_steps in (None, -1) and isinstance(epochs, int) and epochs < max_epochs:
             run.problem = f"stopped after epoch {epochs} of {max_epochs}"
     return run
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
 
 
 def _finite(value: Any) -> bool:
@@ -196,7 +201,8 @@ def difference_interval(group: list[float], baseline: list[float], paired: bool)
             return result
         var_g, var_b = statistics.variance(group) / len(group), statistics.variance(baseline) / len(baseline)
         se = math.sqrt(var_g + var_b)
-        df = (var_g + var_b) ** 2 / (var_g**2 / (len(group) - 1) + var_b**2 / (len(baseline) - 1)) if se > 0 else float("inf")
+        welch_denominator = var_g**2 / (len(group) - 1) + var_b**2 / (len(baseline) - 1)
+        df = (var_g + var_b) ** 2 / welch_denominator if se > 0 else float("inf")
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, df)) * se if se > 0 else 0.0
     result.update(low=result["delta"] - half, high=result["delta"] + half, df=df)
     return result
@@ -212,7 +218,9 @@ def parse_baseline(items: list[str] | None) -> dict[str, str]:
     return pairs
 
 
-def collect(root: Path, against: str | None = None, baseline: list[str] | None = None, over: list[str] | None = None) -> dict[str, Any]:
+def collect(
+    root: Path, against: str | None = None, baseline: list[str] | None = None, over: list[str] | None = None
+) -> dict[str, Any]:
     """The groups (one table row each), their columns, and the runs left out."""
     over = over or ["seed"]
     paths = find_runs(root)
@@ -224,8 +232,11 @@ def collect(root: Path, against: str | None = None, baseline: list[str] | None =
         elif all(r.metrics is None for r in runs):
             what = f"{len(runs)} run folder(s), none with metrics.json"
         else:
-            what = f"{len(runs)} run folder(s), none with a usable metrics.json (first: {runs[0].name}: {runs[0].problem})"
-        raise ConfigError(f"multirun dir: {root.resolve()} holds {what}; give the folder of a sweep whose runs have finished")
+            first = runs[0]
+            what = f"{len(runs)} run folder(s), none with a usable metrics.json (first: {first.name}: {first.problem})"
+        raise ConfigError(
+            f"multirun dir: {root.resolve()} holds {what}; give the folder of a sweep whose runs have finished"
+        )
 
     groups: dict[tuple, Group] = {}
     for run in averaged:
@@ -274,6 +285,11 @@ def _choose_baseline(groups: list[Group], wanted: dict[str, str]) -> Group:
     raise ConfigError(f"--baseline: {asked} matches {len(matches)} groups; add keys to pick one of: {options}")
 
 
+def replicate_column(over: list[str]) -> str:
+    """The column naming each group's replicates: ``seeds`` for ``--over seed``."""
+    return over[0] + "s" if len(over) == 1 else "replicates"
+
+
 def _label(group: Group, label_keys: list[str]) -> str:
     return ", ".join(f"{k}={group.settings.get(k, '')}" for k in label_keys) or "all runs"
 
@@ -285,20 +301,18 @@ def _distinct(values: list[Any]) -> list[Any]:
 def _group_row(group: Group, label_keys: list[str], over: list[str]) -> dict[str, Any]:
     metrics = [r.metrics for r in group.runs]
     images = _distinct([m.get("test/images") for m in metrics])
-    row: dict[str, Any] = {k: group.settings.get(k, "") for k in label_keys}
-    row.update(
-        {
-            "group": _label(group, label_keys),
-            "network": ",".join(map(str, _distinct([m.get("model") for m in metrics]))),
-            "data": ",".join(map(str, _distinct([m.get("data") for m in metrics]))),
-            "n": len(group.runs),
-            over[0] + "s" if len(over) == 1 else "replicates": ",".join("/".join(r.replicate) for r in group.runs),
-            "runs": ",".join(r.name for r in group.runs),
-        }
-    )
+    row: dict[str, Any] = {
+        "group": _label(group, label_keys),
+        "network": ",".join(map(str, _distinct([m.get("model") for m in metrics]))),
+        "data": ",".join(map(str, _distinct([m.get("data") for m in metrics]))),
+        "n": len(group.runs),
+        replicate_column(over): ",".join("/".join(r.replicate) for r in group.runs),
+        "runs": ",".join(r.name for r in group.runs),
+    }
+    row.update({k: group.settings.get(k, "") for k in label_keys})  # a swept `data=...` names its column
     for key, stat in group.stats.items():
         row[f"{key}_mean"], row[f"{key}_std"], row[f"{key}_n"] = stat["mean"], stat["std"], stat["n"]
-    row["test_images"] = "-".join(str(v) for v in (min(images), max(images))) if len(images) > 1 else (images[0] if images else None)
+    row["test_images"] = f"{min(images)}-{max(images)}" if len(images) > 1 else (images[0] if images else None)
     partial = [m.get("test/partial") for m in metrics if "test/partial" in m]
     row["test_partial"] = any(partial) if partial else None
     for key, metric in (("params", "params"), ("macs", "macs_per_image"), ("epochs", "epochs")):
@@ -321,7 +335,8 @@ def _difference_columns(group: Group, base: Group) -> dict[str, Any]:
         interval = difference_interval([100 * float(r.metrics["test/top1"]) for r in group.runs],
                                        [100 * float(r.metrics["test/top1"]) for r in base.runs], paired=False)
     if interval["low"] is None:  # fewer than 2 runs on a side: a difference, but no interval and no method
-        return {"delta_top1": interval["delta"], "ci_low": None, "ci_high": None, "ci_method": None, "ci_excludes_0": None}
+        return {"delta_top1": interval["delta"], "ci_low": None, "ci_high": None, "ci_method": None,
+                "ci_excludes_0": None}
     return {"delta_top1": interval["delta"], "ci_low": interval["low"], "ci_high": interval["high"],
             "ci_method": interval["method"], "ci_excludes_0": bool(interval["low"] > 0 or interval["high"] < 0)}
 
@@ -427,15 +442,11 @@ SEED_COLUMNS = [
 ]
 
 
-def _replicate_column(report: dict[str, Any]) -> str:
-    return report["over"][0] + "s" if len(report["over"]) == 1 else "replicates"
-
-
 def render_markdown(report: dict[str, Any], against: str | None) -> str:
     columns = COLUMNS + (SEED_COLUMNS if against == "seed" else [])
     ident = report["identity"]
     first = report["label_keys"] or ["group"]
-    replicates = _replicate_column(report)
+    replicates = replicate_column(report["over"])
     headers = [*first, *[h for _, h in ident], "n", replicates, *[h for h, _ in columns]]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in report["rows"]:
@@ -455,8 +466,8 @@ def render_markdown(report: dict[str, Any], against: str | None) -> str:
         "interval otherwise (the cell says which); * marks an interval that excludes 0.",
     ]
     if against == "seed":
-        lines += ["The seed's published figure is a single run; `seed within mean ± std` says whether it lies within one",
-                  "standard deviation of the group's mean (no answer for a group of one run)."]
+        lines += ["The seed's published figure is a single run; `seed within mean ± std` says whether it lies",
+                  "within one standard deviation of the group's mean (no answer for a group of one run)."]
     if report["left_out"]:
         lines += ["", "Runs left out of the averages:", ""]
         lines += [f"- {r.name} ({_settings_text(r, report['over'])}): {r.problem}" for r in report["left_out"]]
@@ -471,9 +482,10 @@ def _settings_text(run: Run, over: list[str]) -> str:
 
 def write_csv(path: Path, report: dict[str, Any], against: str | None) -> None:
     """One row per group, numbers unrounded."""
-    keys = [*report["label_keys"], "group", "network", "data", "n", _replicate_column(report), "runs"]
+    keys = [*report["label_keys"], "group", "network", "data", "n", replicate_column(report["over"]), "runs"]
     keys += [f"{key}_{part}" for key, _, _ in METRICS for part in ("mean", "std", "n")]
-    keys += ["delta_top1", "ci_low", "ci_high", "ci_method", "ci_excludes_0", "test_images", "test_partial", "params", "macs", "epochs"]
+    keys += ["delta_top1", "ci_low", "ci_high", "ci_method", "ci_excludes_0", "test_images", "test_partial",
+             "params", "macs", "epochs"]
     if against == "seed":
         keys += ["seed_top1", "seed_delta", "seed_inside", "seed_params", "seed_macs", "seed_note"]
     with path.open("w", newline="") as f:
@@ -485,7 +497,8 @@ def write_csv(path: Path, report: dict[str, Any], against: str | None) -> None:
 def write_runs_csv(path: Path, report: dict[str, Any]) -> None:
     """One row per run folder, the left-out ones with their reason."""
     override_keys = list(dict.fromkeys(k for r in report["all_runs"] for k in r.overrides))
-    keys = ["run", *override_keys, *report["over"], "status", *[metric for _, metric, _ in METRICS], "test/images", "test/partial", "path"]
+    keys = ["run", *override_keys, *report["over"], "status", *[metric for _, metric, _ in METRICS],
+            "test/images", "test/partial", "path"]
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(keys)), extrasaction="ignore")
         writer.writeheader()
@@ -511,7 +524,8 @@ def read_curves(run: Path) -> dict[str, list[tuple[float, float]]]:
     for tag in ("val/top1", "val/loss"):
         if tag in tags:
             points = acc.Scalars(tag)
-            curves[tag] = [(epoch_at[e.step] + 1 if e.step in epoch_at else i + 1, e.value) for i, e in enumerate(points)]
+            curves[tag] = [(epoch_at[e.step] + 1 if e.step in epoch_at else i + 1, e.value)
+                           for i, e in enumerate(points)]
     return curves
 
 
@@ -550,10 +564,12 @@ def plot_convergence(path: Path, report: dict[str, Any]) -> int:
             if not points:
                 continue
             epochs = [p[0] for p in points]
-            ax.plot(epochs, [scale * p[1] for p in points], marker="o", markersize=3, color=color, label=f"{label} (n={len(per_run)})")
+            ax.plot(epochs, [scale * p[1] for p in points], marker="o", markersize=3, color=color,
+                    label=f"{label} (n={len(per_run)})")
             band = [(p[0], scale * (p[1] - p[2]), scale * (p[1] + p[2])) for p in points if p[2] is not None]
             if band:
-                ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band], color=color, alpha=0.2, linewidth=0)
+                band_epochs, lows, highs = zip(*band)
+                ax.fill_between(band_epochs, lows, highs, color=color, alpha=0.2, linewidth=0)
     ax_top1.set_ylabel("val top-1 (%), mean ± 1 std")
     ax_loss.set_ylabel("val loss (plain CE), mean ± 1 std")
     for ax in (ax_top1, ax_loss):
@@ -572,7 +588,9 @@ def prepare_out_dir(path: Path, overwrite: bool) -> Path:
     """``path`` created; an earlier report there is replaced only with ``--overwrite``."""
     present = [n for n in REPORT_FILES if (path / n).exists()]
     if present and not overwrite:
-        raise ConfigError(f"--out: {path.resolve()} already holds {present[0]}; give another --out <folder> or add --overwrite")
+        raise ConfigError(
+            f"--out: {path.resolve()} already holds {present[0]}; give another --out <folder> or add --overwrite"
+        )
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -591,15 +609,18 @@ def report(root: Path, against: str | None = None, out: Path | None = None, over
     table["curves_drawn"] = plot_convergence(out_dir / "convergence.png", table)
     table["out_dir"] = out_dir
     print(markdown, end="")
-    print(f"{len(table['runs'])} run(s) averaged in {len(table['groups'])} group(s), {len(table['left_out'])} left out; report in {out_dir}")
+    print(f"{len(table['runs'])} run(s) averaged in {len(table['groups'])} group(s), "
+          f"{len(table['left_out'])} left out; report in {out_dir}")
     return table
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vitlab.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("multirun_dir", type=Path, help="a sweep's folder, e.g. multirun/<date>/<time>")
-    parser.add_argument("--over", default="seed", help="comma-separated keys whose runs are averaged together (default: seed)")
-    parser.add_argument("--baseline", nargs="+", metavar="KEY=VALUE", help="the group the others are compared with (default: the first)")
+    parser.add_argument("--over", default="seed",
+                        help="comma-separated keys whose runs are averaged together (default: seed)")
+    parser.add_argument("--baseline", nargs="+", metavar="KEY=VALUE",
+                        help="the group the others are compared with (default: the first)")
     parser.add_argument("--against", choices=["seed"], help="put the seed's published figure beside each row")
     parser.add_argument("--out", type=Path, help="where to write the report files (default <dir>/report)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in that folder")
