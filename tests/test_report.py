@@ -66,6 +66,8 @@ def test_report_of_a_real_multirun_averages_each_learning_rate_over_its_seeds(sw
         assert row["top1_mean"] == pytest.approx(statistics.fmean(top1)) and row["top1_std"] == pytest.approx(statistics.stdev(top1))
         assert row["train_img_s_mean"] > 0 and row["train_img_s_n"] == 3 and row["epochs"] == 2
         assert row["macs"] == runs["0"]["macs_per_image"] > 0
+        if "test/images" in runs["0"]:  # recorded by runs since metrics.json has test/images
+            assert row["test_images"] == runs["0"]["test/images"] and row["test_partial"] == runs["0"]["test/partial"]
     base, other = table["rows"]
     assert base["ci_method"] == "baseline" and other["ci_method"] == "paired"
     diffs = [100 * (by_lr["0.002"][s]["test/top1"] - by_lr["0.001"][s]["test/top1"]) for s in SEEDS]

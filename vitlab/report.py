@@ -461,9 +461,9 @@ def render_markdown(report: dict[str, Any], against: str | None) -> str:
         "(a group of one run shows its value alone, and no interval). top-1/top-5 are the test split's, of each run's",
         "best checkpoint by val top-1; `test images` is how many test images each score is over ((partial): fewer",
         "than the whole split; -: not recorded by older runs). MACs are multiply-accumulates per image (FLOPs / 2).",
-        f"Δ top-1: the group's mean test top-1 minus the baseline's ({base}), in points; its 95 % CI is a paired t",
-        f"interval on the per-{report['over'][0]} differences where both groups ran the same {over} values, Welch's",
-        "interval otherwise (the cell says which); * marks an interval that excludes 0.",
+        f"Baseline: {base}. Δ top-1: a group's mean test top-1 minus the baseline's, in points. Its 95 % CI is",
+        f"a paired t interval on the per-{report['over'][0]} differences where both groups ran the same {over}",
+        "values, Welch's interval otherwise (the cell says which); * marks an interval that excludes 0.",
     ]
     if against == "seed":
         lines += ["The seed's published figure is a single run; `seed within mean ± std` says whether it lies",
