@@ -204,8 +204,11 @@ def test_baseline_and_over_choose_the_comparison(hand_made):
     table = report(hand_made, over=["data.split_seed"], out=hand_made / "r2")
     assert len(table["rows"]) == 9 and {r["n"] for r in table["rows"]} == {1}
     assert all(r["ci_low"] is None and r["ci_method"] in (None, "baseline") for r in table["rows"]) and table["label_keys"] == ["model", "seed"]
-    with pytest.raises(ConfigError, match=r"^--baseline: no group of runs has model=deit; the groups are: model=vit; "):
+    with pytest.raises(ConfigError, match=r"^--baseline: no group of runs has model=deit; the groups are: model=vit; model=vit_rope; model=vit_alibi; model=vit_cpe$"):
         report(hand_made, baseline=["model=deit"], out=hand_made / "r3")
+    with pytest.raises(ConfigError, match=r"^--baseline: seed=0 matches 3 groups; add keys to pick one of: "
+                       r"model=vit seed=0; model=vit_rope seed=0; model=vit_cpe seed=0$"):
+        report(hand_made, baseline=["seed=0"], over=["data.split_seed"], out=hand_made / "r3")
     with pytest.raises(ConfigError, match=r"^--baseline: 'vit' is not key=value; write e.g. --baseline model=vit$"):
         report(hand_made, baseline=["vit"], out=hand_made / "r3")
 

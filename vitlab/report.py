@@ -244,7 +244,7 @@ def collect(
         groups.setdefault(key, Group(dict(run.overrides))).runs.append(run)
     ordered = list(groups.values())
     label_keys = swept_keys([g.settings for g in ordered])
-    base = _choose_baseline(ordered, parse_baseline(baseline))
+    base = _choose_baseline(ordered, parse_baseline(baseline), label_keys)
     seeds = load_seed_results() if against == "seed" else {}
 
     for group in ordered:
@@ -272,17 +272,19 @@ def collect(
     }
 
 
-def _choose_baseline(groups: list[Group], wanted: dict[str, str]) -> Group:
+def _choose_baseline(groups: list[Group], wanted: dict[str, str], label_keys: list[str]) -> Group:
     if not wanted:
         return groups[0]
     matches = [g for g in groups if all(g.settings.get(k) == v for k, v in wanted.items())]
     if len(matches) == 1:
         return matches[0]
     asked = " ".join(f"{k}={v}" for k, v in wanted.items())
-    options = "; ".join(" ".join(f"{k}={v}" for k, v in g.settings.items()) or "(no overrides)" for g in groups)
+    def listed(some: list[Group]) -> str:
+        return "; ".join(_label(g, label_keys).replace(", ", " ") for g in some)
+
     if not matches:
-        raise ConfigError(f"--baseline: no group of runs has {asked}; the groups are: {options}")
-    raise ConfigError(f"--baseline: {asked} matches {len(matches)} groups; add keys to pick one of: {options}")
+        raise ConfigError(f"--baseline: no group of runs has {asked}; the groups are: {listed(groups)}")
+    raise ConfigError(f"--baseline: {asked} matches {len(matches)} groups; add keys to pick one of: {listed(matches)}")
 
 
 def replicate_column(over: list[str]) -> str:
