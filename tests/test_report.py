@@ -18,7 +18,7 @@ from scipy import stats
 
 from conftest import CONF_DIR, ROOT, compose_config
 from vitlab.errors import ConfigError
-from vitlab.report import load_seed_results, main, read_curves, report
+from vitlab.report import difference_interval, load_seed_results, main, read_curves, report
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -192,6 +192,17 @@ def test_groups_over_seeds_match_scipy(hand_made):
     assert float(csv_rows["vit_rope"]["ci_low"]) == pytest.approx(paired.low)
     statuses = {r["run"]: r["status"] for r in csv.DictReader((hand_made / "report" / "runs.csv").open())}
     assert statuses["10"] == "test/top1 is nan (diverged)" and statuses["0"] == "averaged" and len(statuses) == 11
+
+
+def test_difference_interval_edge_cases():
+    same = difference_interval([70.0, 70.0], [69.0, 69.0], paired=False)  # no spread on either side
+    assert (same["delta"], same["low"], same["high"]) == pytest.approx((1.0, 1.0, 1.0))
+    shifted = difference_interval([71.0, 72.5, 70.2], [70.0, 71.5, 69.2], paired=True)  # every seed +1.0
+    assert (shifted["low"], shifted["high"], shifted["df"]) == pytest.approx((1.0, 1.0, 2))
+    welch = difference_interval([71.0, 72.5, 70.2, 73.0], [70.0, 71.5], paired=False)
+    expected = stats.ttest_ind([71.0, 72.5, 70.2, 73.0], [70.0, 71.5], equal_var=False).confidence_interval()
+    assert (welch["low"], welch["high"]) == pytest.approx((expected.low, expected.high))
+    assert difference_interval([71.0], [70.0, 71.5], paired=False)["low"] is None
 
 
 def test_baseline_and_over_choose_the_comparison(hand_made):

@@ -201,8 +201,9 @@ def difference_interval(group: list[float], baseline: list[float], paired: bool)
             return result
         var_g, var_b = statistics.variance(group) / len(group), statistics.variance(baseline) / len(baseline)
         se = math.sqrt(var_g + var_b)
-        welch_denominator = var_g**2 / (len(group) - 1) + var_b**2 / (len(baseline) - 1)
-        df = (var_g + var_b) ** 2 / welch_denominator if se > 0 else float("inf")
+        df = float("inf")  # no spread on either side: a zero-width interval, whatever the df
+        if se > 0:
+            df = (var_g + var_b) ** 2 / (var_g**2 / (len(group) - 1) + var_b**2 / (len(baseline) - 1))
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, df)) * se if se > 0 else 0.0
     result.update(low=result["delta"] - half, high=result["delta"] + half, df=df)
     return result
