@@ -145,6 +145,9 @@ def read_run(path: Path, over: list[str]) -> Run:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         run.problem = f"metrics.json unreadable ({err.__class__.__name__})"
         return run
+    if not isinstance(run.metrics, dict):
+        run.metrics, run.problem = None, "metrics.json holds no key: value object"
+        return run
     top1 = run.metrics.get("test/top1")
     if top1 is None:
         run.problem = "no test/top1 in metrics.json (test=false?)"
