@@ -262,10 +262,13 @@ def test_stopped_runs_are_left_out(tmp_path):
     fake_run(tmp_path, "1_seed=1", ["seed=1"], {"test/top1": 0.6, "epochs": 10})
     fake_run(tmp_path, "2_seed=2", ["seed=2"], None)
     (tmp_path / "2_seed=2" / "metrics.json").write_text('{"test/top1": 0.')  # cut off mid-write
+    early = fake_run(tmp_path, "3_seed=3", ["seed=3"], {"test/top1": 0.7, "epochs": 4})  # early stopping ended it
+    (early / "config.yaml").write_text(yaml.safe_dump({"seed": 3, "trainer": {"max_epochs": 10, "max_steps": -1},
+                                                       "callbacks": {"early_stopping": {"patience": 2}}}))
     table = report(tmp_path)
     assert [r.problem for r in table["left_out"]] == ["stopped after epoch 3 of 10", "metrics.json unreadable (JSONDecodeError)"]
-    assert table["rows"][0]["n"] == 1 and table["rows"][0]["top1_mean"] == pytest.approx(60.0)
-    assert table["rows"][0]["group"] == "all runs" and table["rows"][0]["seeds"] == "1"
+    assert table["rows"][0]["n"] == 2 and table["rows"][0]["top1_mean"] == pytest.approx(65.0)
+    assert table["rows"][0]["group"] == "all runs" and table["rows"][0]["seeds"] == "1,3"
 
 
 def test_seed_results_name_registered_networks_and_data_configs():

@@ -154,9 +154,12 @@ def read_run(path: Path, over: list[str]) -> Run:
     elif not _finite(top1):
         run.problem = f"test/top1 is {top1} (diverged)"
     else:
+        # A run that ended before its last epoch was stopped (time limit, SIGTERM), unless it had
+        # early stopping or a step limit, which end runs early by design.
         max_epochs, max_steps = _dotted(config, "trainer.max_epochs"), _dotted(config, "trainer.max_steps")
-        epochs = run.metrics.get("epochs")
-        if isinstance(max_epochs, int) and max_steps in (None, -1) and isinstance(epochs, int) and epochs < max_epochs:
+        epochs, early_stopping = run.metrics.get("epochs"), _dotted(config, "callbacks.early_stopping")
+        by_design = early_stopping or max_steps not in (None, -1)
+        if isinstance(max_epochs, int) and isinstance(epochs, int) and epochs < max_epochs and not by_design:
             run.problem = f"stopped after epoch {epochs} of {max_epochs}"
     return run
 
