@@ -379,8 +379,10 @@ class DevicePipeline:
             self.device = device
 
     def train_dataloader(self, sampler: torch.utils.data.Sampler, batch_size: int) -> DataLoader:
+        # A generator of its own: DataLoader draws a base seed for its workers at every new iterator,
+        # which would otherwise come from the global stream (the model's dropout and mixing).
         return DataLoader(_Positions(self.num_samples), batch_size=batch_size, sampler=sampler, drop_last=True,
-                          num_workers=0)
+                          num_workers=0, generator=torch.Generator().manual_seed(0))
 
     def __call__(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The augmented ``(images, labels)`` batch for a batch of positions, on the positions' device."""

@@ -103,7 +103,9 @@ def _check_cache(paths: dict[str, Path], key: str, count: int) -> tuple[np.ndarr
 
 def _decode(split: Dataset, num_workers: int, img_size: int, interpolation: str) -> tuple[list[np.ndarray], list[int]]:
     """Every image of ``split`` as an H x W x 3 uint8 array (resized to ``img_size`` when sizes differ)."""
-    loader = DataLoader(_AsArray(split), batch_size=64, shuffle=False, num_workers=num_workers, collate_fn=_as_list)
+    # A generator of its own, so that building the cache (first run only) leaves the global stream alone.
+    loader = DataLoader(_AsArray(split), batch_size=64, shuffle=False, num_workers=num_workers, collate_fn=_as_list,
+                        generator=torch.Generator().manual_seed(0))
     arrays, labels = [], []
     for items in loader:
         for array, label in items:
