@@ -367,6 +367,11 @@ class ImageDataModule(lightning.LightningDataModule):
         if pipeline not in ("workers", "device"):
             raise ConfigError(f"data.pipeline: expected workers or device, got {pipeline!r}")
         self.pipeline = pipeline
+        if pipeline == "device" and self.augment["random_resized_crop"] is not None:
+            raise ConfigError(
+                "data.pipeline: device does not support recipe.augment.random_resized_crop (it crops the full-size "
+                "images); use data.pipeline=workers, or set recipe.augment.random_resized_crop=null"
+            )
         self.cache_dir = cache_dir if cache_dir is not None else os.path.join(os.environ.get("VITLAB_DATA_DIR", "data"), "cache")
         self._device_pipeline = None
         self._device_pipeline_state: dict[str, Any] | None = None

@@ -149,8 +149,43 @@ def test_an_unwritable_cache_dir_is_one_config_line(jpg_root, tmp_path):
 def test_bad_pipeline_settings_are_config_errors(jpg_root, tmp_path):
     with pytest.raises(ConfigError, match="data.pipeline: expected workers or device, got 'gpu'"):
         folder_module(jpg_root, tmp_path, pipeline="gpu")
+    with pytest.raises(ConfigError, match="data.pipeline: device does not support recipe.augment.random_resized_crop"):
+        folder_module(jpg_root, tmp_path, augment={"random_resized_crop": [0.08, 1.0]})
     with pytest.raises(ConfigError, match="random_resized_crop"):
         DeviceAugment({"random_resized_crop": [0.08, 1.0]}, 32, **IDENTITY, native_size=(32, 32))
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn", "tinyimagenet"])
+def test_every_small_dataset_trains_through_the_device_pipeline(tmp_path, name):
+    from test_datamodules import write_cifar
+    from test_datasets import data_config, write_svhn, write_tinyimagenet
+
+    overrides = ["data.pipeline=device", "data.val_size=8", "data.download=false"]
+    if name.startswith("cifar"):
+        write_cifar(name, tmp_path / name)
+    elif name == "svhn":
+        write_svhn(tmp_path / "svhn", "train", 50)
+        write_svhn(tmp_path / "svhn", "test", 20, offset=3)
+    else:
+        write_tinyimagenet(tmp_path)
+        overrides.append("data.num_classes=4")
+    dm = data_config(name, tmp_path, *overrides)
+    dm.setup()
+    x, y = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert x.shape == (4, 3, dm.img_size, dm.img_size) and x.dtype == torch.float32
+    assert y.dtype == torch.int64 and 0 <= int(y.min()) and int(y.max()) < dm.num_classes
+    # Image files are decoded once into the cache under paths.data_dir; array datasets need no file.
+    assert bool(list((tmp_path / "cache").glob("*.npy"))) == (name == "tinyimagenet")
+
+
+def test_resize_for_larger_inputs_matches_the_workers_pipeline_pixel_for_pixel():
+    images = _fixture_images(4)
+    norm = {"mean": (0.49, 0.48, 0.45), "std": (0.25, 0.24, 0.26)}
+    workers = build_train_transform({}, 64, **norm, native_size=(32, 32))
+    expected = torch.stack([workers(image) for image in images])
+    got = DeviceAugment({}, 64, **norm, native_size=(32, 32))(images, Generators(0, 0))
+    assert got.shape == (4, 3, 64, 64)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------- the same semantics
