@@ -198,7 +198,8 @@ def main() -> None:
     print(f"# {args.root} train split; {args.batches} timed batches of {args.batch_size} after one warm-up batch; "
           f"main process 1 torch thread; median of {args.rounds} round(s), sides in turn")
     print()
-    print("| recipe | pipeline | images | workers | setup s | first batch s | img/s (median) | img/s per round | vs model train |")
+    print("| recipe | pipeline | images | workers | setup s | first batch s | img/s (median) | img/s per round "
+          "| vs model train |")
     print("|---|---|---|---|---|---|---|---|---|")
     for recipe, pipeline, cached, workers, setup_s, first, rate, results in rows:
         ratio = f"{rate / model_rate:.1f}x" if model_rate else "-"
@@ -207,17 +208,19 @@ def main() -> None:
         else:
             kind = "cached (decoded once)" if cached else "JPEG decoded per step"
         per_round = " / ".join(f"{r:,.0f}" for _, r in results)
-        print(f"| {recipe} | {pipeline} | {kind} | {workers} | {setup_s:.1f} | {first:.2f} | {rate:,.0f} | {per_round} | {ratio} |")
+        print(f"| {recipe} | {pipeline} | {kind} | {workers} | {setup_s:.1f} | {first:.2f} | {rate:,.0f} | {per_round} "
+              f"| {ratio} |")
     if e2e:
         print()
-        print(f"Mini-ViT end-to-end train (recipe {args.recipe[0]}, batch {args.e2e_batch_size}, {args.e2e_steps} timed "
-              f"steps after 1, {args.model_threads} torch thread(s), fp32 CPU):")
+        print(f"Mini-ViT end-to-end train (recipe {args.recipe[0]}, batch {args.e2e_batch_size}, {args.e2e_steps} "
+              f"timed steps after 1, {args.model_threads} torch thread(s), fp32 CPU):")
         print()
         print("| pipeline | workers | train img/s per round | median |")
         print("|---|---|---|---|")
         for pipeline, workers in (("workers", args.e2e_workers), ("device", 0)):
             rates = [r for p, w, r in e2e if p == pipeline]
-            print(f"| {pipeline} | {workers} | {' / '.join(f'{r:.1f}' for r in rates)} | {statistics.median(rates):.1f} |")
+            per_round = " / ".join(f"{r:.1f}" for r in rates)
+            print(f"| {pipeline} | {workers} | {per_round} | {statistics.median(rates):.1f} |")
     if model_rate:
         print()
         print(f"Model train rate: {args.model} at 32 px, batch {args.batch_size}, fp32 CPU, {args.model_threads} torch "

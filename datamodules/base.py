@@ -372,7 +372,9 @@ class ImageDataModule(lightning.LightningDataModule):
                 "data.pipeline: device does not support recipe.augment.random_resized_crop (it crops the full-size "
                 "images); use data.pipeline=workers, or set recipe.augment.random_resized_crop=null"
             )
-        self.cache_dir = cache_dir if cache_dir is not None else os.path.join(os.environ.get("VITLAB_DATA_DIR", "data"), "cache")
+        # Like paths.data_dir's default, for use without the configs.
+        default_cache = os.path.join(os.environ.get("VITLAB_DATA_DIR", "data"), "cache")
+        self.cache_dir = cache_dir if cache_dir is not None else default_cache
         self._device_pipeline = None
         self._device_pipeline_state: dict[str, Any] | None = None
         if resize_interpolation is not None:  # else the dataset's class default

@@ -73,7 +73,9 @@ def drawing_from(generator: torch.Generator) -> Iterator[None]:
         torch.set_rng_state(outer)
 
 
-def apply_grouped(images: torch.Tensor, keys: Sequence[Hashable | None], op: Callable[[torch.Tensor, Any], torch.Tensor]) -> torch.Tensor:
+def apply_grouped(
+    images: torch.Tensor, keys: Sequence[Hashable | None], op: Callable[[torch.Tensor, Any], torch.Tensor]
+) -> torch.Tensor:
     """``images[b] = op(images[b], keys[b])`` for every sample whose key is not None, calling ``op`` once
     per distinct key on all the samples that share it (a batched kernel call per group)."""
     groups: dict[Hashable, list[int]] = {}
@@ -95,7 +97,7 @@ class PerSampleAutoAugment:
     def __init__(self, policy: str) -> None:
         self.transform = v2.AutoAugment(_AUTO_AUGMENT_POLICIES[policy])
 
-    def plan(self, batch: int, height: int, width: int, generator: torch.Generator) -> list[list[tuple[str, float] | None]]:
+    def plan(self, batch: int, height: int, width: int, generator: torch.Generator) -> list[list[Any]]:
         """Per op slot, each sample's ``(op, signed magnitude)``, or None where the op's coin said no."""
         space, policies = self.transform._AUGMENTATION_SPACE, self.transform._policies
         tables = {op: fn(10, height, width) for op, (fn, _) in space.items()}
@@ -134,7 +136,7 @@ class PerSampleRandAugment(PerSampleAutoAugment):
     def __init__(self, num_ops: int, magnitude: int) -> None:
         self.transform = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
 
-    def plan(self, batch: int, height: int, width: int, generator: torch.Generator) -> list[list[tuple[str, float] | None]]:
+    def plan(self, batch: int, height: int, width: int, generator: torch.Generator) -> list[list[Any]]:
         t = self.transform
         ops = list(t._AUGMENTATION_SPACE)
         magnitudes = {}

@@ -200,7 +200,8 @@ def test_device_batches_follow_the_workers_split_sampler_and_labels(jpg_root, tm
         assert torch.equal(y, wy)  # same sampler order over the same held-out split
         assert x.shape == wx.shape == (10, 3, 32, 32) and x.dtype == torch.float32
     seen = torch.cat([y for _, y in got])
-    assert torch.equal(torch.bincount(seen, minlength=10), torch.bincount(torch.cat([y for _, y in expected]), minlength=10))
+    expected_labels = torch.cat([y for _, y in expected])
+    assert torch.equal(torch.bincount(seen, minlength=10), torch.bincount(expected_labels, minlength=10))
 
 
 def test_each_rank_takes_its_share_with_its_own_augmentation_stream(jpg_root, tmp_path):
@@ -245,13 +246,15 @@ def test_state_dict_continues_the_augmentation_stream_exactly(jpg_root, tmp_path
 N = 3000
 
 
-def _workers(augment: dict, images: torch.Tensor, count: int, mean=IDENTITY["mean"], std=IDENTITY["std"]) -> torch.Tensor:
+def _workers(augment: dict, images: torch.Tensor, count: int, mean=IDENTITY["mean"], std=IDENTITY["std"]):
+    """``count`` images through the workers pipeline's train transform, one at a time."""
     transform = build_train_transform(augment, images.shape[-1], mean, std, tuple(images.shape[-2:]))
     torch.manual_seed(1)
     return torch.stack([transform(images[i % len(images)].clone()) for i in range(count)])
 
 
-def _device(augment: dict, images: torch.Tensor, count: int, mean=IDENTITY["mean"], std=IDENTITY["std"]) -> torch.Tensor:
+def _device(augment: dict, images: torch.Tensor, count: int, mean=IDENTITY["mean"], std=IDENTITY["std"]):
+    """``count`` images through the device pipeline, in batches of 500."""
     pipeline = DeviceAugment(augment, images.shape[-1], mean, std, tuple(images.shape[-2:]))
     generators = Generators(seed=1, rank=0)
     index = torch.arange(count) % len(images)
