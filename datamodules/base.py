@@ -266,6 +266,15 @@ def _check_channels(values: Sequence[float], key: str, positive: bool) -> tuple[
     return tuple(float(v) for v in values)
 
 
+def _gather_ranks(state: Any) -> list[Any]:
+    """Every rank's ``state``, in rank order (one process: ``[state]``); rank 0 writes the checkpoint."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        states: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(states, state)
+        return states
+    return [state]
+
+
 class ImageDataModule(lightning.LightningDataModule):
     """Train/val/test loaders over an image classification dataset.
 
@@ -281,6 +290,10 @@ class ImageDataModule(lightning.LightningDataModule):
 
     ``subset=N`` keeps the first N images of each class of the official train split (in the
     split's own order, before the validation split is drawn); the test split stays whole.
+    ``pipeline="device"`` keeps the training split as uint8 on the training device and augments each
+    batch there (``datamodules/device_pipeline.py``; image files are decoded once into a memory-mapped
+    cache under ``cache_dir``, ``datamodules/tensor_cache.py``); validation and testing read the same
+    decoded arrays through the usual loaders.
     ``cache=True`` decodes both splits once in :meth:`setup` (using ``num_workers`` processes) and
     keeps the uint8 pixels in memory, so epochs skip JPEG decoding: for small datasets only
     (TinyImageNet-200's train split takes 1.2 GB). ``pin_memory`` takes effect only when CUDA is
@@ -311,6 +324,8 @@ class ImageDataModule(lightning.LightningDataModule):
         cache: bool = False,
         subset: int | None = None,
         resize_interpolation: str | None = None,
+        pipeline: str = "workers",
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         _check_int(num_classes, "data.num_classes")
@@ -349,6 +364,19 @@ class ImageDataModule(lightning.LightningDataModule):
         self.seed = seed
         self.cache = cache
         self.subset = subset
+        if pipeline not in ("workers", "device"):
+            raise ConfigError(f"data.pipeline: expected workers or device, got {pipeline!r}")
+        self.pipeline = pipeline
+        if pipeline == "device" and self.augment["random_resized_crop"] is not None:
+            raise ConfigError(
+                "data.pipeline: device does not support recipe.augment.random_resized_crop (it crops the full-size "
+                "images); use data.pipeline=workers, or set recipe.augment.random_resized_crop=null"
+            )
+        # Like paths.data_dir's default, for use without the configs.
+        default_cache = os.path.join(os.environ.get("VITLAB_DATA_DIR", "data"), "cache")
+        self.cache_dir = cache_dir if cache_dir is not None else default_cache
+        self._device_pipeline = None
+        self._device_pipeline_state: dict[str, Any] | None = None
         if resize_interpolation is not None:  # else the dataset's class default
             if resize_interpolation not in _INTERPOLATIONS:
                 raise ConfigError(
@@ -388,6 +416,12 @@ class ImageDataModule(lightning.LightningDataModule):
                     split = ArrayImageDataset(split.images[keep], split.labels[keep])
                 else:
                     split = Subset(split, keep)
+        if self.pipeline == "device":
+            from .tensor_cache import cached_split
+
+            return cached_split(split, cache_dir=self.cache_dir, owner=type(self).__name__, name=name,
+                                img_size=self.img_size, interpolation=self.resize_interpolation,
+                                num_workers=self.num_workers)
         if self.cache:
             split = decode_all(split, self.num_workers)
             nbytes = split.images.nbytes if isinstance(split, ArrayImageDataset) else sum(
@@ -462,13 +496,39 @@ class ImageDataModule(lightning.LightningDataModule):
         # Seeds the workers' base seed (one draw per epoch), so augmentations are reproducible too; its
         # state is saved in checkpoints (state_dict) so a resumed run continues the same draws.
         rank = self.trainer.global_rank if self.trainer is not None else 0
+        if self.pipeline == "device":
+            return self._device_train_dataloader(sampler, rank)
         self._train_generator = torch.Generator().manual_seed(derive_seed(self.seed, "train-order", rank))
         if self._train_generator_state is not None:
             self._train_generator.set_state(self._train_generator_state)
             self._train_generator_state = None
         return self._loader(self.train_set, sampler=sampler, generator=self._train_generator, drop_last=True)
 
+    def _device_train_dataloader(self, sampler: RepeatedAugmentationSampler, rank: int) -> DataLoader:
+        from .device_pipeline import DeviceAugment, DevicePipeline
+
+        split = self.train_set
+        while isinstance(split, Subset):
+            split = split.dataset
+        native_size = tuple(split.images.shape[1:3])  # the stored size, not that of a transformed item
+        augment = DeviceAugment(self.augment, self.img_size, self.mean, self.std, native_size,
+                                interpolation=self.resize_interpolation)
+        self._device_pipeline = DevicePipeline(self.train_set, augment, seed=self.seed, rank=rank)
+        if self._device_pipeline_state is not None:
+            self._device_pipeline.load_state_dict(self._device_pipeline_state)
+            self._device_pipeline_state = None
+        return self._device_pipeline.train_dataloader(sampler, self.batch_size)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # data.pipeline=device: a training batch arrives as the positions of its images (a bare tensor;
+        # evaluation batches are (images, labels) pairs) and is gathered and augmented here, on the device.
+        if self._device_pipeline is not None and isinstance(batch, torch.Tensor):
+            return self._device_pipeline(batch)
+        return batch
+
     def state_dict(self) -> dict[str, Any]:
+        if self._device_pipeline is not None:
+            return {"device_pipeline": _gather_ranks(self._device_pipeline.state_dict())}
         if self._train_generator is None:
             return {}
         state = self._train_generator.get_state()
@@ -482,6 +542,8 @@ class ImageDataModule(lightning.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         states = state_dict.get("train_generators") or []
         rank = self.trainer.global_rank if self.trainer is not None else 0
+        device_states = state_dict.get("device_pipeline") or []
+        self._device_pipeline_state = device_states[rank] if rank < len(device_states) else None
         self._train_generator_state = states[rank] if rank < len(states) else None
 
     def val_dataloader(self) -> DataLoader:
