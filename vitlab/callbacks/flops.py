@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from callbacks.records import log_once, record
+from vitlab.callbacks.records import log_once, record
 
 
 def count_flops(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor) -> int:
