@@ -266,6 +266,10 @@ def _check_channels(values: Sequence[float], key: str, positive: bool) -> tuple[
     return tuple(float(v) for v in values)
 
 
+# Where the train augmentations run: in the loader's worker processes, or on the accelerator.
+DATA_PIPELINES = ("workers", "device")
+
+
 class ImageDataModule(lightning.LightningDataModule):
     """Train/val/test loaders over an image classification dataset.
 
@@ -311,8 +315,14 @@ class ImageDataModule(lightning.LightningDataModule):
         cache: bool = False,
         subset: int | None = None,
         resize_interpolation: str | None = None,
+        pipeline: str = "workers",
     ) -> None:
         super().__init__()
+        if pipeline not in DATA_PIPELINES:
+            raise ConfigError(f"data.pipeline: unknown pipeline {pipeline!r}; use {' or '.join(DATA_PIPELINES)}")
+        if pipeline != "workers":
+            raise ConfigError(f"data.pipeline: {pipeline} is not available for {type(self).__name__}; use data.pipeline=workers")
+        self.pipeline = pipeline
         _check_int(num_classes, "data.num_classes")
         _check_int(img_size, "data.img_size")
         _check_int(batch_size, "recipe.batch_size")
