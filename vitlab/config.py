@@ -11,6 +11,7 @@ the key as it is typed on the command line.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -309,8 +310,28 @@ def _hydra_subdir(run_dir: str | None) -> str:
     return f".hydra/resume_{datetime.now():%Y-%m-%d_%H-%M-%S}"
 
 
+# A sweep run's folder name is its overrides, written so the folder can be passed back unquoted
+# (run_dir=multirun/.../3_model@vit__data.subset@100): `=` and `,` are Hydra syntax, so the config
+# joins key and value with `@` and the overrides with `__` (hydra/default.yaml), and any other
+# character outside [A-Za-z0-9_.+@-] becomes `-`.
+_PATH_ITEM_SEP = "__"
+_PATH_MAX = 160
+
+
 def _path_safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.,=+-]+", "-", text)[:200].rstrip(",") or "default"
+    """The overrides as a folder name; a long one keeps whole overrides (never half a key) and ends
+    with a digest of all of them, so two runs never share a folder."""
+    items = [re.sub(r"[^A-Za-z0-9_.+@-]+", "-", item) for item in text.split(_PATH_ITEM_SEP) if item]
+    name = _PATH_ITEM_SEP.join(items)
+    if len(name) <= _PATH_MAX:
+        return name or "default"
+    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+    kept: list[str] = []
+    for item in items:
+        if len(_PATH_ITEM_SEP.join([*kept, item])) + len(digest) + 8 > _PATH_MAX:
+            break
+        kept.append(item)
+    return _PATH_ITEM_SEP.join([*kept, f"{len(items) - len(kept)}more-{digest}"])
 
 
 # Resolvers with side effects: evaluated once per composed config.
