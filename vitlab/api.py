@@ -121,17 +121,17 @@ def eval_transform(data: DictConfig) -> Any:
 
 
 def class_names(data: DictConfig) -> list[str]:
-    """The class names the run's DataModule gives (CIFAR's meta file, an image folder's folders), or
-    ``"0"``, ``"1"``... when the data is not on this machine or has no names."""
+    """The class names the run's DataModule gives without loading its images (CIFAR's meta file, the
+    synthetic shapes, an image folder's sorted class folders), or ``"0"``, ``"1"``... when the data is
+    not on this machine or has no names."""
     from vitlab.train import build
 
     names = None
     try:
         datamodule = build(OmegaConf.merge(data, {"download": False} if "download" in data else {}), batch_size=1)
         names = getattr(datamodule, "classes", None)
-        if names is None and hasattr(datamodule, "setup"):
-            datamodule.setup("fit")
-            names = getattr(datamodule, "classes", None)
+        if names is None and "root" in data and "train_dir" in data:  # ImageFolder order: sorted folder names
+            names = sorted(p.name for p in (Path(data.root) / data.train_dir).iterdir() if p.is_dir())
     except Exception:  # noqa: BLE001 - data not on this machine: fall back to the label indices
         names = None
     if not names or len(names) != int(data.num_classes):
