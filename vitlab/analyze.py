@@ -381,7 +381,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="analyze")
 def _hydra_main(cfg: DictConfig) -> None:
     with one_line_errors():
         analyze(cfg)

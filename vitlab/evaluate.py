@@ -339,7 +339,7 @@ def _csv(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2f}"
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def _hydra_main(cfg: DictConfig) -> None:
     with one_line_errors():
         evaluate(cfg)

@@ -36,6 +36,7 @@ from vitlab.errors import ConfigError, VitlabError
 
 register_configs()
 
+# An absolute path: from a console script Hydra would look for a `vitlab.conf` Python module instead.
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
@@ -186,7 +187,7 @@ def _write_metrics(metrics: dict[str, Any], trainer: L.Trainer, cfg: DictConfig,
         logger.save()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     with one_line_errors():
         if cfg.run_dir:
