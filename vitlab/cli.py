@@ -35,7 +35,7 @@ def check_group_choices(argv: Sequence[str], conf_dir: Path) -> None:
         options = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
         for choice in value.strip("[]").split(","):  # a sweep a,b or a list [a,b] (logger=[csv,wandb])
             if choice not in options:
-                raise ConfigError(f"{key}={choice}: no such {key} config; choose one of: {', '.join(options)} (files in conf/{key}/)")
+                raise ConfigError(f"{key}={choice}: no such {key} config; choose one of: {', '.join(options)} (files in vitlab/conf/{key}/)")
 
 
 def exit_with_error(err: VitlabError) -> None:
