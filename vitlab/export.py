@@ -27,7 +27,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from vitlab.errors import ConfigError, VitlabError
+from vitlab.errors import VitlabError
 
 FORMATS = ("onnx", "pt2", "safetensors")
 # onnxruntime against PyTorch in float32: same ops, other kernels and summation orders.
