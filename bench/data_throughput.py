@@ -45,7 +45,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from datamodules import ImageFolderDataModule  # noqa: E402
+from vitlab.datamodules import ImageFolderDataModule  # noqa: E402
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -62,7 +62,7 @@ def cpu_model() -> str:
 
 
 def recipe_augment(name: str) -> dict:
-    path = ROOT / "conf" / "recipe" / f"{name}.yaml"
+    path = ROOT / "vitlab" / "conf" / "recipe" / f"{name}.yaml"
     if not path.is_file():
         sys.exit(f"error: no recipe file {path}")
     return OmegaConf.to_container(OmegaConf.load(path).augment, resolve=True)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vitlab.config import register_configs
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
+CONF_DIR = ROOT / "vitlab" / "conf"
 
 # A run of a few seconds: synthetic data, tiny splits, CPU, no workers, plain progress output.
 SMOKE = [

@@ -9,7 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from callbacks import count_flops, measure_matmul_tflops
+from vitlab.callbacks import count_flops, measure_matmul_tflops
 from vitlab.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -80,7 +80,7 @@ def test_seed_recipes_match_the_specs(tmp_path):
     assert (mini.epochs, mini.batch_size, mini.optimizer.lr, mini.optimizer.weight_decay) == (250, 512, 2e-3, 0.05)
     assert (mini.schedule.warmup_epochs, mini.label_smoothing, mini.repeated_aug) == (10, 0.1, 3)
     assert (mini.mixing.cutmix_alpha, mini.mixing.mixup_alpha, mini.mixing.prob) == (1.0, 0.0, 0.5)
-    assert mini.augment["auto_augment"] == "cifar10" and mini.augment["random_erasing"] == 0.25
+    assert mini.augment.auto_augment == "cifar10" and mini.augment.random_erasing == 0.25
     out = to_recipe(compose_config(["recipe=outgrid"], tmp_path).recipe)
     assert (out.epochs, out.optimizer.lr, out.schedule.warmup_ratio, out.schedule.min_lr) == (100, 5e-4, 0.05, 1e-6)
     assert (out.mixing.mixup_alpha, out.mixing.cutmix_alpha, out.mixing.prob, out.grad_clip) == (0.8, 1.0, 0.5, 1.0)

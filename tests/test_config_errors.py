@@ -76,7 +76,7 @@ CASES = [
     (["data.num_classes=1"], "error: data.num_classes: the synthetic task has 2 to 36 classes, got 1"),
     (["data.img_size=8"], "error: data.img_size: the synthetic task needs at least 16 pixels"),
     (["data.val_size=-1"], "error: data.val_size: expected an image count >= 0"),
-    (["data=image_folder"], "error: data.root: no value given; add data.root=<value>"),
+    (["data=image_folder"], "error: data.num_classes: no value given; add data.num_classes=<value>"),
     (["data=cifar10", "data.download=false", "data.data_dir=missing"], "error: data.data_dir"),
     (["data=image_folder", "data.root=empty_root", "data.num_classes=3"], "error: data.root: "),
     # models that cannot be built for the data

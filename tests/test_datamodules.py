@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-from datamodules import (
+from vitlab.datamodules import (
     ArrayImageDataset,
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -24,11 +24,11 @@ from datamodules import (
     RepeatedAugmentationSampler,
     SyntheticDataModule,
 )
-from datamodules.synthetic import generate_images
+from vitlab.datamodules.synthetic import generate_images
 from conftest import compose_data_config
 from vitlab.errors import ConfigError, DataError
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "vitlab" / "conf"
 IDENTITY_NORM = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 LOADER = {"batch_size": 8, "num_workers": 0, "pin_memory": False}
 

@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import SMOKE, compose_config
-from datamodules import (
+from vitlab.datamodules import (
     CMC_CLASS_LIST,
     CORRUPTIONS,
     ArrayImageDataset,
@@ -34,7 +34,7 @@ from datamodules import (
     TinyImageNetDataModule,
     build_train_transform,
 )
-from datamodules import download as download_module
+from vitlab.datamodules import download as download_module
 from conftest import compose_data_config
 from vitlab.errors import ConfigError, DataError
 

@@ -18,8 +18,8 @@ from scipy import stats
 from torchvision.transforms import v2
 
 from conftest import compose_config
-from datamodules import ImageFolderDataModule, RepeatedAugmentationSampler
-from datamodules.device_pipeline import (
+from vitlab.datamodules import ImageFolderDataModule, RepeatedAugmentationSampler
+from vitlab.datamodules.device_pipeline import (
     BatchRandomErasing,
     DeviceAugment,
     Generators,
@@ -27,8 +27,8 @@ from datamodules.device_pipeline import (
     PerSampleLegacyRandAugment,
     PerSampleRandAugment,
 )
-from datamodules.randaug_legacy import LegacyRandAugment
-from datamodules.transforms import build_train_transform
+from vitlab.datamodules.randaug_legacy import LegacyRandAugment
+from vitlab.datamodules.transforms import build_train_transform
 from vitlab.checkpoint import load_checkpoint
 from vitlab.errors import ConfigError
 
@@ -75,7 +75,7 @@ def _batches(dm, count: int | None = None) -> list[tuple[torch.Tensor, torch.Ten
 
 # ----------------------------------------------------------------------------------------- the cache
 def test_cache_is_built_once_holds_the_decoded_pixels_and_is_reused(jpg_root, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="datamodules.tensor_cache")
+    caplog.set_level(logging.INFO, logger="vitlab.datamodules.tensor_cache")
     dm = folder_module(jpg_root, tmp_path / "cache")
     dm.setup()
     (train_npy,) = (tmp_path / "cache").glob("ImageFolderDataModule-train-*[0-9a-f].npy")
@@ -107,7 +107,7 @@ def test_stale_and_corrupt_caches_are_rebuilt_with_one_line(jpg_root, tmp_path, 
     changed = sorted((jpg_root / "train" / "airplane").iterdir())[0]
     Image.new("RGB", (32, 32), (255, 0, 0)).save(changed, quality=95)
     os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
-    caplog.set_level(logging.INFO, logger="datamodules.tensor_cache")
+    caplog.set_level(logging.INFO, logger="vitlab.datamodules.tensor_cache")
     folder_module(jpg_root, tmp_path / "cache").setup()
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "stale" in warnings[0].getMessage() and "rebuilding" in warnings[0].getMessage()
@@ -147,7 +147,7 @@ def test_an_unwritable_cache_dir_is_one_config_line(jpg_root, tmp_path):
 
 
 def test_bad_pipeline_settings_are_config_errors(jpg_root, tmp_path):
-    with pytest.raises(ConfigError, match="data.pipeline: expected workers or device, got 'gpu'"):
+    with pytest.raises(ConfigError, match="data.pipeline: unknown pipeline 'gpu'; use workers or device"):
         folder_module(jpg_root, tmp_path, pipeline="gpu")
     with pytest.raises(ConfigError, match="data.pipeline: device does not support recipe.augment.random_resized_crop"):
         folder_module(jpg_root, tmp_path, augment={"random_resized_crop": [0.08, 1.0]})

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks import AtomicModelCheckpoint, NaNGuard, NonFiniteLossError
+from vitlab.callbacks import AtomicModelCheckpoint, NaNGuard, NonFiniteLossError
 from vitlab.checkpoint import load_checkpoint
 from vitlab.errors import ConfigError, VitlabError
 from vitlab.families import ImageClassifier

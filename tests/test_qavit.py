@@ -263,7 +263,7 @@ def test_recipes_and_experiments(tmp_path):
     native = compose_config(["experiment=cifar100_qavit_tiny_32"], tmp_path)
     assert (native.model.net.name, native.data.img_size, native.recipe.augment.crop_padding) == ("qavit_tiny_32", 32, 4)
 
-    from datamodules import CIFAR100DataModule
+    from vitlab.datamodules import CIFAR100DataModule
 
     dm = CIFAR100DataModule(str(tmp_path), num_classes=100, img_size=224, resize_interpolation="bilinear")
     assert dm.resize_interpolation == "bilinear"

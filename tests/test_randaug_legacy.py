@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from datamodules.randaug_legacy import LEGACY_OPS, LegacyRandAugment
+from vitlab.datamodules.randaug_legacy import LEGACY_OPS, LegacyRandAugment
 
 
 def _image(size: int = 40, seed: int = 0) -> torch.Tensor:
@@ -97,7 +97,7 @@ def test_bad_num_ops():
 
 
 def test_recipe_key_puts_it_after_the_flip_and_excludes_other_policies():
-    from datamodules import build_train_transform
+    from vitlab.datamodules import build_train_transform
     from vitlab.errors import ConfigError
 
     augment = {"random_resized_crop": [0.08, 1.0], "hflip": True, "randaug_legacy": True, "random_erasing": 0.25}

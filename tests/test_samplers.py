@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from datamodules import RepeatedAugmentationSampler
+from vitlab.datamodules import RepeatedAugmentationSampler
 from vitlab.errors import ConfigError
 
 

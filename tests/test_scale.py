@@ -60,7 +60,7 @@ def test_ddp_on_two_cpu_processes_keeps_the_ranks_in_step(tmp_path):
 
 
 def test_ranks_share_each_epoch_order_without_overlap():
-    from datamodules import RepeatedAugmentationSampler
+    from vitlab.datamodules import RepeatedAugmentationSampler
 
     ranks = [RepeatedAugmentationSampler(10, repeats=1, seed=4, num_replicas=3, rank=r) for r in range(3)]
     for sampler in ranks:

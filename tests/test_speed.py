@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from callbacks import SDPABackend
+from vitlab.callbacks import SDPABackend
 from vitlab import bench
 from vitlab.config import OptimizerConfig, to_hardware
 from vitlab.errors import ConfigError

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules import AUGMENT_DEFAULTS, build_eval_transform, build_train_transform
+from vitlab.datamodules import AUGMENT_DEFAULTS, build_eval_transform, build_train_transform
 from vitlab.errors import ConfigError
 
 MEAN = (0.4914, 0.4822, 0.4465)

@@ -57,7 +57,7 @@ from vitlab.runs import load_run, prepare_output_dir, write_json
 
 register_configs()
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 ANALYSIS_FILES = ["mad_metrics.json", "mad_metrics.csv", "overlays"]
 _EPS = 1e-12
 
@@ -381,7 +381,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="analyze")
 def _hydra_main(cfg: DictConfig) -> None:
     with one_line_errors():
         analyze(cfg)

@@ -52,8 +52,8 @@ import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from callbacks.flops import count_flops as count_forward_flops
-from callbacks.throughput import time_matmul_flops
+from vitlab.callbacks.flops import count_flops as count_forward_flops
+from vitlab.callbacks.throughput import time_matmul_flops
 from vitlab.cli import exit_with_error
 from vitlab.errors import ConfigError, VitlabError
 from vitlab.layers.attention import SDPA_BACKENDS, sdpa_backend

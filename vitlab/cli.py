@@ -25,16 +25,17 @@ def check_group_choices(argv: Sequence[str], conf_dir: Path) -> None:
     """Fail on ``model=foo`` when ``conf/model/foo.yaml`` does not exist, before Hydra composes.
 
     Hydra's own message spans many lines and lists the search path; this one names the key and the
-    options. Sweep lists (``model=a,b``) are checked item by item; sweep functions are left to Hydra.
+    options. Sweep lists (``model=a,b``) and lists of configs (``logger=[csv,wandb]``) are checked item
+    by item; sweep functions are left to Hydra.
     """
     for arg in argv:
         key, sep, value = arg.lstrip("+~").partition("=")
         if not sep or key not in GROUPS or not value or value == "null" or "(" in value:
             continue
         options = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
-        for choice in value.split(","):
+        for choice in value.strip("[]").split(","):  # a sweep a,b or a list [a,b] (logger=[csv,wandb])
             if choice not in options:
-                raise ConfigError(f"{key}={choice}: no such {key} config; choose one of: {', '.join(options)} (files in conf/{key}/)")
+                raise ConfigError(f"{key}={choice}: no such {key} config; choose one of: {', '.join(options)} (files in vitlab/conf/{key}/)")
 
 
 def exit_with_error(err: VitlabError) -> None:

@@ -1,14 +1,17 @@
 """Config schemas and start-up checks.
 
 The recipe and hardware groups extend the dataclasses below (registered in Hydra's ConfigStore as
-``recipe/schema`` and ``hardware/schema``), so OmegaConf rejects unknown keys and wrong types while
-composing; :func:`to_recipe` / :func:`to_hardware` then build the dataclasses, whose ``__post_init__``
+``recipe/schema`` and ``hardware/schema``), and every data config extends one of the data schemas
+(``schema/data/<kind>``), so OmegaConf rejects unknown keys and wrong types while composing (a mistyped
+key gets a "did you mean"); the schemas are registered when ``vitlab`` is imported, so Hydra's compose
+API works without further set-up; :func:`to_recipe` / :func:`to_hardware` then build the dataclasses, whose ``__post_init__``
 runs the cross-field checks before anything is built. Every failure is a :class:`ConfigError` naming
 the key as it is typed on the command line.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -18,7 +21,7 @@ from typing import Any, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vitlab.errors import ConfigError
@@ -95,6 +98,28 @@ class MixingConfig:
 
 
 @dataclass
+class RandAugmentConfig:
+    num_ops: int = 2
+    magnitude: int = 9
+
+
+@dataclass
+class AugmentConfig:
+    """The train-time augmentations (the values are range-checked by ``datamodules.resolve_augment``)."""
+
+    hflip: bool = False  # RandomHorizontalFlip(0.5)
+    crop_padding: int = 0  # RandomCrop(img_size, padding, zero fill); 0 = no crop
+    auto_augment: Optional[str] = None  # null | cifar10 | imagenet | svhn
+    rand_augment: Optional[RandAugmentConfig] = None  # null | {num_ops, magnitude}
+    random_erasing: float = 0.0  # probability; erased pixels get N(0, 1) noise
+    random_erasing_scale: list[float] = field(default_factory=lambda: [0.02, 0.4])
+    random_erasing_ratio: list[float] = field(default_factory=lambda: [0.3, 3.3])
+    # null | [min_scale, max_scale]: RandomResizedCrop first, replacing the resize and the padded crop
+    random_resized_crop: Optional[list[float]] = None
+    randaug_legacy: bool = False  # the clear-vit seed's own RandAugment; excludes the other two
+
+
+@dataclass
 class RecipeConfig:
     epochs: int = 100  # length of the LR schedule, and trainer.max_epochs unless that is overridden
     batch_size: int = 128  # effective (global) batch: per-device batch x devices x accumulation
@@ -103,7 +128,7 @@ class RecipeConfig:
     label_smoothing: float = 0.0
     mixing: MixingConfig = field(default_factory=MixingConfig)
     grad_clip: Optional[float] = None  # max global grad norm; null = no clipping
-    augment: dict[str, Any] = field(default_factory=dict)  # read by the DataModule's transforms
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # read by the DataModule's transforms
     repeated_aug: int = 1  # each image this many times per epoch, in unrelated batches
     channels_last: bool = False
 
@@ -166,6 +191,88 @@ class HardwareConfig:
         return "gpu" if self.accelerator == "cuda" else self.accelerator
 
 
+@dataclass
+class DataConfig:
+    """Keys every image DataModule takes (``datamodules.ImageDataModule``); each data config extends
+    one of the subclasses below, which add the keys of its DataModule."""
+
+    _target_: str = MISSING
+    num_classes: int = MISSING
+    img_size: int = MISSING
+    mean: list[float] = MISSING
+    std: list[float] = MISSING
+    batch_size: int = 128  # global batch; train.py replaces it by the per-device batch
+    num_workers: int = 4
+    pin_memory: bool = True
+    persistent_workers: bool = True  # keep loader workers alive between epochs
+    val_size: Any = 5000  # images held out of the train split (int), a fraction (float), 0 = validate on test
+    split_seed: int = 0
+    augment: Any = None  # the recipe's augment block (recipe.augment)
+    repeated_aug: int = 1
+    seed: int = 0
+    cache: bool = False  # decode every image once into memory (small datasets only)
+    subset: Optional[int] = None  # keep the first N train images of each class; null = all
+    resize_interpolation: Optional[str] = None  # null = the dataset's default
+    # Where augmentation runs: workers (CPU loader processes) or device (on the accelerator); the
+    # DataModule checks the value.
+    pipeline: str = "workers"
+    cache_dir: Optional[str] = None  # data.pipeline=device: the decoded-image cache (null: $VITLAB_DATA_DIR/cache)
+
+
+@dataclass
+class DownloadDataConfig(DataConfig):
+    """CIFAR-10/100, TinyImageNet: a folder the files are downloaded into."""
+
+    data_dir: str = MISSING
+    download: bool = True
+
+
+@dataclass
+class SVHNDataConfig(DownloadDataConfig):
+    use_extra: bool = False
+
+
+@dataclass
+class FolderDataConfig(DataConfig):
+    root: str = MISSING
+    train_dir: str = "train"
+    test_dir: str = "test"
+
+
+@dataclass
+class ImageNet100DataConfig(FolderDataConfig):
+    test_dir: str = "val"
+    layout: str = "auto"
+    class_list: Any = "auto"
+    random_resized_crop: Optional[list[float]] = None
+
+
+@dataclass
+class CorruptionDataConfig(DataConfig):
+    """TinyImageNet-C: evaluation only."""
+
+    root: str = MISSING
+    train_wnids: Any = MISSING
+    corruptions: Optional[list[str]] = None
+    severities: Optional[list[int]] = None
+
+
+@dataclass
+class SyntheticDataConfig(DataConfig):
+    train_size: int = 2048
+    test_size: int = 512
+
+
+DATA_SCHEMAS: dict[str, type[DataConfig]] = {
+    "download": DownloadDataConfig,
+    "svhn": SVHNDataConfig,
+    "folder": FolderDataConfig,
+    "imagenet100": ImageNet100DataConfig,
+    "corruption": CorruptionDataConfig,
+    "synthetic": SyntheticDataConfig,
+}
+
+
 def auto_precision() -> str:
     """bf16 mixed precision where the GPU supports it, fp16 mixed on older GPUs, fp32 on CPU."""
     if not torch.cuda.is_available():
@@ -204,8 +311,28 @@ def _hydra_subdir(run_dir: str | None) -> str:
     return f".hydra/resume_{datetime.now():%Y-%m-%d_%H-%M-%S}"
 
 
+# A sweep run's folder name is its overrides, written so the folder can be passed back unquoted
+# (run_dir=multirun/.../3_model@vit__data.subset@100): `=` and `,` are Hydra syntax, so the config
+# joins key and value with `@` and the overrides with `__` (hydra/default.yaml), and any other
+# character outside [A-Za-z0-9_.+@-] becomes `-`.
+_PATH_ITEM_SEP = "__"
+_PATH_MAX = 160
+
+
 def _path_safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.,=+-]+", "-", text)[:200].rstrip(",") or "default"
+    """The overrides as a folder name; a long one keeps whole overrides (never half a key) and ends
+    with a digest of all of them, so two runs never share a folder."""
+    items = [re.sub(r"[^A-Za-z0-9_.+@-]+", "-", item) for item in text.split(_PATH_ITEM_SEP) if item]
+    name = _PATH_ITEM_SEP.join(items)
+    if len(name) <= _PATH_MAX:
+        return name or "default"
+    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+    kept: list[str] = []
+    for item in items:
+        if len(_PATH_ITEM_SEP.join([*kept, item])) + len(digest) + 8 > _PATH_MAX:
+            break
+        kept.append(item)
+    return _PATH_ITEM_SEP.join([*kept, f"{len(items) - len(kept)}more-{digest}"])
 
 
 # Resolvers with side effects: evaluated once per composed config.
@@ -223,6 +350,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(group="recipe", name="schema", node=RecipeConfig)
     cs.store(group="hardware", name="schema", node=HardwareConfig)
+    for name, schema in DATA_SCHEMAS.items():
+        cs.store(group="schema/data", name=name, node=schema)
     for name, fn in _RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -40,7 +40,7 @@ from vitlab.runs import load_run, prepare_output_dir, write_json
 
 register_configs()
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 ROBUSTNESS_FILES = ["robustness.csv", "robustness.json", "robustness.md", "robustness_per_corruption.png", "robustness_per_severity.png"]
 _CORRUPTION_SET = re.compile(r"^(?P<corruption>[^/]+)/(?P<severity>\d+)$")
 
@@ -339,7 +339,7 @@ def _csv(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2f}"
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def _hydra_main(cfg: DictConfig) -> None:
     with one_line_errors():
         evaluate(cfg)

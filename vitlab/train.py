@@ -28,7 +28,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from callbacks import SDPABackend
+from vitlab.callbacks import SDPABackend
 from vitlab.checkpoint import check_resume_checkpoint
 from vitlab.cli import check_group_choices, check_overrides_compose, composition_error, one_line_errors, run_entry_point
 from vitlab.config import HardwareConfig, register_configs, split_batch, to_hardware, to_recipe
@@ -36,7 +36,8 @@ from vitlab.errors import ConfigError, VitlabError
 
 register_configs()
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# An absolute path: from a console script Hydra would look for a `vitlab.conf` Python module instead.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, Any]:
@@ -186,7 +187,7 @@ def _write_metrics(metrics: dict[str, Any], trainer: L.Trainer, cfg: DictConfig,
         logger.save()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     with one_line_errors():
         if cfg.run_dir:

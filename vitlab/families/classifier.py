@@ -25,7 +25,7 @@ from timm.loss import SoftTargetCrossEntropy
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from datamodules.samplers import derive_seed
+from vitlab.datamodules.samplers import derive_seed
 from vitlab.checkpoint import capture_rng_state, restore_rng_state
 from vitlab.config import to_recipe
 from vitlab.errors import ConfigError

@@ -57,6 +57,19 @@ class _TapMix(torch.autograd.Function):
         return grad_weights, grad_padded, None
 
 
+def tap_mix(weights: torch.Tensor, padded: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """:class:`_TapMix` for training and eager inference; the same sum in plain ops while
+    ``torch.export`` / ``torch.onnx.export`` / tracing record the graph, which cannot hold a custom
+    autograd function (its in-place ``out=`` accumulations have no export form)."""
+    if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+        H, W = weights.shape[-2:]
+        return sum(
+            weights[:, :, tap : tap + 1] * padded[..., tap // kernel_size : tap // kernel_size + H, tap % kernel_size : tap % kernel_size + W]
+            for tap in range(kernel_size**2)
+        )
+    return _TapMix.apply(weights, padded, kernel_size)
+
+
 class DynamicKernelMixer(nn.Module):
     """``(B, C, H, W) -> (B, C, H, W)`` with a predicted per-pixel, per-head k x k kernel."""
 
@@ -84,7 +97,7 @@ class DynamicKernelMixer(nn.Module):
         values = F.pad(self.value(x), (pad, pad, pad, pad)).view(B, h, C // h, H + 2 * pad, W + 2 * pad)
         # One multiply-add per tap on shifted views of the padded values: no k*k-times unfolded copy
         # (im2col / col2im), and no per-pixel batched matmul in the backward (the profile's hot spots).
-        out = _TapMix.apply(mixing, values, k)
+        out = tap_mix(mixing, values, k)
         return self.proj_drop(self.proj(out.reshape(B, C, H, W))), weights if need_weights else None
 
 

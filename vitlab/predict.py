@@ -1,0 +1,84 @@
+"""``vitlab-predict``: score image files (or every image in folders) with a finished run.
+
+    vitlab-predict logs/train/runs/<date>_<time> cat.png dog.jpg        # top-5 per image, printed
+    vitlab-predict <run>/checkpoints/last.ckpt photos/ --top-k 3 --out predictions.csv
+
+The run's own config gives the network, the eval transform (resize to its ``data.img_size``,
+normalise with its ``data.mean``/``data.std``) and the class names (``data`` on this machine; label
+indices otherwise). ``--out`` writes a CSV (``.csv``) or JSON lines (any other suffix) with one row
+per image: path, then rank, class index, class name and probability of each of the top-k classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitlab.errors import VitlabError
+
+
+def predict(run: Any, images: list[Path], top_k: int = 5, batch_size: int = 64) -> list[dict[str, Any]]:
+    """Top-k predictions of ``run`` (a :class:`vitlab.api.Run`) for each image file."""
+    from vitlab.datamodules.base import load_image
+
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        batch = torch.stack([run.transform(load_image(path)) for path in chunk])
+        probs, indices = run.predict(batch, k=top_k)
+        for path, p, i in zip(chunk, probs.tolist(), indices.tolist(), strict=True):
+            rows.append({"path": str(path), "top": [
+                {"rank": r + 1, "index": c, "class": run.classes[c], "prob": round(q, 6)} for r, (q, c) in enumerate(zip(p, i))
+            ]})
+    return rows
+
+
+def write_rows(rows: list[dict[str, Any]], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".csv":
+        with out.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "rank", "index", "class", "prob"])
+            for row in rows:
+                for top in row["top"]:
+                    writer.writerow([row["path"], top["rank"], top["index"], top["class"], top["prob"]])
+    else:
+        out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="vitlab-predict", description=__doc__.split("\n")[0])
+    parser.add_argument("run", help="a run folder (its best checkpoint) or a .ckpt file")
+    parser.add_argument("images", nargs="+", help="image files or folders of images")
+    parser.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the predictions: .csv, or JSON lines")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    args = parser.parse_args(argv)
+    from vitlab.api import load_images, load_run
+
+    try:
+        if args.top_k < 1:
+            raise VitlabError(f"--top-k: must be >= 1, got {args.top_k}")
+        if args.out is not None and args.out.exists() and not args.overwrite:
+            raise VitlabError(f"--out: {args.out.resolve()} exists; give another file or --overwrite")
+        run = load_run(args.run)
+        rows = predict(run, load_images(args.images), args.top_k)
+    except VitlabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    for row in rows:
+        best = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in row["top"])
+        print(f"{row['path']}: {best}")
+    if args.out is not None:
+        write_rows(rows, args.out)
+        print(f"wrote {len(rows)} predictions to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
