@@ -26,7 +26,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from vitlab.errors import ConfigError, DataError
 
-from .samplers import RepeatedAugmentationSampler, derive_seed
+from .samplers import RepeatedAugmentationSampler, SeededItems, derive_seed
 from .transforms import _INTERPOLATIONS, build_eval_transform, build_train_transform, resolve_augment
 
 Transform = Callable[[Any], Any]
@@ -358,8 +358,8 @@ class ImageDataModule(lightning.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
-        self._train_generator: torch.Generator | None = None
-        self._train_generator_state: torch.Tensor | None = None
+        self._train_sampler: RepeatedAugmentationSampler | None = None
+        self._resume_state: tuple[int, int] | None = None  # (epoch, samples done) from a checkpoint
 
     def _load_split(self, train: bool) -> Dataset:
         """The official train (``train=True``) or test split, without any transform."""
@@ -456,33 +456,31 @@ class ImageDataModule(lightning.LightningDataModule):
                 f"recipe.batch_size: {self.batch_size} per device is larger than the {samples_per_epoch} "
                 "training samples per epoch, so there would be no full batch; lower recipe.batch_size"
             )
-        # The order depends only on (seed, epoch), so a resumed run sees the batches an uninterrupted
-        # one would; each rank of a multi-process run takes its share of the same order.
-        sampler = RepeatedAugmentationSampler(len(self.train_set), repeats=self.repeated_aug, seed=self.seed)
-        # Seeds the workers' base seed (one draw per epoch), so augmentations are reproducible too; its
-        # state is saved in checkpoints (state_dict) so a resumed run continues the same draws.
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        self._train_generator = torch.Generator().manual_seed(derive_seed(self.seed, "train-order", rank))
-        if self._train_generator_state is not None:
-            self._train_generator.set_state(self._train_generator_state)
-            self._train_generator_state = None
-        return self._loader(self.train_set, sampler=sampler, generator=self._train_generator, drop_last=True)
+        # The order depends only on (seed, epoch) and each sample's augmentation only on (seed, epoch,
+        # position), so a resumed run sees the batches, and the augmented images, an uninterrupted one
+        # would, whatever the number of workers; each rank of a multi-process run takes its share.
+        sampler = RepeatedAugmentationSampler(len(self.train_set), repeats=self.repeated_aug, seed=self.seed, with_seeds=True)
+        if self._resume_state is not None:
+            sampler.resume_at(*self._resume_state)
+            self._resume_state = None
+        self._train_sampler = sampler
+        # The loader draws its workers' base seed from this generator instead of the global RNG, so
+        # building a loader leaves the training RNG streams alone.
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "train-loader", sampler.rank))
+        return self._loader(SeededItems(self.train_set), sampler=sampler, generator=generator, drop_last=True)
 
     def state_dict(self) -> dict[str, Any]:
-        if self._train_generator is None:
+        """Where the training stream stands: the epoch and how many of its samples (per rank) have
+        been trained on, for a resume in the middle of an epoch."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
             return {}
-        state = self._train_generator.get_state()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Every rank builds the checkpoint, rank 0 writes it: it keeps each rank's generator.
-            states: list[Any] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(states, state)
-            return {"train_generators": states}
-        return {"train_generators": [state]}
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": trainer.current_epoch, "samples_done": batches * self.batch_size}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        states = state_dict.get("train_generators") or []
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        self._train_generator_state = states[rank] if rank < len(states) else None
+        if "epoch" in state_dict:
+            self._resume_state = (int(state_dict["epoch"]), int(state_dict["samples_done"]))
 
     def val_dataloader(self) -> DataLoader:
         self._require_setup()
