@@ -59,7 +59,7 @@ def write_corruption_fixture(root: Path, corruptions=("gaussian_noise", "fog"), 
 
 def test_evaluate_reproduces_the_runs_test_score_and_times_with_real_counts(trained_run, tmp_path):
     tested = json.loads((trained_run / "metrics.json").read_text())
-    ckpt = tested["tested_ckpt"]
+    ckpt = trained_run / tested["tested_ckpt"]  # relative to the run folder
     cfg = compose_evaluate(f"ckpt_path={ckpt}", "batch_size=12", "warmup_iters=1", out_dir=tmp_path / "eval")
     result = evaluate(cfg)
     scores = result["sets"]["all"]

@@ -9,6 +9,11 @@ beside it needs ``model=<config>`` on the command line. Every failure is one :cl
 from __future__ import annotations
 
 import json
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from vitlab.checkpoint import check_network_name, check_weights_fit, load_checkpoint
 from vitlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".vitlab.lock"  # in a run folder while a run writes into it: "<pid>@<host>"
 
 
 @dataclass
@@ -86,3 +95,92 @@ def prepare_output_dir(path: Path, names: list[str], overwrite: bool) -> Path:
 
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+
+
+# ----------------------------------------------------------------------------------- run folder lock
+def lock_holder(folder: Path) -> str | None:
+    """Who holds ``folder``'s lock, as ``"pid N"`` (or ``"pid N on host H"``), if that run is alive;
+    None when there is no lock, or its process is gone (a stale lock of a killed run)."""
+    try:
+        text = (Path(folder) / LOCK_NAME).read_text().strip()
+    except OSError:
+        return None
+    pid_text, _, host = text.partition("@")
+    if not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    if host and host != socket.gethostname():
+        return f"pid {pid} on host {host}"  # cannot be checked from here: assumed alive
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return f"pid {pid}"
+
+
+def _refuse_held(folder: Path, holder: str, key: str) -> ConfigError:
+    return ConfigError(
+        f"{key}: {folder} is in use by a running vitlab run ({holder}, see {LOCK_NAME}); wait for it to end, "
+        f"or give another {key}; if that run is gone (another machine), delete {folder / LOCK_NAME}"
+    )
+
+
+def check_not_held(folder: Path, key: str = "run_dir") -> None:
+    """Refuse ``folder`` if a live run holds its lock (checked before anything is written there)."""
+    holder = lock_holder(folder)
+    if holder is not None:
+        raise _refuse_held(Path(folder), holder, key)
+
+
+@contextmanager
+def run_lock(folder: Path, key: str = "paths.output_dir") -> Iterator[None]:
+    """Hold ``folder``'s lock for the body: a second run into the same folder is refused while this one
+    lives; a lock left by a process that is gone (SIGKILL, a crashed node) is taken over."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = lock_holder(folder)
+            if holder is not None:
+                raise _refuse_held(folder, holder, key) from None
+            # Stale: move it aside first, so of two runs taking over at once only one succeeds.
+            aside = path.with_name(f"{LOCK_NAME}.stale.{os.getpid()}")
+            try:
+                os.replace(path, aside)
+            except FileNotFoundError:
+                continue
+            log.info("%s: took over the stale lock of a run that is gone (%s)", folder, aside.read_text().strip())
+            aside.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as lock:
+            lock.write(f"{os.getpid()}@{socket.gethostname()}\n")
+        break
+    else:
+        raise _refuse_held(folder, lock_holder(folder) or "another process", key)
+    try:
+        yield
+    finally:
+        try:
+            if path.read_text().strip().partition("@")[0] == str(os.getpid()):
+                path.unlink()
+        except OSError:
+            pass
+
+
+def remove_orphaned_temp_files(folder: Path) -> list[Path]:
+    """Delete the temporary checkpoint files (``.<name>.<pid>.tmp``) that a run killed while saving left
+    in ``folder/checkpoints``; called while holding the folder's lock, so no writer is using them."""
+    removed = []
+    for tmp in sorted((Path(folder) / "checkpoints").glob(".*.tmp")):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    if removed:
+        log.info("removed %d temporary checkpoint file(s) left by a killed run: %s", len(removed), ", ".join(p.name for p in removed))
+    return removed
