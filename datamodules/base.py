@@ -439,6 +439,10 @@ class ImageDataModule(lightning.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a dataloader")
 
     def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
+        # A loader draws its workers' base seed when first iterated; from its own generator that draw
+        # leaves the global RNG alone, so when a loader is first iterated (a resumed run skips the
+        # sanity check) cannot shift the training streams.
+        kwargs.setdefault("generator", torch.Generator().manual_seed(derive_seed(self.seed, "eval-loader")))
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -461,7 +465,11 @@ class ImageDataModule(lightning.LightningDataModule):
         # would, whatever the number of workers; each rank of a multi-process run takes its share.
         sampler = RepeatedAugmentationSampler(len(self.train_set), repeats=self.repeated_aug, seed=self.seed, with_seeds=True)
         if self._resume_state is not None:
-            sampler.resume_at(*self._resume_state)
+            # Set the epoch now: with workers the loader starts fetching as soon as it is iterated,
+            # which on a resume happens before Lightning sets the sampler's epoch.
+            epoch, done = self._resume_state
+            sampler.set_epoch(epoch)
+            sampler.resume_at(epoch, done)
             self._resume_state = None
         self._train_sampler = sampler
         # The loader draws its workers' base seed from this generator instead of the global RNG, so
@@ -476,11 +484,13 @@ class ImageDataModule(lightning.LightningDataModule):
         if trainer is None or trainer.state.fn != "fit":
             return {}
         batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": trainer.current_epoch, "samples_done": batches * self.batch_size}
+        epoch_done = batches >= trainer.num_training_batches
+        return {"epoch": trainer.current_epoch, "samples_done": batches * self.batch_size, "epoch_done": epoch_done}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "epoch" in state_dict:
-            self._resume_state = (int(state_dict["epoch"]), int(state_dict["samples_done"]))
+            epoch, done = int(state_dict["epoch"]), int(state_dict["samples_done"])
+            self._resume_state = (epoch + 1, 0) if state_dict.get("epoch_done") else (epoch, done)
 
     def val_dataloader(self) -> DataLoader:
         self._require_setup()

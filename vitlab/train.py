@@ -244,9 +244,11 @@ def check_resume_changes(before: DictConfig, after: DictConfig, run_dir: Path) -
     fixed = sorted((k for k in changed if _fixed_for_a_run(k)), key=lambda k: (k.startswith("data."), k))
     if fixed:
         key = fixed[0]
+        had = f"the run has {old[key]!r}" if key in old else "the run left it at its default"
+        gives = f"the command gives {new[key]!r}" if key in new else "the command removes it"
         raise ConfigError(
-            f"{key}: cannot change when continuing run_dir={run_dir} (the run has {old.get(key)!r}, the command gives "
-            f"{new.get(key)!r}); a run keeps its model shape and data stream: drop the override, or start a new run"
+            f"{key}: cannot change when continuing run_dir={run_dir} ({had}, {gives}); a run keeps its model shape "
+            "and data stream: drop the override, or start a new run"
         )
 
 

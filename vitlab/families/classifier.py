@@ -220,15 +220,13 @@ class ImageClassifier(L.LightningModule):
         np.random.seed(seed)
         torch.manual_seed(seed)
 
-    def on_train_epoch_start(self) -> None:
-        # A resumed run continues the RNG streams where the checkpoint left them. Restored here, not
-        # in on_load_checkpoint, so what runs in between (sanity validation, loader set-up) cannot
-        # shift them.
+    def on_train_start(self) -> None:
+        # A resumed run continues the RNG streams where the checkpoint left them. Restored here, not in
+        # on_load_checkpoint, so what runs in between (sanity validation, loader set-up) cannot shift
+        # them; and not at the epoch's start, which a resume in the middle of an epoch does not repeat.
         if self._rng_state_to_restore is not None:
             restore_rng_state(self._rng_state_to_restore)
             self._rng_state_to_restore = None
-
-    def on_train_start(self) -> None:
         if self._resumed:
             self._apply_recipe_after_resume()
 
