@@ -205,7 +205,7 @@ def continued_run_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, str]]:
         del composed["hydra"]
     if any(not o.startswith(skip) for o in today):
         before = hydra.compose(config_name="train", overrides=earlier)
-        check_resume_changes(before, composed, run_dir)
+        check_resume_changes(before, composed, run_dir, [o.lstrip("+~").split("=", 1)[0] for o in today])
     if composed.ckpt_path is None:
         composed.ckpt_path = "last"
     return composed, choices
@@ -214,10 +214,17 @@ def continued_run_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, str]]:
 def _override_history(run_dir: Path) -> list[str]:
     """The overrides of the run's first invocation, then those of each resume since (each resume's
     Hydra folder .hydra/resume_<time>/ keeps its own; a refused resume leaves none)."""
-    current = Path(HydraConfig.get().runtime.output_dir) / HydraConfig.get().output_subdir
+    current = _this_resume_subdir(run_dir)
     files = [run_dir / ".hydra" / "overrides.yaml"]
-    files += [f for f in sorted((run_dir / ".hydra").glob("resume_*/overrides.yaml")) if f.parent.resolve() != current.resolve()]
+    files += [f for f in sorted((run_dir / ".hydra").glob("resume_*/overrides.yaml")) if f.parent != current]
     return [str(o) for f in files for o in OmegaConf.load(f)]
+
+
+def _this_resume_subdir(run_dir: Path) -> Path | None:
+    """The .hydra/resume_<time>/ that Hydra wrote for this invocation: the newest one, written since
+    this process started (the folder's name is a time, re-evaluated on every access of the config)."""
+    mine = [d for d in sorted(run_dir.glob(".hydra/resume_*")) if d.is_dir() and d.stat().st_mtime >= _STARTED - 1]
+    return mine[-1] if mine else None
 
 
 # Keys of a run that stay as they are when it continues: they decide the network's tensors or the
@@ -237,11 +244,15 @@ def _fixed_for_a_run(key: str) -> bool:
     return False
 
 
-def check_resume_changes(before: DictConfig, after: DictConfig, run_dir: Path) -> None:
-    """Refuse, in one line, an override on resume that a run cannot take mid-way (model shape, data)."""
+def check_resume_changes(before: DictConfig, after: DictConfig, run_dir: Path, typed: list[str] = ()) -> None:
+    """Refuse, in one line, an override on resume that a run cannot take mid-way (model shape, data);
+    the line names the key as typed (``typed``) when it can, not one that merely follows from it."""
     old, new = _leaves(OmegaConf.to_container(before, resolve=True)), _leaves(OmegaConf.to_container(after, resolve=True))
     changed = [k for k in {**old, **new} if k != "hydra" and not k.startswith("hydra.") and old.get(k) != new.get(k)]
-    fixed = sorted((k for k in changed if _fixed_for_a_run(k)), key=lambda k: (k.startswith("data."), k))
+    def was_typed(key: str) -> bool:
+        return any(key == t or key.startswith(f"{t}.") for t in typed)
+
+    fixed = sorted((k for k in changed if _fixed_for_a_run(k)), key=lambda k: (not was_typed(k), k.startswith("data."), k))
     if fixed:
         key = fixed[0]
         had = f"the run has {old[key]!r}" if key in old else "the run left it at its default"
@@ -340,12 +351,12 @@ def _forget_refused_invocation(resumed: bool) -> None:
     removed, and so is a refused resume's .hydra/resume_<time>/ (its overrides must not be replayed)."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    subdir = run_dir / hydra_cfg.output_subdir if hydra_cfg.output_subdir else None
     if resumed:
-        if subdir is not None and subdir.name.startswith("resume_") and subdir.is_dir():
+        subdir = _this_resume_subdir(run_dir)
+        if subdir is not None:
             shutil.rmtree(subdir, ignore_errors=True)
         return
-    hydra_only = {hydra_cfg.output_subdir or ".hydra", f"{hydra_cfg.job.name}.log"}
+    hydra_only = {".hydra", f"{hydra_cfg.job.name}.log"}
     try:
         entries = list(run_dir.iterdir())
     except OSError:
