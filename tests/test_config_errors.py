@@ -92,7 +92,7 @@ CASES = [
     (["run_dir=no_such_run"], "error: run_dir: no folder at"),
     (["run_dir=not_a_run"], "error: run_dir: "),
     (["ckpt_path=other_model.ckpt"], "error: ckpt_path: other_model.ckpt holds weights of outgrid_7m, not of model mini_vit; use model=outgrid_7m"),
-    (["ckpt_path=five_classes.ckpt"], "error: ckpt_path: the weights in five_classes.ckpt do not fit model mini_vit (0 tensors missing, 0 unexpected, 1 of another shape; e.g. net.head.weight is [5, "),
+    (["ckpt_path=five_classes.ckpt"], "error: ckpt_path: the weights in five_classes.ckpt do not fit model mini_vit (0 tensors missing, 0 unexpected, 2 of another shape; e.g. net.head.weight is [5, "),
     (["ckpt_path=flipped.ckpt"], "error: ckpt_path: flipped.ckpt fails its integrity check"),
     (["ckpt_path=tampered.ckpt"], "error: ckpt_path: tampered.ckpt holds pickled Python objects, not only tensors, and is refused (it asks for print;"),
     (["ckpt_path=truncated.ckpt"], "error: ckpt_path: truncated.ckpt is not a readable checkpoint"),

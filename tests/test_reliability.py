@@ -96,6 +96,55 @@ def test_augmentations_do_not_depend_on_the_number_of_workers(smoke_cfg, tmp_pat
                    load_checkpoint(tmp_path / "w2" / "checkpoints" / "last.ckpt"))
 
 
+# ----------------------------------------------------------------------------------- SLURM and submitit
+def test_under_slurm_lightning_does_not_requeue_on_its_own(monkeypatch):
+    """Lightning's SLURM plugin would catch SIGUSR1, write hpc_ckpt_*.ckpt (which a resume never reads)
+    and requeue the job itself, a second time when submitit requeues too: train's plugins turn it off."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from vitlab.train import _plugins
+
+    assert [type(p).__name__ for p in _plugins()] == ["DigestCheckpointIO"]
+    for name, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "vitlab", "SLURM_JOB_ID": "7", "SLURM_NODELIST": "n1"}.items():
+        monkeypatch.setenv(name, value)
+    if not SLURMEnvironment.detect():
+        pytest.skip("Lightning does not see these variables as a SLURM job here")
+    (slurm,) = [p for p in _plugins() if isinstance(p, SLURMEnvironment)]
+    assert slurm.auto_requeue is False
+
+
+class _SubmititLikeHandler:
+    """Stands for submitit's SignalHandler: records what the run had saved when the signal reached it,
+    then exits as submitit does after requeueing the job."""
+
+    __module__ = "submitit.core.job_environment"
+
+    def __init__(self, last: Path) -> None:
+        self.last, self.seen = last, []
+
+    def checkpoint_and_try_requeue(self, signum, frame=None):
+        self.seen.append((signum, load_checkpoint(self.last)["global_step"]))
+        raise SystemExit(-1)
+
+
+def test_inside_a_submitit_job_its_signal_saves_first_then_reaches_submitit(smoke_cfg, tmp_path, one_thread, monkeypatch):
+    from vitlab import train as train_module
+
+    handler = _SubmititLikeHandler(tmp_path / "job" / "checkpoints" / "last.ckpt")
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    previous = signal.signal(signal.SIGUSR2, handler.checkpoint_and_try_requeue)  # what submitit installs
+    original = train_module._instantiate_group
+    monkeypatch.setattr(train_module, "_instantiate_group", lambda group: original(group) + (
+        [_SignalAt(epoch=1, batch=1, signum=signal.SIGUSR2)] if group is not None and "model_checkpoint" in group else []))
+    try:
+        with pytest.raises(SystemExit):
+            train_module.train(smoke_cfg(*FAST, out="job"))
+        assert handler.seen == [(signal.SIGUSR2, STEPS_PER_EPOCH + 2)]  # last.ckpt was already at the step it stopped
+        assert signal.getsignal(signal.SIGUSR2) == handler.checkpoint_and_try_requeue
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
 # ----------------------------------------------------------------------------------- digest
 def test_digest_is_saved_inside_and_a_flipped_byte_in_tensor_data_is_refused(tmp_path):
     state = {"state_dict": {"net.w": torch.arange(4096, dtype=torch.float32), "net.b": torch.ones(3)}, "epoch": 2,

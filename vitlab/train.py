@@ -356,13 +356,15 @@ def _forget_refused_invocation(resumed: bool) -> None:
         if subdir is not None:
             shutil.rmtree(subdir, ignore_errors=True)
         return
-    hydra_only = {".hydra", f"{hydra_cfg.job.name}.log"}
+    # Hydra's record of the command, and the config the run saved before its data failed to load.
+    nothing_of_value = {".hydra", f"{hydra_cfg.job.name}.log", "config.yaml"}
     try:
         entries = list(run_dir.iterdir())
     except OSError:
         return
     fresh = all(p.stat().st_mtime >= _STARTED - 1 for p in entries)
-    if entries and fresh and all(p.name in hydra_only for p in entries):
+    only_leftovers = all(p.name in nothing_of_value or (p.is_dir() and not any(p.iterdir())) for p in entries)
+    if entries and fresh and only_leftovers:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
