@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -88,3 +89,16 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "vitlab.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
+
+
+def flip_tensor_byte(path: Path, offset: int = 5) -> None:
+    """Invert one byte inside the data of the largest tensor stored in a checkpoint (a zip archive whose
+    tensors lie uncompressed in ``<archive>/data/<n>`` entries), as bit rot or a bad copy would."""
+    with zipfile.ZipFile(path) as archive:
+        entry = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    header = entry.header_offset  # local header: 30 bytes, then the name and the extra field
+    name_len = int.from_bytes(data[header + 26 : header + 28], "little")
+    extra_len = int.from_bytes(data[header + 28 : header + 30], "little")
+    data[header + 30 + name_len + extra_len + offset] ^= 0xFF
+    path.write_bytes(bytes(data))

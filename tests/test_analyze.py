@@ -207,7 +207,7 @@ def test_cli_one_line_for_a_missing_checkpoint(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert lines == [f"error: ckpt_path: no checkpoint file at {tmp_path / 'nope.ckpt'}; give a .ckpt from a run's checkpoints/ folder"]
+    assert lines == [f"error: ckpt_path: no checkpoint file at {tmp_path / 'nope.ckpt'}; give a .ckpt from a run's checkpoints/ folder (or run_dir=<run folder> to continue a run)"]
 
 
 def test_analyze_an_outgrid_checkpoint_kernel_and_grid_rows_and_overlays(tmp_path):

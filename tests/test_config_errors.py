@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import runpy
 import sys
 
@@ -15,7 +16,8 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import run_cli
+from conftest import flip_tensor_byte, run_cli
+from vitlab.checkpoint import DigestCheckpointIO
 from vitlab.models import create_model
 
 # A tiny synthetic run: cases that pass start-up checks would train for one step on one thread.
@@ -89,10 +91,22 @@ CASES = [
     (["ckpt_path=last"], "error: ckpt_path=last: no checkpoint at"),
     (["run_dir=no_such_run"], "error: run_dir: no folder at"),
     (["run_dir=not_a_run"], "error: run_dir: "),
-    (["ckpt_path=other_model.ckpt"], "error: ckpt_path: other_model.ckpt is a checkpoint of network 'outgrid_7m', but model.net.name is 'mini_vit'"),
-    (["ckpt_path=five_classes.ckpt"], "error: ckpt_path: five_classes.ckpt does not match the configured mini_vit: net.head.weight is [5, "),
+    (["ckpt_path=other_model.ckpt"], "error: ckpt_path: other_model.ckpt holds weights of outgrid_7m, not of model mini_vit; use model=outgrid_7m"),
+    (["ckpt_path=five_classes.ckpt"], "error: ckpt_path: the weights in five_classes.ckpt do not fit model mini_vit (0 tensors missing, 0 unexpected, 2 of another shape; e.g. net.head.weight is [5, "),
+    (["ckpt_path=flipped.ckpt"], "error: ckpt_path: flipped.ckpt fails its integrity check"),
     (["ckpt_path=tampered.ckpt"], "error: ckpt_path: tampered.ckpt holds pickled Python objects, not only tensors, and is refused (it asks for print;"),
     (["ckpt_path=truncated.ckpt"], "error: ckpt_path: truncated.ckpt is not a readable checkpoint"),
+    # trainer values Lightning refuses with a traceback
+    (["trainer.max_epochs=-5"], "error: trainer.max_epochs: expected an integer >= 0 (or -1 for no limit), got -5"),
+    (["trainer.precision=fp8"], "error: trainer.precision: unknown precision 'fp8'"),
+    (["trainer.limit_train_batches=abc"], "error: trainer.limit_train_batches: expected a number of batches"),
+    (["trainer.limit_val_batches=2.5"], "error: trainer.limit_val_batches: expected a number of batches"),
+    (["+model.net.depth=0"], "error: model.net: depth must be >= 1, got 0"),
+    # where the run folder would go
+    (["paths.log_dir=a_file/logs"], "error: paths.log_dir: cannot create run folders under a_file/logs"),
+    pytest.param(["paths.log_dir=read_only/logs"], "error: paths.log_dir: cannot create run folders under read_only/logs",
+                 marks=pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes anywhere")),
+    (["callbacks.model_checkpoint.preemption_signals=[SIGNOPE]"], "error: callbacks.model_checkpoint.preemption_signals: unknown signal 'SIGNOPE'"),
     # callbacks
     (["callbacks.nan_guard.mode=ignore"], "error: callbacks.nan_guard.mode: unknown mode 'ignore'; use stop or skip"),
     (["callbacks.progress_bar.kind=fancy"], "error: callbacks.progress_bar.kind: unknown progress bar 'fancy'"),
@@ -115,6 +129,13 @@ def _write_checkpoints(folder) -> None:
                folder / "other_model.ckpt")
     torch.save({"state_dict": state, "callbacks": {"x": _RunsPrint()}}, folder / "tampered.ckpt")
     (folder / "truncated.ckpt").write_bytes((folder / "five_classes.ckpt").read_bytes()[:300])
+    # A checkpoint of the configured model, with its digest, and then one byte of a weight flipped on disk.
+    net = create_model("mini_vit", num_classes=10)
+    DigestCheckpointIO().save_checkpoint(
+        {"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "hyper_parameters": {"net": {"name": "mini_vit"}}},
+        folder / "flipped.ckpt",
+    )
+    flip_tensor_byte(folder / "flipped.ckpt")
     (folder / "not_a_run").mkdir()
 
 
@@ -145,6 +166,9 @@ def test_bad_config_gives_one_line(args, expected, tmp_path, monkeypatch, capsys
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
     for split in ("train", "test"):  # an ImageFolder root without class folders
         (tmp_path / "empty_root" / split).mkdir(parents=True)
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "read_only").mkdir()
+    (tmp_path / "read_only").chmod(0o555)
     if any(a.startswith("ckpt_path=") or a.startswith("run_dir=") for a in args):
         _write_checkpoints(tmp_path)
     data = [] if any(a.startswith("data=") for a in args) else SYNTHETIC
@@ -158,6 +182,10 @@ def test_bad_config_gives_one_line(args, expected, tmp_path, monkeypatch, capsys
     assert "this ran while loading" not in capsys.readouterr().out
     if args == ["model=no_such_model"]:  # the options are listed
         assert "mini_vit" in errors[0] and "outgrid" in errors[0]
+    # A refused run leaves no run folder behind, and writes nothing into a folder it refuses.
+    assert not list(tmp_path.glob("logs/train/runs/*")), sorted(p.name for p in tmp_path.glob("logs/train/runs/*/*"))
+    if (tmp_path / "not_a_run").is_dir():
+        assert not list((tmp_path / "not_a_run").iterdir())
 
 
 def test_mistyped_key_is_one_line_from_a_real_process(tmp_path):

@@ -1,14 +1,21 @@
-"""Checkpoint files: safe loading, the resume check, atomic writes and the RNG state a resume needs.
+"""Checkpoint files: the one loader, the integrity digest, the fit check, atomic writes and RNG state.
 
-Checkpoints hold plain tensors and containers only, so they load with ``torch.load(weights_only=True)``;
-a file that needs more (a pickled Python object: a tampered or foreign file) is refused with one line
-instead of being executed. Before a run resumes from a checkpoint, :func:`check_resume_checkpoint`
-makes sure it belongs to the configured network, so a mismatch is one line naming the key, not a
-``load_state_dict`` traceback after the data is loaded.
+Every command that reads a checkpoint (train's resume, evaluate, analyze) goes through
+:func:`load_checkpoint`: the file must exist, load with ``torch.load(weights_only=True)`` (a file that
+needs more, i.e. pickled Python objects from a tampered or foreign file, is refused with one line
+instead of being executed) and, when it carries a content digest, match it. :func:`check_weights_fit`
+is the one comparison of a checkpoint's network (name, tensor names and shapes) with a module, so a
+mismatch is one line naming the tensor, not a ``load_state_dict`` traceback.
+
+The digest is a SHA-256 over everything a checkpoint holds (tensor bytes, dtypes, shapes and plain
+values, in key order), computed when the checkpoint is saved (:class:`DigestCheckpointIO`) and stored
+inside it under ``vitlab_digest``. A byte that changes on disk afterwards (bit rot, a bad copy, an
+edited file) makes the digest disagree and the file is refused, naming it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import random
@@ -20,20 +27,76 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
 from vitlab.errors import ConfigError
 
+DIGEST_KEY = "vitlab_digest"
 
-def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
-    """The checkpoint at ``path``, loaded weights-only on the CPU (memory-mapped, nothing copied).
 
-    A file that is not a checkpoint, or one whose pickle holds anything beyond tensors and plain
-    containers, raises :class:`ConfigError` naming ``key`` and the file.
+def state_digest(checkpoint: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a checkpoint's contents, leaving out the digest entry itself.
+
+    Tensors contribute their dtype, shape and raw bytes; containers their keys in sorted order;
+    everything else its ``repr``. The same contents give the same digest however the file was
+    written or loaded (memory-mapped or not)."""
+    sha = hashlib.sha256()
+    _hash_into(sha, {k: v for k, v in checkpoint.items() if k != DIGEST_KEY})
+    return sha.hexdigest()
+
+
+def _hash_into(sha: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        sha.update(f"T{tensor.dtype}{tuple(tensor.shape)}:".encode())
+        if tensor.numel():
+            sha.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    elif isinstance(value, dict):
+        sha.update(f"D{len(value)}:".encode())
+        for key in sorted(value, key=repr):
+            sha.update(f"{key!r}=".encode())
+            _hash_into(sha, value[key])
+    elif isinstance(value, list | tuple):
+        sha.update(f"{type(value).__name__}{len(value)}:".encode())
+        for item in value:
+            _hash_into(sha, item)
+    else:
+        sha.update(f"{type(value).__name__}:{value!r};".encode())
+
+
+class DigestCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, plus the content digest: stored inside every checkpoint it saves,
+    verified on every load (train's resume and the test of the best checkpoint go through it)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        checkpoint = {**checkpoint, DIGEST_KEY: state_digest(checkpoint)}
+        super().save_checkpoint(checkpoint, path, storage_options)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        checkpoint = load_checkpoint(path)
+        checkpoint.pop(DIGEST_KEY, None)
+        return checkpoint
+
+
+def load_checkpoint(path: str | Path | None, key: str = "ckpt_path") -> dict[str, Any]:
+    """The checkpoint at ``path``, loaded weights-only on the CPU (memory-mapped, nothing copied)
+    and checked against its digest when it has one.
+
+    A missing file, a file that is not a checkpoint, one whose pickle holds anything beyond tensors
+    and plain containers, and one whose contents no longer match its digest each raise one
+    :class:`ConfigError` naming ``key`` and the file.
     """
-    path = Path(path)
+    if path in (None, ""):
+        raise ConfigError(f"{key}: no value given; add {key}=<run dir>/checkpoints/<file>.ckpt")
+    path = Path(str(path)).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"{key}: no checkpoint file at {path.resolve()}; give a .ckpt from a run's checkpoints/ folder "
+            "(or run_dir=<run folder> to continue a run)"
+        )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
         # torch's message spans a dozen lines; the line naming the offending global is the useful one.
         found = re.search(r"Unsupported global: GLOBAL (\S+)|Unsupported operand \d+|Unsupported class \S+", str(err))
@@ -45,37 +108,52 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0][:160]
         raise ConfigError(f"{key}: {path} is not a readable checkpoint ({reason}); was it truncated? use another .ckpt") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"{key}: {path} is not a Lightning checkpoint (no state_dict); give a .ckpt written by vitlab.train")
+    saved = checkpoint.get(DIGEST_KEY)
+    if saved is not None and saved != state_digest(checkpoint):
+        raise ConfigError(
+            f"{key}: {path} fails its integrity check (its contents no longer match the SHA-256 saved with them: "
+            "the file changed on disk after it was written); use another checkpoint of the run, e.g. its epoch_*.ckpt"
+        )
+    return checkpoint
+
+
+def check_network_name(checkpoint: dict[str, Any], wanted_name: str | None, path: str | Path, key: str = "ckpt_path") -> None:
+    """Refuse a checkpoint whose recorded network name is not ``wanted_name`` (when both are known)."""
+    saved_name = ((checkpoint.get("hyper_parameters") or {}).get("net") or {}).get("name")
+    if saved_name and wanted_name and saved_name != wanted_name:
+        raise ConfigError(
+            f"{key}: {path} holds weights of {saved_name}, not of model {wanted_name}; "
+            f"use model={saved_name} or the checkpoint of a {wanted_name} run"
+        )
+
+
+def check_weights_fit(checkpoint: dict[str, Any], module: nn.Module, path: str | Path, key: str = "ckpt_path") -> None:
+    """Refuse a checkpoint whose network differs from ``module``'s: its recorded network name, then
+    every tensor's name and shape."""
+    wanted_name = ((getattr(module, "hparams", None) or {}).get("net") or {}).get("name")
+    check_network_name(checkpoint, wanted_name, path, key)
+    saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
+    wanted = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    missing = [k for k in wanted if k not in saved]
+    unexpected = [k for k in saved if k not in wanted]
+    reshaped = [k for k in wanted if k in saved and saved[k] != wanted[k]]
+    if missing or unexpected or reshaped:
+        if reshaped:
+            first = f"{reshaped[0]} is {list(saved[reshaped[0]])} in the checkpoint but {list(wanted[reshaped[0]])} here"
+        else:
+            first = f"{'missing' if missing else 'unexpected'} {(missing or unexpected)[0]}"
+        raise ConfigError(
+            f"{key}: the weights in {path} do not fit model {wanted_name or type(module).__name__} ({len(missing)} tensors "
+            f"missing, {len(unexpected)} unexpected, {len(reshaped)} of another shape; e.g. {first}); use the model.net "
+            "and data settings it was trained with (another num_classes, img_size, width or depth?)"
+        )
 
 
 def check_resume_checkpoint(path: str | Path, module: nn.Module, key: str = "ckpt_path") -> None:
-    """Refuse a checkpoint whose network differs from ``module``'s (name, parameter names or shapes)."""
-    checkpoint = load_checkpoint(path, key)
-    if "state_dict" not in checkpoint:
-        raise ConfigError(f"{key}: {path} is not a Lightning checkpoint (no state_dict); give a .ckpt written by vitlab.train")
-    saved_net = (checkpoint.get("hyper_parameters") or {}).get("net") or {}
-    wanted_net = (getattr(module, "hparams", None) or {}).get("net") or {}
-    saved_name, wanted_name = saved_net.get("name"), wanted_net.get("name")
-    if saved_name and wanted_name and saved_name != wanted_name:
-        raise ConfigError(
-            f"{key}: {path} is a checkpoint of network {saved_name!r}, but model.net.name is {wanted_name!r}; "
-            "pick the model config it was trained with, or another checkpoint"
-        )
-    saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
-    wanted = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    missing, unexpected = sorted(wanted.keys() - saved.keys()), sorted(saved.keys() - wanted.keys())
-    if missing or unexpected:
-        detail = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-        raise ConfigError(
-            f"{key}: {path} does not match the configured {wanted_name or 'model'} ({len(missing)} weights missing, "
-            f"{len(unexpected)} unexpected, e.g. {detail}); use the model.net settings it was trained with"
-        )
-    for name, shape in wanted.items():
-        if saved[name] != shape:
-            raise ConfigError(
-                f"{key}: {path} does not match the configured {wanted_name or 'model'}: {name} is {list(saved[name])} "
-                f"in the checkpoint but {list(shape)} here (another num_classes, img_size or width?); "
-                "use the data and model.net settings it was trained with"
-            )
+    """Refuse, before fitting, a checkpoint that is unreadable, damaged or of another network."""
+    check_weights_fit(load_checkpoint(path, key), module, path, key)
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:

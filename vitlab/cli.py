@@ -38,6 +38,24 @@ def check_group_choices(argv: Sequence[str], conf_dir: Path) -> None:
                 raise ConfigError(f"{key}={choice}: no such {key} config; choose one of: {', '.join(options)} (files in vitlab/conf/{key}/)")
 
 
+def warn_unknown_groups(argv: Sequence[str], conf_dir: Path) -> None:
+    """``+name=value`` with a name that is no config group adds a new top-level key that nothing
+    reads; Hydra accepts it without a word, so a mistyped group (``+experiment_=...``) would go
+    unnoticed. One ``warning:`` line on stderr names the known groups; the run goes on."""
+    groups = sorted(p.name for p in conf_dir.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+    for arg in argv:
+        if not arg.startswith("+") or arg.startswith("++") or "=" not in arg:
+            continue
+        key = arg[1:].partition("=")[0]
+        if "." in key or "/" in key or key in groups:
+            continue
+        print(
+            f"warning: {arg}: {key!r} is not a config group, so this adds a new top-level key that nothing reads; "
+            f"the groups are: {', '.join(groups)} (use {key}=... without + to change an existing key)",
+            file=sys.stderr,
+        )
+
+
 def exit_with_error(err: VitlabError) -> None:
     """Bad input: one ``error:`` line on stderr, exit status 2, no traceback."""
     print(f"error: {err}", file=sys.stderr)

@@ -2,21 +2,30 @@
 
 A run dir (``paths.output_dir`` of ``vitlab.train``) holds ``checkpoints/*.ckpt`` and the resolved
 ``config.yaml``; :func:`load_run` finds the config beside a checkpoint, rebuilds the family module
-from it and loads the weights with ``torch.load(weights_only=True)``. A checkpoint without a config
+from it and loads the weights through :func:`vitlab.checkpoint.load_checkpoint` (weights-only, digest checked). A checkpoint without a config
 beside it needs ``model=<config>`` on the command line. Every failure is one :class:`ConfigError` line.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vitlab.checkpoint import check_network_name, check_weights_fit, load_checkpoint
 from vitlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".vitlab.lock"  # in a run folder while a run writes into it: "<pid>@<host>"
 
 
 @dataclass
@@ -35,23 +44,6 @@ def run_dir_of(ckpt_path: Path) -> Path:
     return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
 
 
-def read_checkpoint(ckpt_path: str | Path | None) -> tuple[Path, dict[str, Any]]:
-    """The checkpoint file, loaded weights-only; a missing or unreadable file is a ConfigError."""
-    if ckpt_path in (None, ""):
-        raise ConfigError("ckpt_path: no value given; add ckpt_path=<run dir>/checkpoints/<file>.ckpt")
-    path = Path(str(ckpt_path)).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path: no checkpoint file at {path.resolve()}; give a .ckpt from a run's checkpoints/ folder")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"ckpt_path: {path.resolve()} is not a checkpoint that loads weights-only ({reason[:200]})") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ConfigError(f"ckpt_path: {path.resolve()} holds no state_dict; give a checkpoint written by vitlab.train")
-    return path, ckpt
-
-
 def read_run_config(run_dir: Path) -> DictConfig | None:
     saved = run_dir / "config.yaml"
     return OmegaConf.load(saved) if saved.is_file() else None
@@ -66,7 +58,8 @@ def load_run(ckpt_path: str | Path | None, model_node: DictConfig | None = None)
     """
     from vitlab.train import build  # late: train imports Lightning and registers the configs
 
-    path, ckpt = read_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path)
+    path = Path(str(ckpt_path)).expanduser()
     run_dir = run_dir_of(path)
     config = read_run_config(run_dir)
     if model_node is None:
@@ -77,32 +70,15 @@ def load_run(ckpt_path: str | Path | None, model_node: DictConfig | None = None)
             )
         model_node = config.model
     saved_hparams = ckpt.get("hyper_parameters") or {}
-    saved_net = (saved_hparams.get("net") or {}).get("name")
     wanted = model_node.net.name
-    if saved_net and saved_net != wanted:
-        raise ConfigError(
-            f"ckpt_path: {path.resolve()} holds weights of {saved_net}, not of model {wanted}; "
-            f"use model={saved_net} or the checkpoint of a {wanted} run"
-        )
+    check_network_name(ckpt, wanted, path)  # before building a model that could not fit anyway
     recipe = OmegaConf.to_container(config.recipe, resolve=True) if config is not None else saved_hparams.get("recipe")
     node = OmegaConf.merge(model_node, {"compile": False})
     module = build(node, recipe=recipe)
-    missing, unexpected = _key_mismatch(module.state_dict(), ckpt["state_dict"])
-    if missing or unexpected:
-        first = (missing or unexpected)[0]
-        raise ConfigError(
-            f"ckpt_path: the weights in {path.resolve()} do not fit model {wanted} ({len(missing)} tensors missing, "
-            f"{len(unexpected)} unexpected or of another shape, e.g. {first}); is it a checkpoint of another model?"
-        )
+    check_weights_fit(ckpt, module, path)
     module.load_state_dict(ckpt["state_dict"])
     module.eval()
     return LoadedRun(module=module, ckpt_path=path, run_dir=run_dir, config=config, model_name=wanted)
-
-
-def _key_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected or tuple(given[k].shape) != tuple(expected[k].shape)]
-    return missing, unexpected
 
 
 def prepare_output_dir(path: Path, names: list[str], overwrite: bool) -> Path:
@@ -119,3 +95,92 @@ def prepare_output_dir(path: Path, names: list[str], overwrite: bool) -> Path:
 
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+
+
+# ----------------------------------------------------------------------------------- run folder lock
+def lock_holder(folder: Path) -> str | None:
+    """Who holds ``folder``'s lock, as ``"pid N"`` (or ``"pid N on host H"``), if that run is alive;
+    None when there is no lock, or its process is gone (a stale lock of a killed run)."""
+    try:
+        text = (Path(folder) / LOCK_NAME).read_text().strip()
+    except OSError:
+        return None
+    pid_text, _, host = text.partition("@")
+    if not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    if host and host != socket.gethostname():
+        return f"pid {pid} on host {host}"  # cannot be checked from here: assumed alive
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return f"pid {pid}"
+
+
+def _refuse_held(folder: Path, holder: str, key: str) -> ConfigError:
+    return ConfigError(
+        f"{key}: {folder} is in use by a running vitlab run ({holder}, see {LOCK_NAME}); wait for it to end, "
+        f"or give another {key}; if that run is gone (another machine), delete {folder / LOCK_NAME}"
+    )
+
+
+def check_not_held(folder: Path, key: str = "run_dir") -> None:
+    """Refuse ``folder`` if a live run holds its lock (checked before anything is written there)."""
+    holder = lock_holder(folder)
+    if holder is not None:
+        raise _refuse_held(Path(folder), holder, key)
+
+
+@contextmanager
+def run_lock(folder: Path, key: str = "paths.output_dir") -> Iterator[None]:
+    """Hold ``folder``'s lock for the body: a second run into the same folder is refused while this one
+    lives; a lock left by a process that is gone (SIGKILL, a crashed node) is taken over."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = lock_holder(folder)
+            if holder is not None:
+                raise _refuse_held(folder, holder, key) from None
+            # Stale: move it aside first, so of two runs taking over at once only one succeeds.
+            aside = path.with_name(f"{LOCK_NAME}.stale.{os.getpid()}")
+            try:
+                os.replace(path, aside)
+            except FileNotFoundError:
+                continue
+            log.info("%s: took over the stale lock of a run that is gone (%s)", folder, aside.read_text().strip())
+            aside.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as lock:
+            lock.write(f"{os.getpid()}@{socket.gethostname()}\n")
+        break
+    else:
+        raise _refuse_held(folder, lock_holder(folder) or "another process", key)
+    try:
+        yield
+    finally:
+        try:
+            if path.read_text().strip().partition("@")[0] == str(os.getpid()):
+                path.unlink()
+        except OSError:
+            pass
+
+
+def remove_orphaned_temp_files(folder: Path) -> list[Path]:
+    """Delete the temporary checkpoint files (``.<name>.<pid>.tmp``) that a run killed while saving left
+    in ``folder/checkpoints``; called while holding the folder's lock, so no writer is using them."""
+    removed = []
+    for tmp in sorted((Path(folder) / "checkpoints").glob(".*.tmp")):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    if removed:
+        log.info("removed %d temporary checkpoint file(s) left by a killed run: %s", len(removed), ", ".join(p.name for p in removed))
+    return removed

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,15 +27,27 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from vitlab.callbacks import SDPABackend
-from vitlab.checkpoint import check_resume_checkpoint
-from vitlab.cli import check_group_choices, check_overrides_compose, composition_error, one_line_errors, run_entry_point
-from vitlab.config import HardwareConfig, register_configs, split_batch, to_hardware, to_recipe
+from vitlab.callbacks.checkpoint import Preempted
+from vitlab.checkpoint import DigestCheckpointIO, check_resume_checkpoint
+from vitlab.cli import (
+    check_group_choices,
+    check_overrides_compose,
+    composition_error,
+    one_line_errors,
+    run_entry_point,
+    warn_unknown_groups,
+)
+from vitlab.config import PRECISIONS, HardwareConfig, register_configs, split_batch, to_hardware, to_recipe
 from vitlab.errors import ConfigError, VitlabError
+from vitlab.runs import check_not_held, remove_orphaned_temp_files, run_lock
 
 register_configs()
 
@@ -64,44 +79,61 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
     module = build(cfg.model, recipe=OmegaConf.to_container(cfg.recipe, resolve=True))
     if ckpt_path:
         check_resume_checkpoint(ckpt_path, module)
-    trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
-        accumulate_grad_batches=accumulate,
-        callbacks=_instantiate_group(cfg.get("callbacks")) + _hardware_callbacks(hardware),
-        logger=_instantiate_group(cfg.get("logger")) or False,
-    )
-    _save_config(cfg, output_dir)
-    rank_zero_info(
-        f"run dir: {output_dir} | batch {recipe.batch_size} = {batch_per_device} per device x "
-        f"{hardware.devices} device(s) x {accumulate} accumulation | {hardware.precision} on {hardware.resolved_accelerator()}"
-    )
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    check_trainer_args(trainer_args)
+    try:
+        trainer = L.Trainer(
+            **trainer_args,
+            accumulate_grad_batches=accumulate,
+            callbacks=_instantiate_group(cfg.get("callbacks")) + _hardware_callbacks(hardware),
+            logger=_instantiate_group(cfg.get("logger")) or False,
+            plugins=_plugins(),
+        )
+    except (MisconfigurationException, ValueError, TypeError) as err:
+        raise ConfigError(f"trainer: {(str(err).splitlines() or [type(err).__name__])[0]}; check the trainer.* overrides") from None
+    # Nothing is written into the run folder before here: a refused run leaves it as it was.
+    with _folder_lock(output_dir):
+        if trainer.is_global_zero:
+            remove_orphaned_temp_files(output_dir)
+        _save_config(cfg, output_dir)
+        rank_zero_info(
+            f"run dir: {output_dir} | batch {recipe.batch_size} = {batch_per_device} per device x "
+            f"{hardware.devices} device(s) x {accumulate} accumulation | {hardware.precision} on {hardware.resolved_accelerator()}"
+        )
 
-    fit_started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    fit_time = time.perf_counter() - fit_started
-    metrics: dict[str, Any] = {
-        "model": cfg.model.net.name,
-        "data": choices.get("data"),
-        "recipe": choices.get("recipe"),
-        "hardware": choices.get("hardware"),
-        "params": sum(p.numel() for p in module.net.parameters()),
-        "trainable_params": sum(p.numel() for p in module.net.parameters() if p.requires_grad),
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "val/top1_best": module.best_val_top1,
-        "fit_time_s": round(fit_time, 1),  # includes validation; a resumed run counts only its own part
-    }
-    metrics.update(getattr(module, "run_metrics", {}))  # what callbacks measured: FLOPs, images/s, MFU
-    if cfg.test:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if not best:
-            rank_zero_warn("no best checkpoint (validation off?): testing the last weights")
-        metrics["tested_ckpt"] = best or None
-        (results,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-        metrics.update(results)
-    metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
-    _write_metrics(metrics, trainer, cfg, output_dir)
+        fit_started = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        fit_time = time.perf_counter() - fit_started
+        metrics: dict[str, Any] = {
+            "model": cfg.model.net.name,
+            "data": choices.get("data"),
+            "recipe": choices.get("recipe"),
+            "hardware": choices.get("hardware"),
+            "params": sum(p.numel() for p in module.net.parameters()),
+            "trainable_params": sum(p.numel() for p in module.net.parameters() if p.requires_grad),
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "val/top1_best": module.best_val_top1,
+            "fit_time_s": round(fit_time, 1),  # includes validation; a resumed run counts only its own part
+        }
+        metrics.update(getattr(module, "run_metrics", {}))  # what callbacks measured: FLOPs, images/s, MFU
+        if cfg.test:
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            if not best:
+                rank_zero_warn("no best checkpoint (validation off?): testing the last weights")
+            # Relative to the run folder, like every path a run folder keeps: it stays right when moved.
+            metrics["tested_ckpt"] = _relative_to(best, output_dir) if best else None
+            (results,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+            metrics.update(results)
+        metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
+        _write_metrics(metrics, trainer, cfg, output_dir)
     return metrics
+
+
+def _folder_lock(output_dir: Path) -> Any:
+    """The run folder's lock, taken by the first process only (the other ranks of a multi-device run
+    write into the folder that the first one holds)."""
+    return run_lock(output_dir) if rank_zero_only.rank == 0 else nullcontext()
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
@@ -119,6 +151,45 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     return str(path)
 
 
+def _relative_to(path: str, folder: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return path
+
+
+def _plugins() -> list[Any]:
+    """The checkpoint IO that writes and checks the content digest; under SLURM, Lightning's SLURM
+    environment without its auto-requeue: the checkpoint callback saves last.ckpt on the preemption
+    signals and the job is requeued by submitit (hydra/launcher=slurm) or by the user, never twice."""
+    plugins: list[Any] = [DigestCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
+
+
+_BATCH_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches", "overfit_batches")
+
+
+def check_trainer_args(args: dict[str, Any]) -> None:
+    """One line for trainer.* values that Lightning would refuse with a traceback."""
+    for key in ("max_epochs", "min_epochs", "max_steps", "min_steps"):
+        value = args.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
+            raise ConfigError(f"trainer.{key}: expected an integer >= 0 (or -1 for no limit), got {value!r}")
+    for key in _BATCH_LIMITS:
+        value = args.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (isinstance(value, float) and value > 1):
+            raise ConfigError(
+                f"trainer.{key}: expected a number of batches (an integer >= 0) or a fraction in [0, 1], got {value!r}"
+            )
+    precision = args.get("precision")
+    if precision is not None and str(precision) not in PRECISIONS + ("16", "bf16", "64"):
+        raise ConfigError(f"trainer.precision: unknown precision {precision!r}; use one of {', '.join(PRECISIONS)} (or set hardware.precision)")
+
+
 def continued_run_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, str]]:
     """The config of the run in ``run_dir`` (its first invocation's overrides, then today's) and its
     group choices."""
@@ -127,15 +198,79 @@ def continued_run_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, str]]:
     if not saved.is_file():
         raise ConfigError(f"run_dir: {run_dir.resolve()} holds no .hydra/overrides.yaml; give the folder of an earlier vitlab run")
     skip = ("run_dir=", "ckpt_path=")
-    earlier = [o for o in OmegaConf.load(saved) if not o.startswith(skip)]
+    earlier = [o for o in _override_history(run_dir) if not o.startswith(skip)]
     today = list(HydraConfig.get().overrides.task)
     composed = hydra.compose(config_name="train", overrides=earlier + today, return_hydra_config=True)
     choices = dict(composed.hydra.runtime.choices)
     with open_dict(composed):
         del composed["hydra"]
+    if any(not o.startswith(skip) for o in today):
+        before = hydra.compose(config_name="train", overrides=earlier)
+        check_resume_changes(before, composed, run_dir, [o.lstrip("+~").split("=", 1)[0] for o in today])
     if composed.ckpt_path is None:
         composed.ckpt_path = "last"
     return composed, choices
+
+
+def _override_history(run_dir: Path) -> list[str]:
+    """The overrides of the run's first invocation, then those of each resume since (each resume's
+    Hydra folder .hydra/resume_<time>/ keeps its own; a refused resume leaves none)."""
+    current = _this_resume_subdir(run_dir)
+    files = [run_dir / ".hydra" / "overrides.yaml"]
+    files += [f for f in sorted((run_dir / ".hydra").glob("resume_*/overrides.yaml")) if f.parent != current]
+    return [str(o) for f in files for o in OmegaConf.load(f)]
+
+
+def _this_resume_subdir(run_dir: Path) -> Path | None:
+    """The .hydra/resume_<time>/ that Hydra wrote for this invocation: the newest one, written since
+    this process started (the folder's name is a time, re-evaluated on every access of the config)."""
+    mine = [d for d in sorted(run_dir.glob(".hydra/resume_*")) if d.is_dir() and d.stat().st_mtime >= _STARTED - 1]
+    return mine[-1] if mine else None
+
+
+# Keys of a run that stay as they are when it continues: they decide the network's tensors or the
+# data stream (which images, in which order, in which batches). Everything else may change on resume
+# and takes effect from the next step (the recipe's optimizer and schedule settings included).
+_DATA_KEYS_THAT_MAY_CHANGE = ("num_workers", "pin_memory", "persistent_workers", "cache", "download", "augment", "data_dir", "root")
+
+
+def _fixed_for_a_run(key: str) -> bool:
+    parts = key.split(".")
+    if key in ("seed", "recipe.batch_size", "recipe.repeated_aug"):
+        return True
+    if parts[0] == "model":
+        return key != "model.compile" and "drop" not in parts[-1]
+    if parts[0] == "data":
+        return len(parts) > 1 and parts[1] not in _DATA_KEYS_THAT_MAY_CHANGE
+    return False
+
+
+def check_resume_changes(before: DictConfig, after: DictConfig, run_dir: Path, typed: list[str] = ()) -> None:
+    """Refuse, in one line, an override on resume that a run cannot take mid-way (model shape, data);
+    the line names the key as typed (``typed``) when it can, not one that merely follows from it."""
+    old, new = _leaves(OmegaConf.to_container(before, resolve=True)), _leaves(OmegaConf.to_container(after, resolve=True))
+    changed = [k for k in {**old, **new} if k != "hydra" and not k.startswith("hydra.") and old.get(k) != new.get(k)]
+    def was_typed(key: str) -> bool:
+        return any(key == t or key.startswith(f"{t}.") for t in typed)
+
+    fixed = sorted((k for k in changed if _fixed_for_a_run(k)), key=lambda k: (not was_typed(k), k.startswith("data."), k))
+    if fixed:
+        key = fixed[0]
+        had = f"the run has {old[key]!r}" if key in old else "the run left it at its default"
+        gives = f"the command gives {new[key]!r}" if key in new else "the command removes it"
+        raise ConfigError(
+            f"{key}: cannot change when continuing run_dir={run_dir} ({had}, {gives}); a run keeps its model shape "
+            "and data stream: drop the override, or start a new run"
+        )
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for name, child in node.items():
+            out.update(_leaves(child, f"{prefix}{name}."))
+        return out
+    return {prefix[:-1]: node}
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:
@@ -189,19 +324,52 @@ def _write_metrics(metrics: dict[str, Any], trainer: L.Trainer, cfg: DictConfig,
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    resumed = bool(cfg.run_dir)
     with one_line_errors():
-        if cfg.run_dir:
-            try:
-                cfg, choices = continued_run_config(cfg)
-            except (ConfigCompositionException, MissingConfigException) as err:
-                raise composition_error(err, list(HydraConfig.get().overrides.task), CONF_DIR) from None
-        else:
-            choices = dict(HydraConfig.get().runtime.choices)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            check_sweep_can_use_ddp(cfg)
-        metrics = train(cfg, choices)
+        try:
+            if cfg.run_dir:
+                try:
+                    cfg, choices = continued_run_config(cfg)
+                except (ConfigCompositionException, MissingConfigException) as err:
+                    raise composition_error(err, list(HydraConfig.get().overrides.task), CONF_DIR) from None
+            else:
+                choices = dict(HydraConfig.get().runtime.choices)
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                check_sweep_can_use_ddp(cfg)
+            metrics = train(cfg, choices)
+        except (VitlabError, MissingMandatoryValue, InterpolationResolutionError):
+            _forget_refused_invocation(resumed)
+            raise
+        except Preempted as preempted:
+            print(preempted, file=sys.stderr)
+            sys.exit(preempted.exit_code)
     value = metrics.get(cfg.optimized_metric)
     return None if value is None else float(value)
+
+
+def _forget_refused_invocation(resumed: bool) -> None:
+    """What Hydra wrote for a run that was then refused: a fresh run folder holding nothing else is
+    removed, and so is a refused resume's .hydra/resume_<time>/ (its overrides must not be replayed)."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if resumed:
+        subdir = _this_resume_subdir(run_dir)
+        if subdir is not None:
+            shutil.rmtree(subdir, ignore_errors=True)
+        return
+    # Hydra's record of the command, and the config the run saved before its data failed to load.
+    nothing_of_value = {".hydra", f"{hydra_cfg.job.name}.log", "config.yaml"}
+    try:
+        entries = list(run_dir.iterdir())
+    except OSError:
+        return
+    fresh = all(p.stat().st_mtime >= _STARTED - 1 for p in entries)
+    only_leftovers = all(p.name in nothing_of_value or (p.is_dir() and not any(p.iterdir())) for p in entries)
+    if entries and fresh and only_leftovers:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+_STARTED = time.time()
 
 
 def check_sweep_can_use_ddp(cfg: DictConfig) -> None:
@@ -219,19 +387,50 @@ def check_sweep_can_use_ddp(cfg: DictConfig) -> None:
 
 
 def check_run_dir_exists(argv: list[str]) -> None:
-    """``run_dir=<folder>`` must name an earlier run's folder; checked before Hydra creates it."""
+    """``run_dir=<folder>`` must name an earlier run's folder that no live run holds; checked before
+    Hydra writes anything there."""
     for arg in argv:
         if arg.startswith("run_dir="):
             value = arg.partition("=")[2].strip("'\"")
-            if value not in ("", "null") and not Path(value).is_dir():
-                raise ConfigError(f"run_dir: no folder at {Path(value).resolve()}; give the folder of an earlier run (logs/<task>/runs/<date>_<time>)")
+            if value in ("", "null"):
+                continue
+            folder = Path(value)
+            if not folder.is_dir():
+                raise ConfigError(f"run_dir: no folder at {folder.resolve()}; give the folder of an earlier run (logs/<task>/runs/<date>_<time>)")
+            if not (folder / ".hydra" / "overrides.yaml").is_file():
+                raise ConfigError(
+                    f"run_dir: {folder.resolve()} holds no .hydra/overrides.yaml, so it is not the folder of a vitlab run; "
+                    "give the folder of an earlier run (logs/<task>/runs/<date>_<time>)"
+                )
+            check_not_held(folder.resolve(), "run_dir")
+
+
+def check_log_dir_writable(argv: list[str]) -> None:
+    """The folder that will hold the run folders (``paths.log_dir``, or ``run_dir``) can be written;
+    checked before Hydra tries to create the run folder there (its failure is a long traceback)."""
+    values = dict(arg.lstrip("+").split("=", 1) for arg in argv if "=" in arg and not arg.startswith("-"))
+    if any(k in values for k in ("hydra.run.dir", "hydra.sweep.dir")):
+        return
+    if values.get("run_dir") not in (None, "", "null"):
+        key, target = "run_dir", Path(values["run_dir"].strip("'\""))
+    else:
+        key, target = "paths.log_dir", Path(values.get("paths.log_dir", os.environ.get("VITLAB_LOG_DIR", "logs")).strip("'\""))
+    existing = target.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}: cannot create run folders under {target}: {existing} is a file, not a folder; give {key}=<a writable folder>")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: cannot create run folders under {target}: {existing} is not writable; give {key}=<a writable folder>")
 
 
 def main() -> None:
     run_entry_point(
         _hydra_main,
         check_run_dir_exists,
+        check_log_dir_writable,
         partial(check_group_choices, conf_dir=CONF_DIR),
+        partial(warn_unknown_groups, conf_dir=CONF_DIR),
         partial(check_overrides_compose, conf_dir=CONF_DIR, config_name="train"),
     )
 

@@ -30,8 +30,11 @@ def time_matmul_flops(
     """FLOP/s of the fastest of the timed ``n`` x ``n`` products (``min_repeats`` of them, more while
     within ``seconds``, 50 at most), timed with ``clock``: the peak MFU is measured against. The best,
     so a busy moment does not lower it."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    # A private generator: measuring the peak (once per process, inside the first fit) must not move
+    # the global RNG streams, or a run's augmentations would depend on what the process ran before.
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
     a @ b  # warm-up: library initialisation, clocks
     times: list[float] = []
     started = time.perf_counter()

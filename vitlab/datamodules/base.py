@@ -26,7 +26,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from vitlab.errors import ConfigError, DataError
 
-from .samplers import RepeatedAugmentationSampler, derive_seed
+from .samplers import RepeatedAugmentationSampler, SeededItems, derive_seed
 from .transforms import _INTERPOLATIONS, build_eval_transform, build_train_transform, resolve_augment
 
 Transform = Callable[[Any], Any]
@@ -390,8 +390,8 @@ class ImageDataModule(lightning.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
-        self._train_generator: torch.Generator | None = None
-        self._train_generator_state: torch.Tensor | None = None
+        self._train_sampler: RepeatedAugmentationSampler | None = None
+        self._resume_state: tuple[int, int] | None = None  # (epoch, samples done) from a checkpoint
 
     def _load_split(self, train: bool) -> Dataset:
         """The official train (``train=True``) or test split, without any transform."""
@@ -477,6 +477,10 @@ class ImageDataModule(lightning.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a dataloader")
 
     def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
+        # A loader draws its workers' base seed when first iterated; from its own generator that draw
+        # leaves the global RNG alone, so when a loader is first iterated (a resumed run skips the
+        # sanity check) cannot shift the training streams.
+        kwargs.setdefault("generator", torch.Generator().manual_seed(derive_seed(self.seed, "eval-loader")))
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -494,19 +498,29 @@ class ImageDataModule(lightning.LightningDataModule):
                 f"recipe.batch_size: {self.batch_size} per device is larger than the {samples_per_epoch} "
                 "training samples per epoch, so there would be no full batch; lower recipe.batch_size"
             )
-        # The order depends only on (seed, epoch), so a resumed run sees the batches an uninterrupted
-        # one would; each rank of a multi-process run takes its share of the same order.
-        sampler = RepeatedAugmentationSampler(len(self.train_set), repeats=self.repeated_aug, seed=self.seed)
-        # Seeds the workers' base seed (one draw per epoch), so augmentations are reproducible too; its
-        # state is saved in checkpoints (state_dict) so a resumed run continues the same draws.
-        rank = self.trainer.global_rank if self.trainer is not None else 0
+        # The order depends only on (seed, epoch) and each sample's augmentation only on (seed, epoch,
+        # position), so a resumed run sees the batches, and the augmented images, an uninterrupted one
+        # would, whatever the number of workers; each rank of a multi-process run takes its share.
+        # The device pipeline draws its augmentations from its own generators (saved in state_dict), so
+        # its sampler yields plain indices.
+        with_seeds = self.pipeline != "device"
+        sampler = RepeatedAugmentationSampler(
+            len(self.train_set), repeats=self.repeated_aug, seed=self.seed, with_seeds=with_seeds
+        )
+        if self._resume_state is not None:
+            # Set the epoch now: with workers the loader starts fetching as soon as it is iterated,
+            # which on a resume happens before Lightning sets the sampler's epoch.
+            epoch, done = self._resume_state
+            sampler.set_epoch(epoch)
+            sampler.resume_at(epoch, done)
+            self._resume_state = None
+        self._train_sampler = sampler
         if self.pipeline == "device":
-            return self._device_train_dataloader(sampler, rank)
-        self._train_generator = torch.Generator().manual_seed(derive_seed(self.seed, "train-order", rank))
-        if self._train_generator_state is not None:
-            self._train_generator.set_state(self._train_generator_state)
-            self._train_generator_state = None
-        return self._loader(self.train_set, sampler=sampler, generator=self._train_generator, drop_last=True)
+            return self._device_train_dataloader(sampler, sampler.rank)
+        # The loader draws its workers' base seed from this generator instead of the global RNG, so
+        # building a loader leaves the training RNG streams alone.
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "train-loader", sampler.rank))
+        return self._loader(SeededItems(self.train_set), sampler=sampler, generator=generator, drop_last=True)
 
     def _device_train_dataloader(self, sampler: RepeatedAugmentationSampler, rank: int) -> DataLoader:
         from .device_pipeline import DeviceAugment, DevicePipeline
@@ -531,24 +545,28 @@ class ImageDataModule(lightning.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        if self._device_pipeline is not None:
-            return {"device_pipeline": _gather_ranks(self._device_pipeline.state_dict())}
-        if self._train_generator is None:
+        """Where the training stream stands: the epoch and how many of its samples (per rank) have
+        been trained on, for a resume in the middle of an epoch; with data.pipeline=device also each
+        rank's augmentation generators."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
             return {}
-        state = self._train_generator.get_state()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Every rank builds the checkpoint, rank 0 writes it: it keeps each rank's generator.
-            states: list[Any] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(states, state)
-            return {"train_generators": states}
-        return {"train_generators": [state]}
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        epoch_done = batches >= trainer.num_training_batches
+        state: dict[str, Any] = {
+            "epoch": trainer.current_epoch, "samples_done": batches * self.batch_size, "epoch_done": epoch_done
+        }
+        if self._device_pipeline is not None:
+            state["device_pipeline"] = _gather_ranks(self._device_pipeline.state_dict())
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        states = state_dict.get("train_generators") or []
         rank = self.trainer.global_rank if self.trainer is not None else 0
         device_states = state_dict.get("device_pipeline") or []
         self._device_pipeline_state = device_states[rank] if rank < len(device_states) else None
-        self._train_generator_state = states[rank] if rank < len(states) else None
+        if "epoch" in state_dict:
+            epoch, done = int(state_dict["epoch"]), int(state_dict["samples_done"])
+            self._resume_state = (epoch + 1, 0) if state_dict.get("epoch_done") else (epoch, done)
 
     def val_dataloader(self) -> DataLoader:
         self._require_setup()

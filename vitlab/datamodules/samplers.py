@@ -3,13 +3,15 @@ seed derivation for data streams."""
 
 from __future__ import annotations
 
+import random
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, get_worker_info
 
 from vitlab.errors import ConfigError
 
@@ -38,6 +40,15 @@ class RepeatedAugmentationSampler(DistributedSampler):
     does not forward it), each new iteration advances the epoch by one so epochs still differ.
     ``shuffle=False`` yields ``0..num_samples-1`` ``repeats`` times in order, for debugging.
 
+    ``with_seeds=True`` yields ``(index, seed)`` pairs instead of indices: ``seed`` is drawn for
+    each position of the epoch from ``(seed, epoch, rank)`` alone, and :class:`SeededItems` seeds the
+    augmentation RNGs with it before loading the item. The augmentation of every sample then depends
+    neither on the loader worker that happens to load it nor on how long that worker has lived
+    (persistent or not, any number of workers, before or after a resume).
+
+    :meth:`resume_at` makes the next iteration of an epoch skip the samples a resumed run has
+    already trained on, so a run stopped in the middle of an epoch continues with the next batch.
+
     It is the training sampler also with ``repeats=1``: an order that depends only on ``(seed,
     epoch)``, and not on a generator's history, is what lets a resumed run see the same batches as
     an uninterrupted one. With several processes (``num_replicas``/``rank``, by default from
@@ -54,6 +65,7 @@ class RepeatedAugmentationSampler(DistributedSampler):
         seed: int = 0,
         num_replicas: int | None = None,
         rank: int | None = None,
+        with_seeds: bool = False,
     ) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -70,7 +82,9 @@ class RepeatedAugmentationSampler(DistributedSampler):
         self.repeats = repeats
         self.shuffle = shuffle
         self.seed = seed
+        self.with_seeds = with_seeds
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None
         self._iterated = False
         self._epoch_set_since_iter = False
 
@@ -78,10 +92,14 @@ class RepeatedAugmentationSampler(DistributedSampler):
         self.epoch = epoch
         self._epoch_set_since_iter = True
 
+    def resume_at(self, epoch: int, samples_done: int) -> None:
+        """When epoch ``epoch`` is next iterated, skip this rank's first ``samples_done`` samples."""
+        self._resume = (epoch, samples_done) if samples_done > 0 else None
+
     def __len__(self) -> int:
         return -(-self.num_samples * self.repeats // self.num_replicas)
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
         if self._iterated and not self._epoch_set_since_iter:
             self.epoch += 1
         self._iterated = True
@@ -96,4 +114,49 @@ class RepeatedAugmentationSampler(DistributedSampler):
         if self.num_replicas > 1:
             padded = len(self) * self.num_replicas
             indices = torch.cat([indices, indices[: padded - len(indices)]])[self.rank :: self.num_replicas]
-        return iter(indices.tolist())
+        seeds = None
+        if self.with_seeds:
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, "augment", self.epoch, self.rank))
+            seeds = torch.randint(0, 2**63 - 1, (len(indices),), generator=generator)
+        if self._resume is not None and self._resume[0] == self.epoch:
+            done = self._resume[1]
+            indices = indices[done:]
+            seeds = None if seeds is None else seeds[done:]
+        self._resume = None
+        if seeds is None:
+            return iter(indices.tolist())
+        return zip(indices.tolist(), seeds.tolist())
+
+
+class SeededItems(Dataset):
+    """``dataset[index]`` for ``(index, seed)`` items, with the augmentation RNGs (torch, numpy,
+    python) seeded from ``seed`` first; see :class:`RepeatedAugmentationSampler` ``with_seeds``.
+
+    In a loader worker the worker's own RNGs are reseeded. In the main process (``num_workers=0``)
+    they are the training RNGs (dropout, mixing), so their state is put back afterwards."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, seed = item
+        if get_worker_info() is not None:
+            _seed_all(seed)
+            return self.dataset[index]
+        saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
+        try:
+            _seed_all(seed)
+            return self.dataset[index]
+        finally:
+            torch.set_rng_state(saved[0])
+            np.random.set_state(saved[1])
+            random.setstate(saved[2])
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)

@@ -12,11 +12,13 @@ load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,10 @@ from vitlab.config import to_recipe
 from vitlab.errors import ConfigError
 from vitlab.models import create_model
 from vitlab.optim import build_optimizer, build_scheduler
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -95,6 +101,8 @@ class ImageClassifier(L.LightningModule):
         self.test_acc = _accuracy_metrics(self.num_classes, "test/")
         self.best_val_top1 = 0.0
         self._rng_state_to_restore: dict[str, Any] | None = None
+        self._resumed = False
+        self._configured_optim: dict[str, Any] | None = None  # the recipe's optimizer settings, before a resume
 
     # ----------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -212,13 +220,43 @@ class ImageClassifier(L.LightningModule):
         np.random.seed(seed)
         torch.manual_seed(seed)
 
-    def on_train_epoch_start(self) -> None:
-        # A resumed run continues the RNG streams where the checkpoint left them. Restored here, not
-        # in on_load_checkpoint, so what runs in between (sanity validation, loader set-up) cannot
-        # shift them.
+    def on_train_start(self) -> None:
+        # A resumed run continues the RNG streams where the checkpoint left them. Restored here, not in
+        # on_load_checkpoint, so what runs in between (sanity validation, loader set-up) cannot shift
+        # them; and not at the epoch's start, which a resume in the middle of an epoch does not repeat.
         if self._rng_state_to_restore is not None:
             restore_rng_state(self._rng_state_to_restore)
             self._rng_state_to_restore = None
+        if self._resumed:
+            self._apply_recipe_after_resume()
+
+    def _apply_recipe_after_resume(self) -> None:
+        """Resuming restores the optimizer's and the schedule's state from the checkpoint, settings
+        included (LR, weight decay, betas, warmup and cosine lengths). A recipe changed on resume
+        (``run_dir=... recipe.optimizer.lr=...``) would then be recorded but have no effect; here the
+        recipe's settings are put back over the restored ones, and the LR of the next step follows."""
+        configured, self._configured_optim = self._configured_optim, None
+        if configured is None:
+            return
+        optimizer, scheduler = self.optimizers().optimizer, self.lr_schedulers()
+        changes = []
+        for group, fresh in zip(optimizer.param_groups, configured["groups"], strict=True):
+            for key, value in fresh.items():
+                if key not in ("lr", "params") and _plain(group.get(key)) != _plain(value):
+                    changes.append(f"{key} {group.get(key)} -> {value}")
+                    group[key] = value
+        if list(scheduler.base_lrs) != configured["base_lrs"]:
+            changes.append(f"base lr {scheduler.base_lrs[0]} -> {configured['base_lrs'][0]}")
+            scheduler.base_lrs = list(configured["base_lrs"])
+        for fn, fresh in zip(scheduler.lr_lambdas, configured["lambdas"], strict=True):
+            if vars(fn) != fresh:
+                changes.append(f"schedule {vars(fn)} -> {fresh}")
+                vars(fn).update(fresh)
+        if changes:
+            for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+                group["lr"] = base * fn(scheduler.last_epoch)
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+            rank_zero_info("resumed with a changed recipe, applied from the next step: " + "; ".join(dict.fromkeys(changes)))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["best_val_top1"] = self.best_val_top1
@@ -232,6 +270,7 @@ class ImageClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_val_top1 = float(checkpoint.get("best_val_top1", 0.0))
+        self._resumed = True
         states = checkpoint.get("rng_states") or []
         rank = self.trainer.global_rank if self._trainer is not None else 0
         if rank < len(states):
@@ -244,6 +283,11 @@ class ImageClassifier(L.LightningModule):
         scheduler = build_scheduler(
             optimizer, self.recipe.schedule, self.recipe.optimizer.lr, steps_per_epoch, self.recipe.epochs
         )
+        self._configured_optim = {
+            "groups": [copy.deepcopy({k: v for k, v in group.items() if k != "params"}) for group in optimizer.param_groups],
+            "base_lrs": list(scheduler.base_lrs),
+            "lambdas": [dict(vars(fn)) for fn in scheduler.lr_lambdas],
+        }
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _steps_per_epoch(self) -> int:

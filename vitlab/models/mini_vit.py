@@ -43,6 +43,8 @@ class MiniViT(nn.Module):
         super().__init__()
         if img_size % patch_size != 0:
             raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         if embed_dim % 4 != 0:

@@ -123,6 +123,8 @@ class ViT(nn.Module):
         patch_size = default_patch_size(img_size) if patch_size is None else patch_size
         if img_size % patch_size != 0:
             raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         if attention not in ATTENTIONS:
