@@ -2,23 +2,22 @@
 
 from callbacks.attention_dump import AttentionDumpCallback
 from callbacks.checkpoint import AtomicModelCheckpoint
-from callbacks.flops import FlopsCallback, count_flops
-from callbacks.lr_monitor import LearningRateMonitor
+from callbacks.flops import FlopsCallback
 from callbacks.nan_guard import NaNGuard, NonFiniteLossError
 from callbacks.progress import make_progress_bar
+from callbacks.records import RunRecord, collect_records
 from callbacks.sdpa_backend import SDPABackend
-from callbacks.throughput import ThroughputCallback, measure_matmul_tflops
+from callbacks.throughput import ThroughputCallback
 
 __all__ = [
     "AtomicModelCheckpoint",
     "AttentionDumpCallback",
     "FlopsCallback",
-    "LearningRateMonitor",
     "NaNGuard",
     "NonFiniteLossError",
+    "RunRecord",
     "SDPABackend",
     "ThroughputCallback",
-    "count_flops",
+    "collect_records",
     "make_progress_bar",
-    "measure_matmul_tflops",
 ]

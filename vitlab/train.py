@@ -12,6 +12,7 @@ The run dir (``paths.output_dir``) receives ``checkpoints/`` (best by val top-1,
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from functools import partial
@@ -28,7 +29,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from callbacks import SDPABackend
+from callbacks import SDPABackend, collect_records
 from vitlab.checkpoint import check_resume_checkpoint
 from vitlab.cli import check_group_choices, check_overrides_compose, composition_error, one_line_errors, run_entry_point
 from vitlab.config import HardwareConfig, register_configs, split_batch, to_hardware, to_recipe
@@ -37,6 +38,8 @@ from vitlab.errors import ConfigError, VitlabError
 register_configs()
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, Any]:
@@ -57,6 +60,8 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
         rank_zero_info(f"{output_dir} already holds a run: continuing from {ckpt_path}")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
         raise ConfigError(f"seed: expected an integer in [0, 2**32), got {cfg.seed!r}")
+
+    warn_if_past_schedule(cfg.trainer.get("max_epochs"), recipe.epochs)
 
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data, batch_size=batch_per_device)
@@ -90,7 +95,9 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
         "val/top1_best": module.best_val_top1,
         "fit_time_s": round(fit_time, 1),  # includes validation; a resumed run counts only its own part
     }
-    metrics.update(getattr(module, "run_metrics", {}))  # what callbacks measured: FLOPs, images/s, MFU
+    if "val/images" in trainer.callback_metrics:  # what the last validation's scores are over
+        metrics["val/images"] = int(trainer.callback_metrics["val/images"].item())
+    metrics.update(collect_records(trainer.callbacks))  # what callbacks measured: FLOPs, images/s, MFU
     if cfg.test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:
@@ -98,9 +105,28 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
         metrics["tested_ckpt"] = best or None
         (results,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(results)
+        if "test/images" in results:
+            metrics["test/images"] = int(results["test/images"])
+            metrics["test/partial"] = metrics["test/images"] < split_size(trainer.test_dataloaders)
     metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
     _write_metrics(metrics, trainer, cfg, output_dir)
     return metrics
+
+
+def warn_if_past_schedule(max_epochs: Any, recipe_epochs: int) -> None:
+    """One warning line when the run would go on after its LR schedule has ended."""
+    if isinstance(max_epochs, int) and max_epochs > recipe_epochs > 0:
+        rank_zero_only(log.warning)(
+            f"trainer.max_epochs={max_epochs} is larger than recipe.epochs={recipe_epochs}: the LR schedule ends after "
+            f"epoch {recipe_epochs} and the remaining epochs run at its final LR; set recipe.epochs={max_epochs} to "
+            "stretch the schedule over the whole run"
+        )
+
+
+def split_size(loaders: Any) -> int:
+    """Images in the datasets behind a loader or a list of loaders (the whole split, whatever was scored)."""
+    loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+    return sum(len(loader.dataset) for loader in loaders)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
