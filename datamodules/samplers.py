@@ -1,15 +1,15 @@
-"""The training sampler (the Mini-ViT seed's repeated augmentation, per-epoch seeded, rank-aware) and
-seed derivation for data streams."""
+"""The training sampler (the Mini-ViT seed's repeated augmentation, per-epoch seeded, rank-aware), the
+fixed class-interleaved evaluation order, and seed derivation for data streams."""
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DistributedSampler, Sampler
 
 from vitlab.errors import ConfigError
 
@@ -97,3 +97,41 @@ class RepeatedAugmentationSampler(DistributedSampler):
             padded = len(self) * self.num_replicas
             indices = torch.cat([indices, indices[: padded - len(indices)]])[self.rank :: self.num_replicas]
         return iter(indices.tolist())
+
+
+def class_interleaved_order(labels: Sequence[int] | np.ndarray | None, num_samples: int, seed: int) -> list[int]:
+    """A fixed order of ``0..num_samples-1`` in which every prefix is a class-balanced sample.
+
+    Each class's items are shuffled (seeded by ``seed`` only) and the classes interleaved in
+    proportion to their sizes: item ``j`` of a class of ``n`` items is placed at ``(j + u) / n``, with
+    ``u`` one uniform offset per class. With equal class sizes every run of ``num_classes`` items
+    holds each class once, so a first batch at least as large as the number of classes holds every
+    class. Without ``labels`` it is a plain seeded permutation.
+    """
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return rng.permutation(num_samples).tolist()
+    labels = np.asarray(labels)
+    if len(labels) != num_samples:
+        raise ValueError(f"expected {num_samples} labels, got {len(labels)}")
+    position = np.empty(num_samples)
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        position[members] = (np.arange(len(members)) + rng.random()) / len(members)
+    return np.argsort(position, kind="stable").tolist()
+
+
+class FixedOrderSampler(Sampler[int]):
+    """Yields the same list of indices every epoch: the evaluation order of the val and test
+    loaders (see :func:`class_interleaved_order`), so a ``limit_*_batches`` prefix is representative
+    and the same images are scored in every epoch and every run. Lightning splits it between the
+    processes of a multi-device run."""
+
+    def __init__(self, order: Sequence[int]) -> None:
+        self.order = list(order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)
