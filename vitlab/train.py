@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from callbacks import SDPABackend, collect_records
 from vitlab.checkpoint import check_resume_checkpoint
-from vitlab.cli import check_group_choices, check_overrides_compose, composition_error, one_line_errors, run_entry_point
+from vitlab.cli import check_group_choices, check_overrides_compose, composition_error, one_line_errors, print_resolved_config, run_entry_point
 from vitlab.config import HardwareConfig, register_configs, split_batch, to_hardware, to_recipe
 from vitlab.errors import ConfigError, VitlabError
 
@@ -255,6 +255,7 @@ def check_run_dir_exists(argv: list[str]) -> None:
 def main() -> None:
     run_entry_point(
         _hydra_main,
+        partial(print_resolved_config, conf_dir=CONF_DIR, config_name="train"),
         check_run_dir_exists,
         partial(check_group_choices, conf_dir=CONF_DIR),
         partial(check_overrides_compose, conf_dir=CONF_DIR, config_name="train"),
