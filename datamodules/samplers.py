@@ -103,10 +103,12 @@ def class_interleaved_order(labels: Sequence[int] | np.ndarray | None, num_sampl
     """A fixed order of ``0..num_samples-1`` in which every prefix is a class-balanced sample.
 
     Each class's items are shuffled (seeded by ``seed`` only) and the classes interleaved in
-    proportion to their sizes: item ``j`` of a class of ``n`` items is placed at ``(j + u) / n``, with
-    ``u`` one uniform offset per class. With equal class sizes every run of ``num_classes`` items
-    holds each class once, so a first batch at least as large as the number of classes holds every
-    class. Without ``labels`` it is a plain seeded permutation.
+    proportion to their sizes: item ``j >= 1`` of a class of ``n`` items is placed at ``(j + u) / n``,
+    with ``u`` one uniform offset per class, and every class's first item before all of those. So the
+    first ``num_classes`` items hold every class once (a first batch at least that large holds every
+    class), and any prefix holds each class in proportion to its size, give or take one image or two.
+    With equal class sizes every run of ``num_classes`` items holds each class once. Without
+    ``labels`` it is a plain seeded permutation.
     """
     rng = np.random.default_rng(seed)
     if labels is None:
@@ -114,10 +116,14 @@ def class_interleaved_order(labels: Sequence[int] | np.ndarray | None, num_sampl
     labels = np.asarray(labels)
     if len(labels) != num_samples:
         raise ValueError(f"expected {num_samples} labels, got {len(labels)}")
+    classes = np.unique(labels)
+    largest = max(int(np.sum(labels == label)) for label in classes) if num_samples else 1
     position = np.empty(num_samples)
-    for label in np.unique(labels):
+    for label in classes:
         members = rng.permutation(np.flatnonzero(labels == label))
-        position[members] = (np.arange(len(members)) + rng.random()) / len(members)
+        offset = rng.random()
+        position[members] = (np.arange(len(members)) + offset) / len(members)
+        position[members[0]] = offset / largest  # before every class's second item
     return np.argsort(position, kind="stable").tolist()
 
 

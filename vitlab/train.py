@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,9 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
     module = build(cfg.model, recipe=OmegaConf.to_container(cfg.recipe, resolve=True))
     if ckpt_path:
         check_resume_checkpoint(ckpt_path, module)
+    # vitlab's classifiers clamp log_every_n_steps to an epoch's steps, so a short run still logs its
+    # step metrics; Lightning's warning that it would not is then wrong.
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         accumulate_grad_batches=accumulate,
