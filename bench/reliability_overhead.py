@@ -12,10 +12,8 @@ gradient check (total norm + one host sync) as a share of it, and the time to wr
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -23,18 +21,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vitlab.checkpoint import atomic_write  # noqa: E402
+from vitlab.measure import time_in_turn  # noqa: E402
 from vitlab.models import create_model  # noqa: E402
 
 
-def _median_s(fn, repeats: int, sync) -> float:
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _median_s(fn, repeats: int, device: torch.device) -> float:
+    return time_in_turn([fn], warmup=0, iters=repeats, device=device)[0]
 
 
 def main() -> None:
@@ -50,7 +42,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     net = create_model(args.model, num_classes=args.num_classes).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
@@ -67,14 +58,14 @@ def main() -> None:
         torch.isfinite(torch.nn.utils.get_total_norm(grads)).item()
 
     step()  # warm-up, and gradients for the check
-    step_s = _median_s(step, args.repeats, sync)
-    check_s = _median_s(guard_check, args.repeats * 5, sync)
+    step_s = _median_s(step, args.repeats, device)
+    check_s = _median_s(guard_check, args.repeats * 5, device)
 
     checkpoint = {"state_dict": net.state_dict(), "optimizer_states": [optimizer.state_dict()]}
     with tempfile.TemporaryDirectory() as folder:
         target = Path(folder) / "last.ckpt"
-        plain_s = _median_s(lambda: torch.save(checkpoint, target), args.repeats, sync)
-        atomic_s = _median_s(lambda: atomic_write(target, lambda tmp: torch.save(checkpoint, tmp)), args.repeats, sync)
+        plain_s = _median_s(lambda: torch.save(checkpoint, target), args.repeats, device)
+        atomic_s = _median_s(lambda: atomic_write(target, lambda tmp: torch.save(checkpoint, tmp)), args.repeats, device)
         size_mb = target.stat().st_size / 2**20
 
     params = sum(p.numel() for p in net.parameters())

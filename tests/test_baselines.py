@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import CONF_DIR, compose_config
 from vitlab.families import BaselineClassifier
+from vitlab.measure import image_flops
 from vitlab.models import create_model
 from vitlab.models.baselines import timm_attention_maps
 
@@ -25,13 +25,9 @@ HAS_FAITHFUL = {"swin_tiny_p2", "maxvit_nano_32", "maxvit_tiny_32"}
 
 
 def _macs(model) -> tuple[float, float]:
-    """(all MACs, MACs without fused attention): the seed counted with fvcore, which skips SDPA."""
-    model.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.randn(1, 3, 32, 32))
-    counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
-    sdpa = sum(n for op, n in counts.items() if "scaled_dot_product" in op)
-    return counter.get_total_flops() / 2, (counter.get_total_flops() - sdpa) / 2
+    """(all MACs, MACs without SDPA): the seed counted with fvcore, which skips SDPA calls."""
+    flops = image_flops(model, 32)
+    return flops.macs, flops.macs_without_sdpa
 
 
 @pytest.mark.parametrize("name, params, macs", SEED_TABLE)

@@ -1,4 +1,4 @@
-"""The measuring callbacks: FLOPs/params, throughput and MFU, LR monitor, attention dumps."""
+"""The measuring callbacks: FLOPs/params, throughput and MFU, step logging, attention dumps."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import json
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from torch import nn
 
-from vitlab.callbacks import count_flops, measure_matmul_tflops
+from vitlab import bench, measure
 from vitlab.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,36 +22,50 @@ def events(run_dir) -> EventAccumulator:
     return acc
 
 
-def test_flop_counter_matches_a_hand_count_of_conv_and_linear():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
-    conv_macs = 4 * 3 * 3 * 3 * 8 * 8  # out channels x in channels x kernel taps x output pixels
-    linear_macs = 4 * 8 * 8 * 10
-    assert count_flops(model, torch.zeros(1, 3, 8, 8)) == 2 * (conv_macs + linear_macs)  # 18,944
-    assert count_flops(model, torch.zeros(5, 3, 8, 8)) == 5 * 2 * (conv_macs + linear_macs)
-
-
-def test_measured_cpu_peak_is_a_positive_rate():
-    assert 0 < measure_matmul_tflops(size=128, repeats=2) < 100
-
-
-def test_fit_records_params_flops_throughput_mfu_and_lr(smoke_cfg, tmp_path):
-    from vitlab.models import create_model
-
-    metrics = train(smoke_cfg(*SHORT, "hardware.peak_tflops=0.5"))
+def test_fit_records_params_flops_throughput_mfu_and_image_counts(smoke_cfg, tmp_path):
+    metrics = train(smoke_cfg(*SHORT, "hardware.peak_tflops=0.5", "trainer.limit_test_batches=1"))
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    net = create_model("mini_vit", num_classes=10).eval()
-    flops = count_flops(net, torch.zeros(1, 3, 32, 32))
+    # The MACs in metrics.json are the ones `python -m vitlab.bench mini_vit` reports.
+    from_bench = bench.count(bench.build_subject("mini_vit"))
     assert saved["params"] == saved["trainable_params"] == 674_890
-    assert saved["flops_per_image"] == flops and saved["macs_per_image"] == flops // 2 and saved["flops_img_size"] == 32
+    assert saved["macs_per_image"] == from_bench.macs == saved["flops_per_image"] // 2
+    assert saved["macs_per_image_without_sdpa"] == from_bench.macs_without_sdpa < from_bench.macs
+    assert saved["train_flops_per_image"] == from_bench.train_step and saved["flops_img_size"] == 32
     assert saved["train/images_per_s"] > 0 and saved["val/images_per_s"] > 0
     assert saved["peak_tflops"] == 0.5 and saved["peak_source"] == "hardware.peak_tflops"
-    # MFU = forward + backward (3 x forward FLOPs) per image x images/s / peak.
-    assert saved["train/mfu"] == pytest.approx(3 * flops * saved["train/images_per_s"] / 0.5e12)
-    assert metrics["flops_per_image"] == flops
+    # The one MFU definition: counted train-step FLOPs per image x images/s / peak.
+    assert saved["train/mfu"] == pytest.approx(measure.mfu(from_bench.train_step, saved["train/images_per_s"], 0.5e12))
+    assert metrics["macs_per_image"] == from_bench.macs
+    # How many images each score is over: one val batch of 32 and one test batch of the 32-image test split
+    # (whole), as the smoke config's splits hold 32 images each.
+    assert saved["val/images"] == 32 and saved["test/images"] == 32 and saved["test/partial"] is False
 
     scalars = set(events(tmp_path / "run").Tags()["scalars"])
     assert {"model/flops_per_image", "model/macs_per_image", "model/params", "train/images_per_s", "val/images_per_s", "train/mfu"} <= scalars
-    assert any(tag.startswith("lr-AdamW") for tag in scalars), scalars  # the LR monitor, per parameter group
+
+
+def test_a_partial_test_is_marked(smoke_cfg, tmp_path):
+    saved = train(smoke_cfg("trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "data.test_size=64",
+                            "trainer.limit_test_batches=1"))
+    assert saved["test/images"] == 32 and saved["test/partial"] is True
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test/partial"] is True
+
+
+def test_a_ten_step_run_logs_lr_and_grad_norm_once_per_step(smoke_cfg, tmp_path, monkeypatch):
+    norms = []
+    original = torch.nn.utils.get_total_norm
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm", lambda *a, **k: norms.append(1) or original(*a, **k))
+    # 10 steps in one epoch with Lightning's default interval of 50 steps: clamped to the epoch's 10.
+    train(smoke_cfg("+model.net.depth=1", "data.train_size=352", "trainer.limit_train_batches=10", "trainer.limit_val_batches=1",
+                    "trainer.log_every_n_steps=50", "test=false"))
+    acc = events(tmp_path / "run")
+    scalars = set(acc.Tags()["scalars"])
+    assert {"train/lr", "train/grad_norm", "train/loss_step"} <= scalars, scalars
+    assert not any(tag.startswith("lr-") for tag in scalars)  # the LR is logged once, by the module
+    (norm,) = acc.Scalars("train/grad_norm")
+    assert norm.step == 9 and norm.value > 0
+    assert 0 < acc.Scalars("train/lr")[0].value <= 2e-3  # the recipe's peak LR
+    assert len(norms) == 10  # one gradient norm per optimizer step, shared by the NaN guard and the log
 
 
 def test_runs_without_a_logger_still_measure(smoke_cfg, tmp_path):

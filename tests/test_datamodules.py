@@ -354,7 +354,32 @@ def test_image_folder_loads_labels_alphabetically_and_tests_on_test_folder(tmp_p
             colour = torch.tensor(FOLDER_CLASSES[dm.classes[label]]) // scale / 255
             assert torch.allclose(image[:, 10, 10], colour.float(), atol=1e-6)
     images, labels = next(iter(dm.test_dataloader()))
-    assert images.shape == (6, 3, 32, 32) and labels.tolist() == [0, 0, 1, 1, 2, 2]
+    # The whole test folder, class-interleaved: each run of 3 holds every class once.
+    assert images.shape == (6, 3, 32, 32) and sorted(labels[:3].tolist()) == sorted(labels[3:].tolist()) == [0, 1, 2]
+
+
+def test_first_val_and_test_batches_of_a_split_stored_class_by_class_hold_every_class(tmp_path):
+    # Five class folders, files sorted class by class as on disk (CIFAR-10 as JPEGs is laid out so).
+    names = ["a", "b", "c", "d", "e"]
+    for c, name in enumerate(names):
+        for i in range(20):
+            write_png(tmp_path / "train" / name / f"{i:03d}.png", (40 * c, 0, 0), size=8)
+        for i in range(10):
+            write_png(tmp_path / "test" / name / f"{i:03d}.png", (40 * c, 0, 0), size=8)
+    options = {"num_classes": 5, "img_size": 8, "val_size": 25, **IDENTITY_NORM, **{**LOADER, "batch_size": 5}}
+    dm = ImageFolderDataModule(str(tmp_path), **options)
+    dm.setup()
+    assert [label for _, label in dm.test_set][:10] == [0] * 10  # stored class by class
+    first_test = next(iter(dm.test_dataloader()))[1]
+    first_val = next(iter(dm.val_dataloader()))[1]
+    assert sorted(first_test.tolist()) == [0, 1, 2, 3, 4]
+    assert sorted(first_val.tolist()) == [0, 1, 2, 3, 4]
+    # A fixed order: the same every epoch and in another run (another global seed), and a permutation.
+    again = ImageFolderDataModule(str(tmp_path), **options, seed=7)
+    again.setup()
+    order = list(dm.test_dataloader().sampler)
+    assert order == list(dm.test_dataloader().sampler) == list(again.test_dataloader().sampler)
+    assert sorted(order) == list(range(50)) and list(dm.val_dataloader().sampler) == list(again.val_dataloader().sampler)
 
 
 def test_image_folder_resizes_to_img_size(tmp_path):

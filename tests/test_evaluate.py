@@ -57,7 +57,7 @@ def write_corruption_fixture(root: Path, corruptions=("gaussian_noise", "fog"), 
                     Image.new("RGB", (64, 64), (shade, 255 - shade, 128)).save(folder / f"{i}.JPEG", "JPEG")
 
 
-def test_evaluate_reproduces_the_runs_test_score_and_times_with_real_counts(trained_run, tmp_path):
+def test_evaluate_reproduces_the_runs_test_score_and_times_with_real_counts(trained_run, tmp_path, capsys):
     tested = json.loads((trained_run / "metrics.json").read_text())
     ckpt = trained_run / tested["tested_ckpt"]  # relative to the run folder
     cfg = compose_evaluate(f"ckpt_path={ckpt}", "batch_size=12", "warmup_iters=1", out_dir=tmp_path / "eval")
@@ -74,6 +74,16 @@ def test_evaluate_reproduces_the_runs_test_score_and_times_with_real_counts(trai
     saved = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
     assert saved["sets"]["all"]["top1"] == scores["top1"] and saved["model"] == "mini_vit"
     assert not (tmp_path / "eval" / "robustness.csv").exists()
+    # The whole split was scored; the MACs are the run's own (the one count, vitlab.measure).
+    assert scores["partial"] is False and saved["sets"]["all"]["partial"] is False
+    assert saved["macs_per_image"] == tested["macs_per_image"]
+    assert saved["macs_per_image_without_sdpa"] == tested["macs_per_image_without_sdpa"]
+
+    # A prefix is marked partial, and says so next to the score.
+    part = evaluate(compose_evaluate(f"ckpt_path={ckpt}", "batch_size=12", "warmup_iters=0", "limit_batches=1",
+                                     out_dir=tmp_path / "part"))["sets"]["all"]
+    assert part["images"] == 12 and part["partial"] is True
+    assert "all: 12 of 32 (partial) images" in capsys.readouterr().out
 
     # Results already there are not overwritten silently.
     with pytest.raises(ConfigError, match=r"^out_dir: .* already holds eval_metrics.json; give another out_dir"):

@@ -213,8 +213,8 @@ def test_no_nan_under_bf16_autocast_at_the_seed_lr(lr, one_thread):
 
 
 def test_flops_are_countable_under_no_grad(one_thread):
-    """torch's flop counter (the FLOPs callback, bench/throughput.py) hooks every module's inputs,
-    bank state included."""
+    """torch's flop counter (under vitlab.measure, which the FLOPs callback and the bench use) hooks
+    every module's inputs, bank state included."""
     from torch.utils.flop_counter import FlopCounterMode
 
     net = tiny().eval()

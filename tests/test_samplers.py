@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from vitlab.datamodules import RepeatedAugmentationSampler
@@ -83,3 +84,24 @@ def test_no_shuffle_repeats_the_range_in_order():
 def test_bad_repeats_names_the_recipe_key():
     with pytest.raises(ConfigError, match="recipe.repeated_aug"):
         RepeatedAugmentationSampler(10, repeats=0)
+
+
+def test_class_interleaved_order_balances_every_prefix():
+    from vitlab.datamodules.samplers import class_interleaved_order
+
+    labels = np.repeat(np.arange(4), 25)  # stored class by class
+    order = class_interleaved_order(labels, 100, seed=3)
+    assert sorted(order) == list(range(100))
+    for start in range(0, 100, 4):  # every run of 4 holds each class once
+        assert sorted(labels[order[start : start + 4]].tolist()) == [0, 1, 2, 3]
+    assert order == class_interleaved_order(labels, 100, seed=3) != class_interleaved_order(labels, 100, seed=4)
+    # Unequal classes: the first 3 hold every class, and every prefix each class in proportion.
+    labels = np.repeat(np.arange(3), [5, 30, 65])
+    for seed in range(5):
+        order = class_interleaved_order(labels, 100, seed=seed)
+        assert sorted(labels[order[:3]].tolist()) == [0, 1, 2]
+        for k in range(1, 101):
+            counts = np.bincount(labels[order[:k]], minlength=3)
+            assert np.all(np.abs(counts - k * np.array([0.05, 0.3, 0.65])) <= 2), (k, counts)
+    # Without labels: a seeded permutation.
+    assert sorted(class_interleaved_order(None, 7, seed=1)) == list(range(7))

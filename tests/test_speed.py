@@ -8,7 +8,6 @@ import csv
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from vitlab.callbacks import SDPABackend
 from vitlab import bench
@@ -105,21 +104,10 @@ def test_attention_with_dropout_on_cpu_takes_the_explicit_path_and_matches_sdpa_
     torch.testing.assert_close(attn(x)[0], attn(x, need_weights=True)[0], atol=1e-6, rtol=1e-5)
 
 
-def test_train_flops_fix_counts_grouped_convolution_backward_as_twice_the_forward():
-    conv = torch.nn.Conv2d(32, 32, 3, padding=1, groups=32)
-    x = torch.randn(2, 32, 8, 8, requires_grad=True)
-    with FlopCounterMode(display=False) as forward:
-        conv(x)
-    with FlopCounterMode(display=False, custom_mapping=bench.FLOP_FIXES) as step:
-        conv(x).sum().backward()
-    assert step.get_total_flops() == 3 * forward.get_total_flops()
-
-
-def test_count_flops_of_mini_vit_is_about_three_forwards(one_thread):
-    net = create_model("mini_vit", depth=2, embed_dim=24, num_heads=2)
-    fwd, step = bench.count_flops(net, 32, 10)
-    assert 2.9 < step / fwd < 3.05
-    assert fwd > 2 * 65 * 24 * 72 * 2  # at least the two blocks' QKV projections
+def test_bench_counts_mini_vit_train_step_as_about_three_forwards(one_thread):
+    flops = bench.count(bench.build_subject("mini_vit:depth=2,embed_dim=24,num_heads=2"))
+    assert 2.9 < flops.train_step / flops.forward < 3.05
+    assert flops.forward > 2 * 65 * 24 * 72 * 2  # at least the two blocks' QKV projections
 
 
 # ----------------------------------------------------------------------------------------- switches
@@ -243,7 +231,7 @@ def test_bench_writes_csv_and_markdown_with_the_timm_reference(tmp_path, one_thr
     assert 0 < int(rows[1]["params"]) - int(rows[0]["params"]) < 0.25 * int(rows[0]["params"])
     text = (tmp_path / "run.md").read_text()
     assert "| model | px | classes | params |" in text and "x train" in text and "MFU %" in text
-    assert "peak fp32 matmul" in text and "load average" in text
+    assert "peak fp32 matmul" in text and "load average" in text and "MACs w/o SDPA" in text
     assert "run.csv" in capsys.readouterr().out
     with pytest.raises(SystemExit) as err:  # never overwrites
         bench.main(["mini_vit", "--out", str(out)])
@@ -265,3 +253,23 @@ def test_bench_bad_input_is_one_error_line(argv, message, tmp_path, capsys):
     assert err.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
+
+
+def test_bench_flops_mode_times_nothing_and_matches_the_shared_count(tmp_path, one_thread):
+    out = tmp_path / "flops"
+    bench.main(["mini_vit:depth=1,embed_dim=24,num_heads=2", "--mode", "flops", "--out", str(out)])
+    (row,) = list(csv.DictReader((tmp_path / "flops.csv").open()))
+    expected = bench.count(bench.build_subject("mini_vit:depth=1,embed_dim=24,num_heads=2"))
+    assert int(row["macs_per_img"]) == expected.macs and int(row["macs_per_img_without_sdpa"]) == expected.macs_without_sdpa
+    assert row["train_img_s"] == "" and row["mfu"] == ""
+    assert "| train FLOPs/img |" in (tmp_path / "flops.md").read_text()
+
+
+def test_bench_relative_to_times_variants_together_against_the_baseline(tmp_path, one_thread):
+    base, variant = "vit:img_size=32,embed_dim=24,depth=1,num_heads=2", "vit_rope:img_size=32,embed_dim=24,depth=1,num_heads=2"
+    table, _ = bench.run(bench.parse_args([base, variant, "--relative-to", base, "--mode", "train", "--batch-size", "2",
+                                           "--warmup", "0", "--iters", "1", "--out", str(tmp_path / "rel")]))
+    assert table[0][f"train vs {base}"] == "1.00x" and table[0]["params vs base"] == "+0"
+    assert table[1][f"train vs {base}"].endswith("x") and int(table[1]["params vs base"].replace(",", "")) < 0
+    with pytest.raises(ConfigError, match="--relative-to vit: not among the models"):
+        bench.run(bench.parse_args([variant, "--relative-to", "vit", "--out", str(tmp_path / "x")]))

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from vitlab.cli import check_group_choices, one_line_errors, run_entry_point
+from vitlab.cli import check_group_choices, one_line_errors, print_resolved_config, run_entry_point
 from vitlab.config import register_configs, to_hardware
 from vitlab.errors import ConfigError
 from vitlab.runs import load_run, prepare_output_dir, write_json
@@ -388,7 +388,11 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    run_entry_point(_hydra_main, partial(check_group_choices, conf_dir=CONF_DIR))
+    run_entry_point(
+        _hydra_main,
+        partial(print_resolved_config, conf_dir=CONF_DIR, config_name="analyze"),
+        partial(check_group_choices, conf_dir=CONF_DIR),
+    )
 
 
 if __name__ == "__main__":

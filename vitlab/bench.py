@@ -4,6 +4,8 @@
     python -m vitlab.bench mini_vit outgrid_7m --against timm # with each network's timm counterpart
     python -m vitlab.bench outgrid_7m:grid_sizes=[4,4,2,1] --batch-size 64 --channels-last
     python -m vitlab.bench vit --precision bf16 --compile --sdpa-backend flash   # on a GPU
+    python -m vitlab.bench --mode flops                       # the FLOPs/MACs table only, nothing timed
+    python -m vitlab.bench vit vit_rope vit_diffsim --relative-to vit --mode train --batch-size 32
 
 Models are registry names (``vitlab.models.list_models()``, the default is all of them), optionally
 with constructor settings after a colon (``name:key=value,key=value``, values read as YAML), or
@@ -13,16 +15,19 @@ no data loading is timed.
 
 A train step is forward + cross-entropy + backward + AdamW step (fused on CUDA); an inference step is
 a forward under ``inference_mode``. Images/s is the batch over the median of ``--iters`` timed steps
-after ``--warmup`` untimed ones. ``--against timm`` adds, after each network that names one
-(``net.timm_reference()``), its timm counterpart at the same shape, and times the two step by step in
-turn, so load from other processes hits both alike and their ratio stays meaningful on a shared CPU.
+after ``--warmup`` untimed ones (:func:`vitlab.measure.time_in_turn`). ``--against timm`` adds, after
+each network that names one (``net.timm_reference()``), its timm counterpart at the same shape, and
+times the two step by step in turn, so load from other processes hits both alike and their ratio
+stays meaningful on a shared CPU. ``--relative-to MODEL`` times all the networks given in turn and
+adds each one's parameter difference and train-speed ratio to MODEL (the ablation variants of one
+family against their baseline).
 
-MFU = (train FLOPs per image x train images/s) / peak FLOP/s, where the FLOPs of a train step
-(forward + backward) come from ``torch.utils.flop_counter`` and the peak is a large matmul timed in
-the same process, in the run's compute dtype. MACs/img is the forward count / 2. Peak memory is
-``torch.cuda.max_memory_allocated`` on CUDA; on CPU, where torch keeps no allocator statistics, it
-is estimated as parameters + gradients + two AdamW moments + the tensors autograd saves for
-backward (marked ``~``).
+MACs/img, "MACs w/o SDPA" (what fvcore, and so the seeds' tables, count) and the train FLOPs come from
+:func:`vitlab.measure.image_flops`, the count the FLOPs callback writes into ``metrics.json``. MFU is
+:func:`vitlab.measure.mfu` against a large matmul timed in the same process, in the run's compute
+dtype. Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA; on CPU, where torch keeps no
+allocator statistics, it is estimated as parameters + gradients + two AdamW moments + the tensors
+autograd saves for backward (marked ``~``).
 
 Writes ``<out>.csv`` and ``<out>.md`` (default ``bench/out/<date>_<time>``; an existing file is
 never overwritten) and prints the markdown table.
@@ -36,7 +41,6 @@ import csv
 import inspect
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -50,17 +54,15 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from vitlab.callbacks.flops import count_flops as count_forward_flops
-from vitlab.callbacks.throughput import time_matmul_flops
+from vitlab import measure
 from vitlab.cli import exit_with_error
 from vitlab.errors import ConfigError, VitlabError
 from vitlab.layers.attention import SDPA_BACKENDS, sdpa_backend
 from vitlab.models import create_model, list_models
 from vitlab.models._registry import _ENTRYPOINTS
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("fp32", "bf16", "fp16")  # --precision: fp32, or bf16 / fp16 autocast
 FALLBACK_IMG_SIZE = 32
 
 
@@ -148,61 +150,11 @@ def reference_subject(subject: Subject) -> Subject | None:
     return Subject(f"timm:{label}", net, subject.img_size, subject.num_classes, reference_of=subject.label)
 
 
-# ----------------------------------------------------------------------------------------- counting
-def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                         _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
-    # torch's own formula counts the weight gradient of a grouped convolution as if it were dense
-    # (groups times too many: 64x for a depthwise 3x3 over 64 channels, checked on torch 2.15). Each of
-    # the input and weight gradients costs what the forward did.
-    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed)
-    return forward * (int(output_mask[0]) + int(output_mask[1]))
-
-
-FLOP_FIXES = {torch.ops.aten.convolution_backward: _conv_backward_flops}
-
-
-def count_flops(net: nn.Module, img_size: int, num_classes: int) -> tuple[float, float]:
-    """(forward FLOPs per image, forward + backward FLOPs per image), counted on a batch of 2 in train
-    mode (batch statistics, as in training) so per-image figures do not depend on the batch."""
-    batch = 2
-    x = torch.randn(batch, 3, img_size, img_size)
-    y = torch.randint(0, num_classes, (batch,))
-    net.train()
-    forward = count_forward_flops(net, x)
-    with FlopCounterMode(display=False, custom_mapping=FLOP_FIXES) as step_counter:
-        F.cross_entropy(net(x), y).backward()
-    net.zero_grad(set_to_none=True)
-    return forward / batch, step_counter.get_total_flops() / batch
-
-
-def saved_tensor_bytes(net: nn.Module, x: torch.Tensor) -> int:
-    """Bytes autograd keeps for the backward of one forward (each storage counted once)."""
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.device.type != "meta":
-            storage = t.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = net(x)
-    del out
-    return sum(size for ptr, size in seen.items() if ptr not in params)
-
-
-# ----------------------------------------------------------------------------------------- timing
-def measure_peak_flops(device: torch.device, dtype: torch.dtype, clock: Callable[[], float] = time.perf_counter,
-                       seconds: float = 1.0) -> float:
-    """FLOP/s of a square matmul timed here (n = 2048 on CPU, 8192 on CUDA) with the run's clock, for
-    up to ``seconds``: the peak for MFU."""
-    return time_matmul_flops(8192 if device.type == "cuda" else 2048, device, dtype, seconds=seconds, clock=clock)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+# ----------------------------------------------------------------------------------------- measuring
+def count(subject: Subject) -> measure.ImageFlops:
+    """The subject's per-image FLOPs: :func:`vitlab.measure.image_flops`, the count the FLOPs callback
+    writes into ``metrics.json`` (so the two agree for the same network and image size)."""
+    return measure.image_flops(subject.net, subject.img_size)
 
 
 @dataclass
@@ -216,9 +168,7 @@ class Switches:
     timer: str = "wall"
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+        return measure.resolve_precision(self.precision).autocast_context(self.device)
 
 
 def make_steps(subject: Subject, sw: Switches) -> dict[str, Callable[[], None]]:
@@ -252,61 +202,47 @@ def make_steps(subject: Subject, sw: Switches) -> dict[str, Callable[[], None]]:
 TIMERS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def time_in_turn(steps: list[Callable[[], None]], warmup: int, iters: int, device: torch.device,
-                 clock: Callable[[], float] = time.perf_counter) -> list[float]:
-    """Median seconds per step of each closure, the closures run one after another in every round."""
-    times: list[list[float]] = [[] for _ in steps]
-    for round_ in range(warmup + iters):
-        for i, step in enumerate(steps):
-            _sync(device)
-            start = clock()
-            step()
-            _sync(device)
-            if round_ >= warmup:
-                times[i].append(clock() - start)
-    return [statistics.median(t) for t in times]
-
-
 def peak_memory(subject: Subject, sw: Switches) -> tuple[float, bool]:
-    """(peak bytes of a train step, measured?)."""
+    """(peak bytes of a train step, measured?): the CUDA allocator's peak, or on CPU an estimate from
+    the weights, gradients and AdamW moments plus the tensors autograd saves for backward."""
     if sw.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(sw.device)
-        make_steps(subject, Switches(**{**sw.__dict__, "compile": False}))["train"]()
-        return float(torch.cuda.max_memory_allocated(sw.device)), True
+        train = make_steps(subject, Switches(**{**sw.__dict__, "compile": False}))["train"]
+        return float(measure.cuda_peak_memory(train, sw.device)), True
     net = subject.net.train()
     x = torch.randn(sw.batch_size, 3, subject.img_size, subject.img_size)
+    params = list(net.parameters())
     with sw.autocast():
-        activations = saved_tensor_bytes(net, x)
-    state = sum(p.numel() * p.element_size() for p in net.parameters()) * 4  # weights, grads, 2 moments
-    return float(activations + state), False
+        activations = measure.saved_tensor_bytes(lambda: net(x), exclude=params)
+    return float(activations + measure.train_state_bytes(params)), False
 
 
 # ----------------------------------------------------------------------------------------- run
-def measure(subjects: list[Subject], sw: Switches, modes: list[str], warmup: int, iters: int,
-            after_group: Callable[[], None] = lambda: None) -> None:
-    """Fill every subject's ``results``; a network and its reference are timed in turn.
-    ``after_group`` runs after each network (with its reference) is done."""
+def run_measurements(subjects: list[Subject], sw: Switches, modes: list[str], warmup: int, iters: int,
+                     after_group: Callable[[], None] = lambda: None, together: bool = False) -> None:
+    """Fill every subject's ``results``; a network and its reference (``together``: all subjects)
+    are timed in turn. ``after_group`` runs after each group is done."""
     groups: list[list[Subject]] = []
     for subject in subjects:
-        if subject.reference_of is not None and groups and groups[-1][0].label == subject.reference_of:
+        if groups and (together or (subject.reference_of is not None and groups[-1][0].label == subject.reference_of)):
             groups[-1].append(subject)
         else:
             groups.append([subject])
     for group in groups:
         for subject in group:
-            fwd, step = count_flops(subject.net, subject.img_size, subject.num_classes)
+            flops = count(subject)
             mem, measured = peak_memory(subject, sw)
             subject.results.update(
                 params=sum(p.numel() for p in subject.net.parameters()),
-                macs=fwd / 2,
-                train_flops=step,
+                macs=flops.macs,
+                macs_without_sdpa=flops.macs_without_sdpa,
+                train_flops=flops.train_step,
                 peak_mem_mb=mem / 2**20,
                 mem_measured=measured,
             )
         steps = [make_steps(s, sw) for s in group]
         with sdpa_backend(sw.sdpa_backend):
             for mode in modes:
-                seconds = time_in_turn([s[mode] for s in steps], warmup, iters, sw.device, TIMERS[sw.timer])
+                seconds = measure.time_in_turn([s[mode] for s in steps], warmup, iters, sw.device, TIMERS[sw.timer])
                 for subject, sec in zip(group, seconds):
                     subject.results[f"{mode}_ips"] = sw.batch_size / sec
                     subject.results[f"{mode}_ms"] = 1000 * sec
@@ -316,12 +252,23 @@ def measure(subjects: list[Subject], sw: Switches, modes: list[str], warmup: int
         after_group()
 
 
-COLUMNS = ["model", "px", "classes", "params", "MACs/img", "train img/s", "infer img/s", "train ms/step",
-           "peak MB", "MFU %", "vs timm"]
+COLUMNS = ["model", "px", "classes", "params", "MACs/img", "MACs w/o SDPA", "train img/s", "infer img/s",
+           "train ms/step", "peak MB", "MFU %", "vs timm"]
+FLOPS_COLUMNS = ["model", "px", "classes", "params", "MACs/img", "MACs w/o SDPA", "train FLOPs/img"]
 
 
-def rows(subjects: list[Subject], peak: float) -> list[dict[str, str]]:
+def columns(mode: str, relative_to: str | None) -> list[str]:
+    base = FLOPS_COLUMNS if mode == "flops" else COLUMNS
+    return base + (["params vs base", f"train vs {relative_to}"] if relative_to and mode != "flops" else [])
+
+
+def _millions(value: float) -> str:
+    return f"{value / 1e6:.1f}M" if value < 100e6 else f"{value / 1e6:.0f}M"
+
+
+def rows(subjects: list[Subject], peak: float | None, relative_to: str | None = None) -> list[dict[str, str]]:
     by_label = {s.label: s for s in subjects}
+    base = by_label.get(relative_to) if relative_to else None
     out = []
     for s in subjects:
         if not s.results:
@@ -335,25 +282,32 @@ def rows(subjects: list[Subject], peak: float) -> list[dict[str, str]]:
             if r.get("infer_ips") and reference.results.get("infer_ips"):
                 ratio += f", {r['infer_ips'] / reference.results['infer_ips']:.2f}x infer"
         label = s.label if s.reference_of is None else f"{s.label} (ref. of {by_label[s.reference_of].label})"
-        out.append({
+        row = {
             "model": label,
             "px": str(s.img_size),
             "classes": str(s.num_classes),
             "params": f"{r['params'] / 1e6:.2f}M",
-            "MACs/img": f"{r['macs'] / 1e6:.0f}M",
+            "MACs/img": _millions(r["macs"]),
+            "MACs w/o SDPA": _millions(r["macs_without_sdpa"]),
+            "train FLOPs/img": _millions(r["train_flops"]),
             "train img/s": f"{train:.1f}" if train else "-",
             "infer img/s": f"{r['infer_ips']:.1f}" if r.get("infer_ips") else "-",
             "train ms/step": f"{r['train_ms']:.0f}" if train else "-",
-            "peak MB": ("" if r["mem_measured"] else "~") + f"{r['peak_mem_mb']:.0f}",
-            "MFU %": f"{100 * r['train_flops'] * train / peak:.1f}" if train else "-",
+            "peak MB": ("" if r.get("mem_measured") else "~") + f"{r['peak_mem_mb']:.0f}" if "peak_mem_mb" in r else "-",
+            "MFU %": f"{100 * measure.mfu(r['train_flops'], train, peak):.1f}" if train and peak else "-",
             "vs timm": ratio,
-        })
+        }
+        if base is not None:
+            row["params vs base"] = f"{r['params'] - base.results['params']:+,}"
+            base_train = base.results.get("train_ips")
+            row[f"train vs {relative_to}"] = f"{train / base_train:.2f}x" if train and base_train else "-"
+        out.append(row)
     return out
 
 
-def markdown(table: list[dict[str, str]], header: list[str]) -> str:
-    lines = [*(f"# {h}" for h in header), "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in table]
+def markdown(table: list[dict[str, str]], header: list[str], cols: list[str] = COLUMNS) -> str:
+    lines = [*(f"# {h}" for h in header), "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(row.get(c, "-") for c in cols) + " |" for row in table]
     return "\n".join(lines) + "\n"
 
 
@@ -376,11 +330,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--img-size", type=int, help="override every network's dataset image size")
     parser.add_argument("--num-classes", type=int, help="override every network's number of classes")
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="bf16/fp16: autocast (fp16 on CUDA only)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16/fp16: autocast (fp16 on CUDA only)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (compile time falls in the warm-up)")
     parser.add_argument("--sdpa-backend", choices=SDPA_BACKENDS, default="auto")
-    parser.add_argument("--mode", choices=["train", "infer", "both"], default="both")
+    parser.add_argument("--mode", choices=["train", "infer", "both", "flops"], default="both",
+                        help="flops: params and FLOPs/MACs only (with and without SDPA), nothing timed")
+    parser.add_argument("--relative-to", metavar="MODEL",
+                        help="time every network in turn with this one (one of the models given) and add the params "
+                             "difference and the train img/s ratio to it, e.g. the clear-vit variants against vit")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -404,6 +362,8 @@ def check_args(args: argparse.Namespace) -> torch.device:
         raise ConfigError("--timer cpu: CPU time does not count GPU work; use --timer wall on CUDA")
     if args.sdpa_backend in ("efficient", "cudnn") and device.type != "cuda":
         raise ConfigError(f"--sdpa-backend {args.sdpa_backend}: a CUDA-only kernel; on CPU use auto, math or flash")
+    if args.relative_to and args.relative_to not in args.models:
+        raise ConfigError(f"--relative-to {args.relative_to}: not among the models given; name it as a model too")
     for key in ("batch_size", "warmup", "iters"):
         if getattr(args, key) < (1 if key != "warmup" else 0):
             raise ConfigError(f"--{key.replace('_', '-')}: must be positive, got {getattr(args, key)}")
@@ -435,47 +395,64 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, str]], str]:
             if reference is not None:
                 subjects.append(reference)
     sw = Switches(device, args.precision, args.channels_last, args.compile, args.batch_size, args.sdpa_backend, args.timer)
-    clock = TIMERS[args.timer]
-    peak = measure_peak_flops(device, PRECISIONS[args.precision], clock)
-    modes = ["train", "infer"] if args.mode == "both" else [args.mode]
     started = datetime.now()
-    # The files are rewritten after every network, so a long run that is stopped keeps what it measured.
     write = partial(write_results, subjects, args, device, started, csv_path, md_path)
-    measure(subjects, sw, modes, args.warmup, args.iters, after_group=lambda: write(peak))
-    peak = max(peak, measure_peak_flops(device, PRECISIONS[args.precision], clock))  # the better of before and after
+    if args.mode == "flops":
+        for subject in subjects:
+            flops = count(subject)
+            subject.results.update(params=sum(p.numel() for p in subject.net.parameters()), macs=flops.macs,
+                                   macs_without_sdpa=flops.macs_without_sdpa, train_flops=flops.train_step)
+        table, text = write(None)
+        return table, text + f"\nwrote {csv_path} and {md_path}\n"
+    dtype = measure.resolve_precision(args.precision).dtype
+    peak_of = partial(measure.measure_peak_flops, device, dtype, seconds=1.0, clock=TIMERS[args.timer], cache=False)
+    peak = peak_of()
+    modes = ["train", "infer"] if args.mode == "both" else [args.mode]
+    # The files are rewritten after every group, so a long run that is stopped keeps what it measured.
+    run_measurements(subjects, sw, modes, args.warmup, args.iters, after_group=lambda: write(peak),
+                     together=bool(args.relative_to))
+    peak = max(peak, peak_of())  # the better of before and after
     table, text = write(peak)
     return table, text + f"\nwrote {csv_path} and {md_path}\n"
 
 
 def write_results(subjects: list[Subject], args: argparse.Namespace, device: torch.device, started: datetime,
-                  csv_path: Path, md_path: Path, peak: float) -> tuple[list[dict[str, str]], str]:
+                  csv_path: Path, md_path: Path, peak: float | None) -> tuple[list[dict[str, str]], str]:
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     header = [
         f"{started:%Y-%m-%d %H:%M} | {device_name(device)} | torch {torch.__version__} | timm {timm.__version__}",
         f"python -m vitlab.bench {args.command}".rstrip(),
-        f"batch {args.batch_size} | {args.precision} | channels_last {'on' if args.channels_last else 'off'} | "
-        f"compile {'on' if args.compile else 'off'} | sdpa {args.sdpa_backend} | warm-up {args.warmup}, median of {args.iters} "
-        f"| {args.timer} time",
-        f"peak {args.precision} matmul {peak / 1e9:.1f} GFLOP/s (measured here) | load average at the end {load}",
     ]
-    table = rows(subjects, peak)
-    text = markdown(table, header)
+    if args.mode == "flops":
+        header.append("FLOPs per image from vitlab.measure.image_flops (MACs = FLOPs / 2; w/o SDPA = fvcore's view); "
+                      "nothing timed")
+    else:
+        header += [
+            f"batch {args.batch_size} | {args.precision} | channels_last {'on' if args.channels_last else 'off'} | "
+            f"compile {'on' if args.compile else 'off'} | sdpa {args.sdpa_backend} | warm-up {args.warmup}, median of "
+            f"{args.iters} | {args.timer} time",
+            f"peak {args.precision} matmul {peak / 1e9:.1f} GFLOP/s (measured here) | load average at the end {load}",
+        ]
+    table = rows(subjects, peak, args.relative_to)
+    text = markdown(table, header, columns(args.mode, args.relative_to))
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text(text)
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["model", "reference_of", "img_size", "num_classes", "params", "macs_per_img", "train_flops_per_img",
-                         "train_img_s", "infer_img_s", "train_ms", "infer_ms", "peak_mem_mb", "peak_mem_measured",
-                         "mfu", "peak_flops", "precision", "channels_last", "compile", "batch_size", "device"])
+        writer.writerow(["model", "reference_of", "img_size", "num_classes", "params", "macs_per_img",
+                         "macs_per_img_without_sdpa", "train_flops_per_img", "train_img_s", "infer_img_s", "train_ms",
+                         "infer_ms", "peak_mem_mb", "peak_mem_measured", "mfu", "peak_flops", "precision",
+                         "channels_last", "compile", "batch_size", "device"])
         for s in subjects:
             r = s.results
             if not r:
                 continue
-            mfu = r["train_flops"] * r["train_ips"] / peak if "train_ips" in r else ""
+            mfu = measure.mfu(r["train_flops"], r["train_ips"], peak) if "train_ips" in r and peak else ""
             writer.writerow([s.label, s.reference_of or "", s.img_size, s.num_classes, r["params"], r["macs"],
-                             r["train_flops"], r.get("train_ips", ""), r.get("infer_ips", ""), r.get("train_ms", ""),
-                             r.get("infer_ms", ""), r["peak_mem_mb"], r["mem_measured"], mfu, peak, args.precision,
-                             args.channels_last, args.compile, args.batch_size, device_name(device)])
+                             r["macs_without_sdpa"], r["train_flops"], r.get("train_ips", ""), r.get("infer_ips", ""),
+                             r.get("train_ms", ""), r.get("infer_ms", ""), r.get("peak_mem_mb", ""),
+                             r.get("mem_measured", ""), mfu, peak or "", args.precision, args.channels_last,
+                             args.compile, args.batch_size, device_name(device)])
     return table, text
 
 

@@ -73,6 +73,62 @@ def run_entry_point(hydra_main: Callable[[], Any], *checks: Callable[[Sequence[s
     hydra_main()
 
 
+def print_resolved_config(argv: Sequence[str], conf_dir: Path, config_name: str) -> None:
+    """``--cfg hydra --resolve`` (and ``--cfg all --resolve``): print the config and exit.
+
+    Hydra resolves ``--cfg hydra`` after removing the task's keys, so ``hydra.run.dir``, built from
+    ``run_dir``, ``paths.log_dir`` and ``task_name``, fails with an InterpolationKeyError. Here the
+    whole config is composed and resolved first, and the run-folder resolvers only name the folder
+    a run would get instead of creating it (printing a config leaves no empty run folder behind).
+    Other ``--cfg`` uses are left to Hydra."""
+    args = list(argv)
+    part = None
+    for i, arg in enumerate(args):
+        if arg in ("--cfg", "-c") and i + 1 < len(args):
+            part = args[i + 1]
+        elif arg.startswith("--cfg="):
+            part = arg.partition("=")[2]
+    if part not in ("hydra", "all") or "--resolve" not in args or {"-p", "--package", "-m", "--multirun"} & set(args):
+        return
+    skip = {i for i, arg in enumerate(args) if arg in ("--cfg", "-c")}
+    skip |= {i + 1 for i in skip}
+    overrides = [a for i, a in enumerate(args) if i not in skip and not a.startswith("-")]
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from vitlab.config import register_configs
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
+        raise composition_error(err, overrides, conf_dir, config_name) from None
+    HydraConfig.instance().set_config(cfg)  # for ${hydra:...} interpolations
+    OmegaConf.set_readonly(cfg.hydra, None)
+    naming_only = {
+        "vitlab.run_dir": lambda run_dir, fresh: fresh if run_dir in (None, "") else str(run_dir),
+        "vitlab.fresh_dir": lambda path: path,
+    }
+    for name, fn in naming_only.items():
+        OmegaConf.clear_resolver(name)
+        OmegaConf.register_new_resolver(name, fn)
+    try:
+        OmegaConf.resolve(cfg)
+    except InterpolationResolutionError as err:
+        raise ConfigError(f"{err.full_key}: {str(err).splitlines()[0]}") from None
+    finally:
+        for name in naming_only:
+            OmegaConf.clear_resolver(name)
+        register_configs()  # the folder-creating resolvers again
+    shown = OmegaConf.to_container(cfg)
+    if part == "hydra":
+        shown = {"hydra": shown["hydra"]}
+    for key in ("help", "hydra_help"):  # left out, as Hydra prints it
+        shown["hydra"].pop(key, None)
+    print(OmegaConf.to_yaml(shown), end="")
+    sys.exit(0)
+
+
 @contextmanager
 def one_line_errors() -> Iterator[None]:
     """Around the body of a ``@hydra.main`` task: Hydra reports exceptions raised there with a

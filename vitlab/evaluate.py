@@ -6,9 +6,13 @@
 
 The model is rebuilt from the run's ``config.yaml`` and the weights load with ``weights_only=True``
 (:mod:`vitlab.runs`). Every set is scored for loss (plain and with the run's label smoothing), top-1
-and top-5, and timed: ``warmup_iters`` untimed forward passes first, the device synchronised around
-every timed forward, ms per batch = mean over all batches, images/s = the real number of images
-(the last batch counts with its own size) over the summed forward time. Data loading is not timed.
+and top-5, over ``images`` images (``partial: true`` when ``limit_batches`` stopped before the end
+of the set; the loaders' fixed class-interleaved order makes such a prefix class-balanced), and
+timed with :mod:`vitlab.measure`: ``warmup_iters`` untimed forward passes first, the device
+synchronised around every timed forward, ms per batch = mean over all batches, images/s = the real
+number of images (the last batch counts with its own size) over the summed forward time. Data
+loading is not timed. The network's MACs per image at the data's size (with and without SDPA, see
+:func:`vitlab.measure.count_flops`) are recorded too.
 
 Written to the evaluation's folder: ``eval_metrics.json`` (every set); for data whose test sets are
 named ``<corruption>/<severity>`` (TinyImageNet-C, or any DataModule with such ``names``) also
@@ -22,8 +26,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import time
-from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,9 +35,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from vitlab.cli import check_group_choices, one_line_errors, run_entry_point
+from vitlab.cli import check_group_choices, one_line_errors, print_resolved_config, run_entry_point
 from vitlab.config import register_configs, to_hardware
 from vitlab.errors import ConfigError
+from vitlab.measure import Stopwatch, human, image_flops, resolve_precision
 from vitlab.runs import load_run, prepare_output_dir, write_json
 
 register_configs()
@@ -63,8 +66,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     loader_args = {"batch_size": cfg.batch_size, "num_workers": hardware.num_workers, "pin_memory": hardware.pin_memory}
     data_node = cfg.data if cfg.get("data") else _run_data(run)
     datamodule = build(data_node, **loader_args)
+    img_size = getattr(datamodule, "img_size", None)
+    flops = image_flops(getattr(module, "net", module), img_size) if img_size else None  # before any dtype cast
     scorer = Scorer(module, device, hardware.precision, module.recipe.label_smoothing, cfg.warmup_iters, cfg.limit_batches)
     print(f"evaluating {run.model_name} from {run.ckpt_path} on {device} ({hardware.precision}); results in {out_dir}")
+    if flops is not None:
+        print(f"{human(flops.macs)} MACs per {img_size}x{img_size} image ({human(flops.macs_without_sdpa)} without SDPA, as fvcore counts)")
 
     sets = _score_datamodule(datamodule, cfg.split, scorer)
     result: dict[str, Any] = {
@@ -76,6 +83,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "precision": hardware.precision,
         "batch_size": cfg.batch_size,
         "warmup_iters": cfg.warmup_iters,
+        **(flops.as_record() if flops is not None else {}),
         "sets": sets,
     }
     table = corruption_table(sets)
@@ -109,21 +117,13 @@ class Scorer:
         self.label_smoothing = label_smoothing
         self.warmup_iters, self.limit_batches = warmup_iters, limit_batches
         self.warmed_up = False
-        self.input_dtype: torch.dtype | None = None
-        self.autocast: Any = nullcontext()
-        if precision in ("bf16-mixed", "16-mixed"):
-            dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
-            self.autocast = torch.autocast(device.type, dtype=dtype)
-        elif precision in ("bf16-true", "16-true", "64-true"):
-            self.input_dtype = {"bf16-true": torch.bfloat16, "16-true": torch.float16, "64-true": torch.float64}[precision]
+        self.precision = resolve_precision(precision)
+        self.input_dtype = self.precision.cast_dtype
+        if self.input_dtype is not None:
             module.to(self.input_dtype)
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        with self.autocast:
+        with self.precision.autocast_context(self.device):
             return self.module(x)
 
     @torch.no_grad()
@@ -131,7 +131,8 @@ class Scorer:
         num_classes = self.module.num_classes
         k = min(5, num_classes)
         images = batches = correct1 = correct5 = 0
-        loss = loss_smoothed = elapsed = 0.0
+        loss = loss_smoothed = 0.0
+        watch = Stopwatch(self.device)
         for i, (x, y) in enumerate(loader):
             if self.limit_batches is not None and i >= self.limit_batches:
                 break
@@ -143,11 +144,9 @@ class Scorer:
                 for _ in range(self.warmup_iters):
                     self._forward(x)
                 self.warmed_up = True
-            self._sync()
-            started = time.perf_counter()
+            watch.start()
             logits = self._forward(x)
-            self._sync()
-            elapsed += time.perf_counter() - started
+            watch.stop()
             logits = logits.float()
             loss += F.cross_entropy(logits, y, reduction="sum").item()
             loss_smoothed += F.cross_entropy(logits, y, label_smoothing=self.label_smoothing, reduction="sum").item()
@@ -158,8 +157,10 @@ class Scorer:
             batches += 1
         if images == 0:
             raise ConfigError("data: the evaluated split holds no images; check the data config (subset, sizes)")
+        elapsed = watch.total
         return {
             "images": images,
+            "partial": images < len(loader.dataset),  # a limit_batches prefix, not the whole split
             "loss": loss / images,
             "loss_smoothed": loss_smoothed / images,
             "top1": correct1 / images,
@@ -181,8 +182,9 @@ def _score_datamodule(datamodule, split: str, scorer: Scorer) -> dict[str, dict[
     scores = {}
     for name, loader in zip(names, loaders):
         scores[name] = s = scorer.score(loader)
+        of = f" of {len(loader.dataset)} (partial)" if s["partial"] else ""
         print(
-            f"{name}: {s['images']} images | loss {s['loss']:.4f} (smoothed {s['loss_smoothed']:.4f}) | "
+            f"{name}: {s['images']}{of} images | loss {s['loss']:.4f} (smoothed {s['loss_smoothed']:.4f}) | "
             f"top-1 {_pct(s['top1'])} | top-5 {_pct(s['top5'])} | {s['ms_per_batch']:.2f} ms/batch | {s['images_per_s']:.1f} images/s"
         )
     return scores
@@ -346,7 +348,11 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    run_entry_point(_hydra_main, partial(check_group_choices, conf_dir=CONF_DIR))
+    run_entry_point(
+        _hydra_main,
+        partial(print_resolved_config, conf_dir=CONF_DIR, config_name="evaluate"),
+        partial(check_group_choices, conf_dir=CONF_DIR),
+    )
 
 
 if __name__ == "__main__":

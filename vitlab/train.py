@@ -12,11 +12,13 @@ The run dir (``paths.output_dir``) receives ``checkpoints/`` (best by val top-1,
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
 import time
 from contextlib import nullcontext
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from vitlab.callbacks import SDPABackend
+from vitlab.callbacks import SDPABackend, collect_records
 from vitlab.callbacks.checkpoint import Preempted
 from vitlab.checkpoint import DigestCheckpointIO, check_resume_checkpoint
 from vitlab.cli import (
@@ -42,6 +44,7 @@ from vitlab.cli import (
     check_overrides_compose,
     composition_error,
     one_line_errors,
+    print_resolved_config,
     run_entry_point,
     warn_unknown_groups,
 )
@@ -53,6 +56,8 @@ register_configs()
 
 # An absolute path: from a console script Hydra would look for a `vitlab.conf` Python module instead.
 CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, Any]:
@@ -74,6 +79,8 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
         raise ConfigError(f"seed: expected an integer in [0, 2**32), got {cfg.seed!r}")
 
+    warn_if_past_schedule(cfg.trainer.get("max_epochs"), recipe.epochs)
+
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data, batch_size=batch_per_device)
     module = build(cfg.model, recipe=OmegaConf.to_container(cfg.recipe, resolve=True))
@@ -81,6 +88,9 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
         check_resume_checkpoint(ckpt_path, module)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     check_trainer_args(trainer_args)
+    # vitlab's classifiers clamp log_every_n_steps to an epoch's steps, so a short run still logs its
+    # step metrics; Lightning's warning that it would not is then wrong.
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
     try:
         trainer = L.Trainer(
             **trainer_args,
@@ -116,7 +126,9 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
             "val/top1_best": module.best_val_top1,
             "fit_time_s": round(fit_time, 1),  # includes validation; a resumed run counts only its own part
         }
-        metrics.update(getattr(module, "run_metrics", {}))  # what callbacks measured: FLOPs, images/s, MFU
+        if "val/images" in trainer.callback_metrics:  # what the last validation's scores are over
+            metrics["val/images"] = int(trainer.callback_metrics["val/images"].item())
+        metrics.update(collect_records(trainer.callbacks))  # what callbacks measured: FLOPs, images/s, MFU
         if cfg.test:
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             if not best:
@@ -125,9 +137,28 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
             metrics["tested_ckpt"] = _relative_to(best, output_dir) if best else None
             (results,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
             metrics.update(results)
+            if "test/images" in results:
+                metrics["test/images"] = int(results["test/images"])
+                metrics["test/partial"] = metrics["test/images"] < split_size(trainer.test_dataloaders)
         metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
         _write_metrics(metrics, trainer, cfg, output_dir)
     return metrics
+
+
+def warn_if_past_schedule(max_epochs: Any, recipe_epochs: int) -> None:
+    """One warning line when the run would go on after its LR schedule has ended."""
+    if isinstance(max_epochs, int) and max_epochs > recipe_epochs > 0:
+        rank_zero_only(log.warning)(
+            f"trainer.max_epochs={max_epochs} is larger than recipe.epochs={recipe_epochs}: the LR schedule ends after "
+            f"epoch {recipe_epochs} and the remaining epochs run at its final LR; set recipe.epochs={max_epochs} to "
+            "stretch the schedule over the whole run"
+        )
+
+
+def split_size(loaders: Any) -> int:
+    """Images in the datasets behind a loader or a list of loaders (the whole split, whatever was scored)."""
+    loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+    return sum(len(loader.dataset) for loader in loaders)
 
 
 def _folder_lock(output_dir: Path) -> Any:
@@ -427,6 +458,7 @@ def check_log_dir_writable(argv: list[str]) -> None:
 def main() -> None:
     run_entry_point(
         _hydra_main,
+        partial(print_resolved_config, conf_dir=CONF_DIR, config_name="train"),
         check_run_dir_exists,
         check_log_dir_writable,
         partial(check_group_choices, conf_dir=CONF_DIR),

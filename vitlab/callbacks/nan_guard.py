@@ -53,9 +53,10 @@ class NaNGuard(Callback):
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         bad_loss, self._bad_loss = self._bad_loss, None
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        check_grads = self.check_grads and grads and not _scales_fp16(trainer)
-        bad_grads = bool(check_grads) and not torch.isfinite(torch.nn.utils.get_total_norm(grads)).item()
+        bad_grads = False
+        if self.check_grads and not _scales_fp16(trainer):
+            norm = _gradient_norm(pl_module, optimizer)
+            bad_grads = norm is not None and not torch.isfinite(norm).item()
         if trainer.world_size > 1:
             any_bad = trainer.strategy.reduce_boolean_decision(bad_loss is not None or bad_grads, all=False)
             if any_bad and bad_loss is None and not bad_grads:
@@ -90,6 +91,14 @@ class NaNGuard(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped_steps = int(state_dict.get("skipped_steps", 0))
+
+
+def _gradient_norm(pl_module: L.LightningModule, optimizer: Any) -> torch.Tensor | None:
+    # The module's own (vitlab's classifiers compute it once per step and log it); else computed here.
+    if callable(getattr(pl_module, "gradient_norm", None)):
+        return pl_module.gradient_norm(optimizer)
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else None
 
 
 def _scales_fp16(trainer: L.Trainer) -> bool:

@@ -26,7 +26,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from vitlab.errors import ConfigError, DataError
 
-from .samplers import RepeatedAugmentationSampler, SeededItems, derive_seed
+from .samplers import FixedOrderSampler, RepeatedAugmentationSampler, SeededItems, class_interleaved_order, derive_seed
 from .transforms import _INTERPOLATIONS, build_eval_transform, build_train_transform, resolve_augment
 
 Transform = Callable[[Any], Any]
@@ -141,6 +141,22 @@ def split_targets(split: Dataset) -> np.ndarray:
     if targets is not None:
         return np.asarray(targets, dtype=np.int64)
     return np.asarray([split[i][1] for i in range(len(split))], dtype=np.int64)
+
+
+def known_labels(split: Dataset) -> np.ndarray | None:
+    """The labels of ``split`` where they can be read without decoding an image, else None."""
+    if isinstance(split, ArrayImageDataset | ImageListDataset):
+        return split.labels
+    if isinstance(split, Subset):
+        labels = known_labels(split.dataset)
+        return None if labels is None else labels[np.asarray(split.indices, dtype=np.int64)]
+    if isinstance(split, TransformedView):
+        return known_labels(split.dataset)
+    for name in ("targets", "labels"):
+        labels = getattr(split, name, None)
+        if labels is not None and len(labels) == len(split):
+            return np.asarray(labels, dtype=np.int64)
+    return None
 
 
 def first_per_class(labels: Sequence[int] | np.ndarray, count: int) -> list[int]:
@@ -291,6 +307,11 @@ class ImageDataModule(lightning.LightningDataModule):
     split instead (the seeds' parity mode, which selects models on the test set).
 
     ``batch_size`` is per device; ``train.py`` sets it after construction.
+
+    The val and test loaders go through their split in one fixed class-interleaved order (seeded by
+    ``split_seed``; the same every epoch and run), so a partial evaluation (``limit_val_batches``,
+    ``limit_test_batches``) scores a class-balanced sample even when the files are stored class by
+    class.
 
     ``subset=N`` keeps the first N images of each class of the official train split (in the
     split's own order, before the validation split is drawn); the test split stays whole.
@@ -568,10 +589,18 @@ class ImageDataModule(lightning.LightningDataModule):
             epoch, done = int(state_dict["epoch"]), int(state_dict["samples_done"])
             self._resume_state = (epoch + 1, 0) if state_dict.get("epoch_done") else (epoch, done)
 
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        """Val/test batches in a fixed class-interleaved order (seeded by ``split_seed`` only, the
+        same in every epoch and run), so a ``limit_val_batches``/``limit_test_batches`` prefix is a
+        class-balanced sample, not the first classes of a split stored class by class."""
+        seed = derive_seed(self.split_seed, "eval-order")
+        order = class_interleaved_order(known_labels(dataset), len(dataset), seed)
+        return self._loader(dataset, sampler=FixedOrderSampler(order), drop_last=False)
+
     def val_dataloader(self) -> DataLoader:
         self._require_setup()
-        return self._loader(self.val_set, shuffle=False, drop_last=False)
+        return self._eval_loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
         self._require_setup()
-        return self._loader(self.test_set, shuffle=False, drop_last=False)
+        return self._eval_loader(self.test_set)

@@ -1,17 +1,17 @@
-"""The training sampler (the Mini-ViT seed's repeated augmentation, per-epoch seeded, rank-aware) and
-seed derivation for data streams."""
+"""The training sampler (the Mini-ViT seed's repeated augmentation, per-epoch seeded, rank-aware), the
+fixed class-interleaved evaluation order, and seed derivation for data streams."""
 
 from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset, DistributedSampler, get_worker_info
+from torch.utils.data import Dataset, DistributedSampler, Sampler, get_worker_info
 
 from vitlab.errors import ConfigError
 
@@ -160,3 +160,47 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def class_interleaved_order(labels: Sequence[int] | np.ndarray | None, num_samples: int, seed: int) -> list[int]:
+    """A fixed order of ``0..num_samples-1`` in which every prefix is a class-balanced sample.
+
+    Each class's items are shuffled (seeded by ``seed`` only) and the classes interleaved in
+    proportion to their sizes: item ``j >= 1`` of a class of ``n`` items is placed at ``(j + u) / n``,
+    with ``u`` one uniform offset per class, and every class's first item before all of those. So the
+    first ``num_classes`` items hold every class once (a first batch at least that large holds every
+    class), and any prefix holds each class in proportion to its size, give or take one image or two.
+    With equal class sizes every run of ``num_classes`` items holds each class once. Without
+    ``labels`` it is a plain seeded permutation.
+    """
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return rng.permutation(num_samples).tolist()
+    labels = np.asarray(labels)
+    if len(labels) != num_samples:
+        raise ValueError(f"expected {num_samples} labels, got {len(labels)}")
+    classes = np.unique(labels)
+    largest = max(int(np.sum(labels == label)) for label in classes) if num_samples else 1
+    position = np.empty(num_samples)
+    for label in classes:
+        members = rng.permutation(np.flatnonzero(labels == label))
+        offset = rng.random()
+        position[members] = (np.arange(len(members)) + offset) / len(members)
+        position[members[0]] = offset / largest  # before every class's second item
+    return np.argsort(position, kind="stable").tolist()
+
+
+class FixedOrderSampler(Sampler[int]):
+    """Yields the same list of indices every epoch: the evaluation order of the val and test
+    loaders (see :func:`class_interleaved_order`), so a ``limit_*_batches`` prefix is representative
+    and the same images are scored in every epoch and every run. Lightning splits it between the
+    processes of a multi-device run."""
+
+    def __init__(self, order: Sequence[int]) -> None:
+        self.order = list(order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)

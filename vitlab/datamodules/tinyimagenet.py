@@ -401,4 +401,4 @@ class TinyImageNetCDataModule(ImageDataModule):
         """One loader per set, in the order of :attr:`names`."""
         if not self.test_sets:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a dataloader")
-        return [self._loader(dataset, shuffle=False, drop_last=False) for dataset in self.test_sets]
+        return [self._eval_loader(dataset) for dataset in self.test_sets]

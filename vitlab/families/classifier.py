@@ -100,6 +100,7 @@ class ImageClassifier(L.LightningModule):
         self.val_acc = _accuracy_metrics(self.num_classes, "val/")
         self.test_acc = _accuracy_metrics(self.num_classes, "test/")
         self.best_val_top1 = 0.0
+        self._grad_norm: torch.Tensor | None = None
         self._rng_state_to_restore: dict[str, Any] | None = None
         self._resumed = False
         self._configured_optim: dict[str, Any] | None = None  # the recipe's optimizer settings, before a resume
@@ -187,6 +188,8 @@ class ImageClassifier(L.LightningModule):
         self.log_dict(metrics, prog_bar=True)
         self.log("val/loss", self.val_loss.compute(), prog_bar=True)
         self.log("val/loss_smoothed", self.val_loss_smoothed.compute())
+        # How many images the scores are over (a limit_val_batches prefix or the whole split).
+        self.log("val/images", self.val_loss.weight, sync_dist=True, reduce_fx="sum")
         if not self.trainer.sanity_checking:
             self.best_val_top1 = max(self.best_val_top1, metrics["val/top1"].item())
         self.log("val/top1_best", self.best_val_top1)
@@ -200,16 +203,32 @@ class ImageClassifier(L.LightningModule):
         self.log_dict(self.test_acc.compute())
         self.log("test/loss", self.test_loss.compute())
         self.log("test/loss_smoothed", self.test_loss_smoothed.compute())
+        self.log("test/images", self.test_loss.weight, sync_dist=True, reduce_fx="sum")
         for metric in (self.test_acc, self.test_loss, self.test_loss_smoothed):
             metric.reset()
 
+    def on_train_start(self) -> None:
+        # A run with fewer optimizer steps per epoch than log_every_n_steps would log no step metrics
+        # (train/lr, train/grad_norm, train/loss_step) at all.
+        steps = self.trainer.num_training_batches // max(1, self.trainer.accumulate_grad_batches)
+        if 0 < steps < self.trainer.log_every_n_steps:
+            self.trainer.log_every_n_steps = steps
+
+    def on_after_backward(self) -> None:
+        self._grad_norm = None  # new gradients: this step's norm is computed afresh
+
+    def gradient_norm(self, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+        """The global 2-norm of the gradients ``optimizer`` is about to apply (after AMP unscaling,
+        before clipping), computed once per step: the NaN guard checks it, ``train/grad_norm`` logs it."""
+        if self._grad_norm is None:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            self._grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        return self._grad_norm
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Before clipping, after AMP unscaling: the raw global gradient norm. Only on logging steps,
-        # since it costs a pass over every gradient.
-        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
-            grads = [p.grad for p in self.parameters() if p.grad is not None]
-            if grads:
-                self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+        norm = self.gradient_norm(optimizer)
+        if norm is not None:
+            self.log("train/grad_norm", norm)
 
     # ----------------------------------------------------------------------------- state
     def _seed_this_rank(self) -> None:
