@@ -10,6 +10,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
+from vitlab.viz import denormalise, figure_to_array, overlay_figure, overlay_heatmaps
+
 
 class AttentionDumpCallback(Callback):
     """Every ``every_n_epochs`` epochs (and after the last one), the family's ``attention_maps`` of the
@@ -17,7 +19,7 @@ class AttentionDumpCallback(Callback):
 
     * ``<dirpath>/epoch_NNN/attention_maps.pt``: ``{"epoch", "images", "maps": {name: tensor}}``, raw;
     * ``<dirpath>/epoch_NNN/<map name>.png``: the inputs with each map laid over them (see
-      :func:`vitlab.analyze.overlay_heatmaps` for what each layout shows);
+      :func:`vitlab.viz.overlay_heatmaps` for what each layout shows);
     * the same pictures in TensorBoard under ``attention/<map name>``.
 
     ``every_n_epochs: 0`` turns it off; families without attention maps are skipped. A folder that
@@ -49,8 +51,6 @@ class AttentionDumpCallback(Callback):
         self.dump(trainer, pl_module, epoch)
 
     def dump(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> Path | None:
-        from vitlab.analyze import denormalise, figure_to_array, overlay_figure, overlay_heatmaps
-
         folder = self.dirpath / f"epoch_{epoch:03d}"
         if folder.exists():
             rank_zero_warn(f"attention dump: {folder} exists already (a resumed run?); left as it is")

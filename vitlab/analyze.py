@@ -39,7 +39,6 @@ from __future__ import annotations
 import csv
 import math
 import re
-import textwrap
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -47,13 +46,14 @@ from typing import Any
 
 import hydra
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from vitlab.cli import check_group_choices, one_line_errors, run_entry_point
 from vitlab.config import register_configs, to_hardware
 from vitlab.errors import ConfigError
+from vitlab.instantiate import build
 from vitlab.runs import load_run, prepare_output_dir, write_json
+from vitlab.viz import _square_side, denormalise, map_kind, measured_maps, overlay_figure, overlay_heatmaps, prefix_tokens
 
 register_configs()
 
@@ -63,34 +63,6 @@ _EPS = 1e-12
 
 
 # ----------------------------------------------------------------------------- layouts
-def map_kind(name: str, m: torch.Tensor) -> str | None:
-    """``kernel``, ``grid``, ``tokens``, ``cls`` (a spatial CLS-to-patch map) or None (not understood)."""
-    if m.dim() == 5:
-        return "kernel" if name.endswith("kernel") else "grid"
-    if m.dim() == 4:
-        if name.endswith(".cls"):
-            return "cls"
-        if m.shape[-1] == m.shape[-2]:
-            return "tokens"
-    return None
-
-
-def prefix_tokens(net: Any, num_tokens: int) -> int:
-    """Leading non-patch tokens of a token map: the network's own count, else what is left over a square."""
-    for attr in ("num_prefix_tokens", "num_cls_tokens"):
-        value = getattr(net, attr, None)
-        if isinstance(value, int) and 0 <= value < num_tokens and math.isqrt(num_tokens - value) ** 2 == num_tokens - value:
-            return value
-    return num_tokens - math.isqrt(num_tokens) ** 2
-
-
-def _square_side(count: int, what: str) -> int:
-    side = math.isqrt(count)
-    if side * side != count:
-        raise ConfigError(f"attention map {what}: {count} tokens do not form a square grid; vitlab.analyze reads square maps only")
-    return side
-
-
 def _positions(side: int) -> torch.Tensor:
     rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
     return torch.stack([rows.flatten(), cols.flatten()], dim=1).float()  # (side*side, 2), row-major
@@ -159,11 +131,6 @@ def measure_map(name: str, m: torch.Tensor, num_images: int, net: Any = None, ex
     return None
 
 
-def measured_maps(maps: Mapping[str, torch.Tensor]) -> list[str]:
-    """The names :func:`measure_map` is asked about: differential maps give way to their softmax maps."""
-    return [n for n in maps if not n.endswith(".cls") and f"{n}.softmax1" not in maps]
-
-
 def where(name: str) -> tuple[str, str]:
     """(stage, block) read from a map's module name; empty where the name has none."""
     staged = re.search(r"(?:stages|layers)\.(\d+)\.(?:.*?blocks\.)?(\d+)?", name)
@@ -215,80 +182,6 @@ class LocalityStats:
         return rows
 
 
-# ----------------------------------------------------------------------------- overlays
-def overlay_heatmaps(maps: Mapping[str, torch.Tensor], num_images: int, net: Any = None) -> dict[str, tuple[torch.Tensor, str]]:
-    """``{name: ((B, h, w) heat map, what it shows)}`` for the maps that can be laid over the input."""
-    heat: dict[str, tuple[torch.Tensor, str]] = {}
-    for name, m in maps.items():
-        kind = map_kind(name, m)
-        m = m.detach().float().cpu()
-        if kind == "kernel":
-            heat[name] = (m[:, :, m.shape[2] // 2].mean(1), "centre-tap weight of the dynamic kernel (head mean)")
-        elif kind == "grid":
-            B, groups, heads, N, _ = m.shape
-            g, side = _square_side(groups, name), _square_side(N, name)
-            y = x = side * g // 2  # the query at the feature-map centre
-            group, query = (y % g) * g + (x % g), (y // g) * side + (x // g)
-            row = m[:, group, :, query].mean(1).view(B, side, side)  # its keys, every g pixels
-            heat[name] = (row, "grid attention of the centre query (head mean), keys spread over their g x g cells")
-        elif kind == "cls":
-            heat[name] = (m.mean(1), "CLS attention to the patches (head mean)")
-        elif kind == "tokens" and m.shape[0] == num_images and f"{re.sub(r'[.]softmax[12]$', '', name)}.cls" not in maps \
-                and name in measured_maps(maps):  # a block with a CLS map is shown by that map
-            N = m.shape[-1]
-            prefix = prefix_tokens(net, N)
-            side = _square_side(N - prefix, name)
-            query = 0 if prefix else prefix + (side // 2) * side + side // 2
-            row = m[:, :, query, prefix:].mean(1)
-            what = "CLS token" if prefix else "centre token"
-            heat[name] = (row.view(num_images, side, side), f"attention of the {what} to the patches (head mean)")
-    return heat
-
-
-def denormalise(images: torch.Tensor, mean: Any = None, std: Any = None) -> torch.Tensor:
-    """Images back to [0, 1] for display: with the data's mean/std, else min-max per image."""
-    images = images.detach().float().cpu()
-    if mean is not None and std is not None:
-        shape = (1, -1, 1, 1)
-        images = images * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)
-    else:
-        lo = images.amin(dim=(1, 2, 3), keepdim=True)
-        hi = images.amax(dim=(1, 2, 3), keepdim=True)
-        images = (images - lo) / (hi - lo).clamp_min(_EPS)
-    return images.clamp(0, 1)
-
-
-def overlay_figure(images: torch.Tensor, heat: torch.Tensor, title: str):
-    """A matplotlib figure: the inputs on top, the heat map (upsampled, nearest) over them below."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = images.shape[0]
-    size = images.shape[-2:]
-    up = F.interpolate(heat[:, None], size=size, mode="nearest")[:, 0]
-    fig, axes = plt.subplots(2, n, figsize=(max(1.8 * n, 5.0), 3.9), squeeze=False)
-    for i in range(n):
-        picture = images[i].permute(1, 2, 0).numpy()
-        axes[0, i].imshow(picture)
-        axes[1, i].imshow(picture)
-        axes[1, i].imshow(up[i].numpy(), cmap="jet", alpha=0.5)
-        for ax in axes[:, i]:
-            ax.axis("off")
-    fig.suptitle(textwrap.fill(title, 70), fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def figure_to_array(fig) -> Any:
-    """RGB uint8 pixels ``(H, W, 3)`` of a drawn figure (for TensorBoard)."""
-    import numpy as np
-
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-
-
 def save_overlays(folder: Path, images: torch.Tensor, maps: Mapping[str, torch.Tensor], net: Any = None,
                   mean: Any = None, std: Any = None) -> list[Path]:
     """One PNG per map that can be overlaid, named after the map; returns the files."""
@@ -309,8 +202,6 @@ def save_overlays(folder: Path, images: torch.Tensor, maps: Mapping[str, torch.T
 # ----------------------------------------------------------------------------- the task
 def analyze(cfg: DictConfig) -> list[dict[str, Any]]:
     """Measure ``cfg.ckpt_path`` on ``cfg.num_images`` images of a split; returns the metric rows."""
-    from vitlab.train import build
-
     if cfg.split not in ("val", "test"):
         raise ConfigError(f"split: unknown split {cfg.split!r}; use val or test")
     if cfg.num_images < 1:

@@ -22,8 +22,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException
-from hydra.utils import instantiate
+from hydra.errors import ConfigCompositionException, MissingConfigException
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -32,7 +31,8 @@ from callbacks import SDPABackend
 from vitlab.checkpoint import check_resume_checkpoint
 from vitlab.cli import check_group_choices, check_overrides_compose, composition_error, one_line_errors, run_entry_point
 from vitlab.config import HardwareConfig, register_configs, split_batch, to_hardware, to_recipe
-from vitlab.errors import ConfigError, VitlabError
+from vitlab.errors import ConfigError
+from vitlab.instantiate import build  # noqa: F401  (also vitlab.train.build, as before)
 
 register_configs()
 
@@ -135,17 +135,6 @@ def continued_run_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, str]]:
     if composed.ckpt_path is None:
         composed.ckpt_path = "last"
     return composed, choices
-
-
-def build(node: DictConfig, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` with plain containers; bad input raised by the target comes out as
-    itself instead of wrapped in Hydra's InstantiationException (so it stays one line)."""
-    try:
-        return instantiate(node, _convert_="all", **kwargs)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, VitlabError):
-            raise err.__cause__ from None
-        raise
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:

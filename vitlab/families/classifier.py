@@ -25,12 +25,12 @@ from timm.loss import SoftTargetCrossEntropy
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from datamodules.samplers import derive_seed
 from vitlab.checkpoint import capture_rng_state, restore_rng_state
 from vitlab.config import to_recipe
 from vitlab.errors import ConfigError
 from vitlab.models import create_model
 from vitlab.optim import build_optimizer, build_scheduler
+from vitlab.utils import derive_seed
 
 
 def _accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
