@@ -132,7 +132,7 @@ def test_names_give_stage_and_block():
 
 # ----------------------------------------------------------------------------- real networks
 @pytest.mark.parametrize("name, kwargs", [("outgrid_7m", {}), ("mini_vit", {}), ("vit_diff_entropy", {"img_size": 32, "patch_size": 4}),
-                                          ("swin_tiny_p2", {})])
+                                          ("swin_tiny", {})])
 def test_every_layout_of_real_networks_is_measured_and_overlaid(name, kwargs):
     torch.manual_seed(0)
     net = create_model(name, num_classes=10, **kwargs).eval()
@@ -162,7 +162,7 @@ def test_every_layout_of_real_networks_is_measured_and_overlaid(name, kwargs):
         assert {r["map"] for r in rows} >= {"blocks.0.softmax1", "blocks.0.softmax2"}
         assert "blocks.0" not in {r["map"] for r in rows}  # A1 - lambda A2 is not a distribution
         assert heat["blocks.0.cls"][0].shape == (2, 8, 8) and "blocks.0.softmax1" not in heat
-    if name == "swin_tiny_p2":
+    if name == "swin_tiny":
         assert "windowed tokens" in kinds
 
 

@@ -63,7 +63,7 @@ def test_runs_without_a_logger_still_measure(smoke_cfg, tmp_path):
 
 def test_attention_dumps_exist_after_a_short_fit(smoke_cfg, tmp_path):
     # Mini-ViT cut to 2 blocks: 2 maps, 2 pictures per dump.
-    train(smoke_cfg("trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "+model.net.depth=2",
+    train(smoke_cfg("trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "model.net.depth=2",
                     "recipe.epochs=3", "callbacks.attention_dump.every_n_epochs=2",
                     "callbacks.attention_dump.num_images=3", "test=false"))
     dumps = tmp_path / "run" / "attention"

@@ -132,7 +132,7 @@ def test_bad_settings_fail_at_construction_naming_the_key(kwargs, message):
 
 def test_cli_config_outgrid_cifar100_composes(tmp_path):
     cfg = compose_config(["model=outgrid", "data=cifar100"], tmp_path)
-    assert cfg.model.net.name == "outgrid_7m" and cfg.recipe.optimizer.lr == 5e-4
+    assert cfg.model.net.name == "outgrid" and cfg.recipe.optimizer.lr == 5e-4  # the registry's alias of outgrid_7m
     assert cfg.model._target_ == "vitlab.families.OutGridClassifier"
 
 

@@ -293,8 +293,8 @@ def test_entropy_modulation_replaces_lambda_per_query():
     torch.testing.assert_close(replace(x, ctx=zero)[0], learned(x)[0], atol=1e-5, rtol=1e-5)
     # per-query: row i of the map is A1[i] - H_i A2[i]
     h = torch.rand(2, 5)
-    _, w = replace(x, need_weights=True, ctx=AttentionContext(grid=(2, 2), modulation=h))
-    a1, a2 = replace.last_maps
+    _, maps = replace(x, need_weights=True, ctx=AttentionContext(grid=(2, 2), modulation=h))
+    w, a1, a2 = maps[""], maps["softmax1"], maps["softmax2"]
     torch.testing.assert_close(w, a1 - h[:, None, :, None] * a2)
     torch.testing.assert_close(w.sum(-1), (1 - h)[:, None, :].expand(2, 2, 5), atol=1e-5, rtol=1e-5)
     assert not hasattr(replace, "lambda_q1")

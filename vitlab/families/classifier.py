@@ -12,6 +12,7 @@ load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 from typing import Any
@@ -58,13 +59,29 @@ class ImageClassifier(L.LightningModule):
 
     attention_tol: float = 1e-4
 
-    def __init__(self, net: dict[str, Any], recipe: dict[str, Any] | None = None, compile: bool = False) -> None:
+    def __init__(
+        self,
+        net: dict[str, Any],
+        recipe: dict[str, Any] | None = None,
+        compile: bool = False,
+        grad_checkpointing: bool = False,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         net = dict(net)
         if "name" not in net:
             raise ConfigError("model.net.name: missing; set it to a registered network, e.g. mini_vit")
         self.net = create_model(net.pop("name"), **net)
+        # Networks that can return figures besides the logits (entropy, lambda, bank norm) take
+        # `return_aux`; those are logged per epoch under train/<name>.
+        self.net_returns_aux = "return_aux" in inspect.signature(self.net.forward).parameters
+        if grad_checkpointing:
+            try:
+                self.net.set_grad_checkpointing(True)
+            except (AttributeError, AssertionError, NotImplementedError):
+                raise ConfigError(
+                    f"hardware.grad_checkpointing: {type(self.net).__name__} does not support it; set it to false"
+                ) from None
         self.num_classes: int = self.net.num_classes
         self.recipe = to_recipe(recipe or {})
 
@@ -102,6 +119,17 @@ class ImageClassifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
+    def _training_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a training batch; the network's figures, where it has any, logged on the way."""
+        if not self.net_returns_aux:
+            return self(x)
+        if self.recipe.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits, aux = self.net(x, return_aux=True)
+        for name, value in aux.items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True)
+        return logits
+
     @property
     def has_attention_maps(self) -> bool:
         return hasattr(self.net, "attention_maps")
@@ -133,13 +161,13 @@ class ImageClassifier(L.LightningModule):
             if x.shape[0] % 2:
                 raise ConfigError(f"recipe.batch_size: CutMix/MixUp need an even per-device batch, got {x.shape[0]}")
             x, soft = self.mixup(x, y)
-            logits = self(x)
+            logits = self._training_forward(x)
             loss = self.soft_target_loss(logits, soft)
             # Accuracy against the true labels only means something on batches left unmixed.
             if torch.all(soft.gather(1, y[:, None]) >= self._clean_target_value - 1e-6):
                 self.train_acc.update(logits.detach(), y)
         else:
-            logits = self(x)
+            logits = self._training_forward(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.label_smoothing)
             self.train_acc.update(logits.detach(), y)
         self.train_loss.update(loss.detach(), weight=x.shape[0])

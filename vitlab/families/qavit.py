@@ -19,7 +19,7 @@ class QAViTClassifier(ImageClassifier):
     Logged per epoch: the fusion weights ``softmax(alpha)`` of every block (``fusion/blocks.i.<branch>``)
     and their mean over blocks (``fusion/<branch>``), to see whether the redundant scalars move at
     all (spec D22); and ``train/bank_norm``, the largest bank-token norm at the end of the forward
-    (epoch mean), which must stay bounded with the functional bank and grows with the faithful one.
+    (epoch mean; the network returns it with ``return_aux``, :class:`ImageClassifier` logs it), which must stay bounded with the functional bank and grows with the faithful one.
     """
 
     def on_fit_start(self) -> None:
@@ -36,10 +36,6 @@ class QAViTClassifier(ImageClassifier):
 
     def _check_attention(self, images: torch.Tensor) -> None:
         super()._check_attention(images[: self.attention_check_images])
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.net.bank_norm is not None:
-            self.log("train/bank_norm", self.net.bank_norm, on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()

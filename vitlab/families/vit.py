@@ -19,7 +19,8 @@ class ViTClassifier(ImageClassifier):
     them, and never the CLS rows (a part of a row) or a differential map.
 
     The entropy-modulated variant also logs the epoch means of its per-token factor
-    (``train/entropy_mean``) and of lambda (``train/lambda_mean``).
+    (``train/entropy_mean``) and of lambda (``train/lambda_mean``): the network returns them with
+    ``return_aux`` and :class:`ImageClassifier` logs them.
     """
 
     def attention_normalisation_error(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -38,8 +39,3 @@ class ViTClassifier(ImageClassifier):
             f"ViT variant: attention={net.attention}, rope={net.rope}, ape={net.pos_embed is not None}, "
             f"cpe={net.peg is not None}, patch {net.patch_size} -> {net.grid[0]}x{net.grid[1]} grid + CLS"
         )
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        stats = self.net.modulation_stats() if hasattr(self.net, "modulation_stats") else {}
-        for name, value in stats.items():
-            self.log(f"train/{name}_mean", value, on_step=False, on_epoch=True)

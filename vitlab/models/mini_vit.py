@@ -11,11 +11,12 @@ from __future__ import annotations
 import torch
 from timm.layers import trunc_normal_
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from vitlab.layers import TransformerBlock, sincos_2d
-from vitlab.models._registry import build, register_model
+from vitlab.models._registry import build_from_config, config_dataclass, register_model
 
-__all__ = ["MiniViT"]
+__all__ = ["MiniViT", "MiniViTConfig", "model_cfgs"]
 
 
 class MiniViT(nn.Module):
@@ -52,7 +53,8 @@ class MiniViT(nn.Module):
         if cls_init not in ("zeros", "trunc_normal"):
             raise ValueError(f"cls_init must be 'zeros' or 'trunc_normal', got {cls_init!r}")
         self.num_classes = num_classes
-        self.num_cls_tokens = num_cls_tokens
+        self.num_prefix_tokens = num_cls_tokens  # the CLS tokens in front of the patches
+        self.grad_checkpointing = False
         self.num_features = embed_dim
         self.img_size = img_size
         grid = img_size // patch_size
@@ -98,15 +100,41 @@ class MiniViT(nn.Module):
         """Images ``(B, C, H, W)`` -> normalised tokens ``(B, num_cls_tokens + patches, embed_dim)``."""
         x = self._embed(x)
         for block in self.blocks:
-            x, _ = block(x)
+            if self.grad_checkpointing and self.training:
+                x, _ = checkpoint(block, x, use_reentrant=False)
+            else:
+                x, _ = block(x)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x[:, : self.num_cls_tokens].flatten(1)
+        x = x[:, : self.num_prefix_tokens].flatten(1)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    # ----------------------------------------------------------------------------- timm's model API
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for timm's layer-wise LR decay: stem, one per block, final norm, head."""
+        return dict(stem=r"^cls_token|^patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head on the concatenated CLS outputs for ``num_classes``; 0 = no head."""
+        if global_pool not in (None, "token"):
+            raise ValueError(f"Mini-ViT pools its CLS tokens; global_pool={global_pool!r} is not supported")
+        self.num_classes = num_classes
+        width = self.num_prefix_tokens * self.num_features
+        self.head = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
 
     def timm_reference(self) -> tuple[str, nn.Module]:
         """timm's VisionTransformer at this network's shape (tokens, widths, heads, biases, dropout),
@@ -126,7 +154,7 @@ class MiniViT(nn.Module):
             mlp_ratio=block.mlp.fc1.out_features / self.num_features,
             qkv_bias=block.attn.qkv.bias is not None,
             class_token=True,
-            reg_tokens=self.num_cls_tokens - 1,
+            reg_tokens=self.num_prefix_tokens - 1,
             global_pool="token",
             proj_drop_rate=block.attn.proj_drop.p,
             attn_drop_rate=block.attn.attn_drop,
@@ -144,23 +172,16 @@ class MiniViT(nn.Module):
         return maps
 
 
-def _create(overrides: dict, **arch) -> MiniViT:
-    return build(MiniViT, arch, overrides)
+MiniViTConfig = config_dataclass(MiniViT)
 
+model_cfgs = dict(
+    # The seed's CIFAR-10 model: dim 96, depth 9, 12 heads, 2 CLS tokens (674,890 params at 10 classes).
+    mini_vit=MiniViTConfig(embed_dim=96, depth=9, num_heads=12, num_cls_tokens=2),
+    # The seed's CPU-notebook model: dim 192, depth 9, 6 heads, 1 CLS token (2,674,762 params).
+    mini_vit_d192=MiniViTConfig(embed_dim=192, depth=9, num_heads=6, num_cls_tokens=1),
+    # The seed's "advanced" model: dim 192, depth 12, 12 heads, 1 CLS token (3,562,378 params).
+    mini_vit_d192_l12=MiniViTConfig(embed_dim=192, depth=12, num_heads=12, num_cls_tokens=1),
+)
 
-@register_model
-def mini_vit(**kwargs) -> MiniViT:
-    """The seed's CIFAR-10 model: dim 96, depth 9, 12 heads, 2 CLS tokens (674,890 params at 10 classes)."""
-    return _create(kwargs, embed_dim=96, depth=9, num_heads=12, num_cls_tokens=2)
-
-
-@register_model
-def mini_vit_d192(**kwargs) -> MiniViT:
-    """The seed's CPU-notebook model: dim 192, depth 9, 6 heads, 1 CLS token (2,674,762 params)."""
-    return _create(kwargs, embed_dim=192, depth=9, num_heads=6, num_cls_tokens=1)
-
-
-@register_model
-def mini_vit_d192_l12(**kwargs) -> MiniViT:
-    """The seed's "advanced" model: dim 192, depth 12, 12 heads, 1 CLS token (3,562,378 params)."""
-    return _create(kwargs, embed_dim=192, depth=12, num_heads=12, num_cls_tokens=1)
+for _name, _cfg in model_cfgs.items():
+    register_model(_name, _cfg, build_from_config(MiniViT))

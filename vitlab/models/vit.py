@@ -23,6 +23,7 @@ from functools import partial
 import torch
 from timm.layers import trunc_normal_
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from vitlab.layers.cpe import PEG
 from vitlab.layers.dropout import dropout
@@ -39,9 +40,9 @@ from vitlab.layers.vit_attention import (
     patch_luminance_entropy,
     token_entropy,
 )
-from vitlab.models._registry import build, register_model
+from vitlab.models._registry import build_from_config, config_dataclass, register_model
 
-__all__ = ["ViT", "default_patch_size"]
+__all__ = ["ViT", "ViTConfig", "default_patch_size", "model_cfgs"]
 
 ATTENTIONS = ("mhsa", "diffsim", "suppress", "diff", "alibi")
 ROPES = (None, "axial", "mixed")
@@ -211,7 +212,7 @@ class ViT(nn.Module):
         self.peg = PEG(embed_dim, cpe_kernel_size, zero_init=cpe_zero_init) if cpe else None
         self.norm = norm_layer(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes)
-        self.last_entropy: torch.Tensor | None = None  # detached mean modulation of the last forward
+        self.grad_checkpointing = False
         self.reset_parameters()
 
     # ----------------------------------------------------------------------------- init
@@ -286,36 +287,80 @@ class ViT(nn.Module):
         return torch.cat((ent.mean(1, keepdim=True), ent), dim=1)  # CLS gets the image mean
 
     def _forward_tokens(
-        self, images: torch.Tensor, need_weights: bool = False
-    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        self, images: torch.Tensor, need_weights: bool = False, stats: dict | None = None
+    ) -> tuple[torch.Tensor, list]:
+        """Normalised tokens and each block's weights (None unless ``need_weights``); the figures
+        asked for with ``stats`` (a dict this call fills) are recorded there."""
         grid = self._grid_of(images)
-        ctx = AttentionContext(grid=grid, num_prefix=self.num_prefix_tokens)
+        ctx = AttentionContext(grid=grid, num_prefix=self.num_prefix_tokens, stats=stats)
         if self.uses_modulation and self.entropy_source == "pixels":
             ctx.modulation = self._pixel_modulation(images)
-            self.last_entropy = ctx.modulation.detach().mean()
+            ctx.record("entropy", ctx.modulation.mean())
         x = self._embed(images)
         weights = []
         for i, block in enumerate(self.blocks):
             if self.uses_modulation and self.entropy_source == "tokens":
-                ctx = AttentionContext(grid=grid, num_prefix=self.num_prefix_tokens, modulation=token_entropy(x))
+                ctx = AttentionContext(grid=grid, num_prefix=self.num_prefix_tokens, modulation=token_entropy(x), stats=stats)
                 if i == 0:
-                    self.last_entropy = ctx.modulation.detach().mean()
-            x, w = block(x, need_weights=need_weights, ctx=ctx)
+                    ctx.record("entropy", ctx.modulation.mean())
+            if self.grad_checkpointing and self.training and not need_weights:
+                x, w = checkpoint(block, x, False, ctx=ctx, use_reentrant=False)
+            else:
+                x, w = block(x, need_weights=need_weights, ctx=ctx)
             weights.append(w)
             if self.peg is not None and i == self.cpe_after:
                 x = self.peg(x, grid, self.num_prefix_tokens)
         return self.norm(x), weights
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, C, H, W)`` -> normalised tokens ``(B, 1 + patches, embed_dim)``."""
-        return self._forward_tokens(x)[0]
+    def forward_features(self, x: torch.Tensor, return_aux: bool = False):
+        """Images ``(B, C, H, W)`` -> normalised tokens ``(B, 1 + patches, embed_dim)``; with
+        ``return_aux`` also ``{name: detached scalar}``: ``entropy_mean`` (the per-token factor, where
+        one is used) and ``lambda_mean`` (differential attention, mean over the blocks)."""
+        stats: dict | None = {} if return_aux else None
+        tokens, _ = self._forward_tokens(x, stats=stats)
+        if not return_aux:
+            return tokens
+        return tokens, {f"{name}_mean": torch.stack(values).mean() for name, values in stats.items()}
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x[:, 0]
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_aux: bool = False):
+        """Logits; with ``return_aux`` ``(logits, aux)`` as :meth:`forward_features` gives them."""
+        if return_aux:
+            tokens, aux = self.forward_features(x, return_aux=True)
+            return self.forward_head(tokens), aux
         return self.forward_head(self.forward_features(x))
+
+    # ----------------------------------------------------------------------------- timm's model API
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for timm's layer-wise LR decay: the stem, one group per block (the PEG
+        with the block it follows), then the final norm; the head is timm's last group."""
+        return dict(
+            stem=r"^cls_token|^pos_embed|^patch_embed",
+            blocks=[(r"^blocks\.(\d+)", None), (r"^peg", (self.cpe_after or 0,)), (r"^norm", (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new (zero-initialised, as B0's) head for ``num_classes``; 0 = no head (features out)."""
+        if global_pool not in (None, "token"):
+            raise ValueError(f"ViT pools the CLS token; global_pool={global_pool!r} is not supported")
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def timm_reference(self) -> tuple[str, nn.Module]:
         """timm's VisionTransformer at this backbone's shape with plain multi-head attention and a
@@ -355,92 +400,45 @@ class ViT(nn.Module):
         grid = self._grid_of(x)
         _, weights = self._forward_tokens(x, need_weights=True)
         maps: dict[str, torch.Tensor] = {}
-        for i, (block, w) in enumerate(zip(self.blocks, weights)):
+        for i, w in enumerate(weights):
             name = f"blocks.{i}"
-            maps[name] = w
+            parts = w if isinstance(w, dict) else {"": w}
+            for suffix, m in parts.items():
+                maps[f"{name}.{suffix}" if suffix else name] = m
+            w = parts[""]
             maps[f"{name}.cls"] = w[:, :, 0, self.num_prefix_tokens :].reshape(w.shape[0], w.shape[1], *grid)
-            if isinstance(block.attn, DifferentialAttention) and block.attn.last_maps is not None:
-                maps[f"{name}.softmax1"], maps[f"{name}.softmax2"] = block.attn.last_maps
-                block.attn.last_maps = None
         return maps
 
-    def modulation_stats(self) -> dict[str, torch.Tensor]:
-        """Detached means of the last forward: ``entropy`` (the per-token factor, where used) and
-        ``lambda`` (differential attention, over all layers)."""
-        stats = {}
-        if self.last_entropy is not None:
-            stats["entropy"] = self.last_entropy
-        lambdas = [b.attn.last_lambda for b in self.blocks if getattr(b.attn, "last_lambda", None) is not None]
-        if lambdas:
-            stats["lambda"] = torch.stack(lambdas).mean()
-        return stats
 
+ViTConfig = config_dataclass(ViT)
 
-def _create(overrides: dict, **arch) -> ViT:
-    return build(ViT, arch, overrides)
+#: The named sizes of the clear-vit study (README rows; parameter counts at 256 px / 100 classes).
+model_cfgs = dict(
+    # Row 3, the baseline B0: ViT-Ti/16, learnable PE, standard attention (5,555,044 params).
+    vit=ViTConfig(),
+    # Row 1 (re-specified, no seed code): B0 with dropout p=0.1 on the position table.
+    vit_pe_dropout=ViTConfig(pe_drop_rate=0.1),
+    # Row 2 (re-specified, no seed code): difference-similarity attention, boundary `sequence`.
+    vit_diffsim=ViTConfig(attention="diffsim", diff_boundary="sequence"),
+    # Row 4: spatial-suppression attention, the seed's `token_conv` mode (+324 params).
+    vit_suppress=ViTConfig(attention="suppress", suppression_mode="token_conv", suppression_radius=1),
+    # Row 5, "RoPE extension", read as RoPE-Mixed without the absolute PE (5,508,196 params).
+    vit_rope=ViTConfig(rope="mixed", ape=False),
+    # Row 5's alternative: fixed axial 2D RoPE (theta 100), no absolute PE.
+    vit_rope_axial=ViTConfig(rope="axial", ape=False),
+    # Row 6 (re-specified, no seed code): differential attention with lambda replaced by the
+    # normalised luminance entropy of each query patch; bias-free projections as Differential
+    # Transformer. `lambda_mode=learned` gives plain differential attention.
+    vit_diff_entropy=ViTConfig(
+        attention="diff", lambda_mode="replace", entropy_source="pixels", qkv_bias=False, proj_bias=False
+    ),
+    # Row 7: RoPE-Mixed (learnable 2D frequencies per layer and head) plus the absolute PE (5,557,348).
+    vit_rope_mixed=ViTConfig(rope="mixed", ape=True),
+    # Extra: bidirectional 2D ALiBi (Euclidean patch distance, CLS unbiased), no absolute PE.
+    vit_alibi=ViTConfig(attention="alibi", ape=False),
+    # Extra: CPVT's conditional positional encoding (PEG after the first block), no absolute PE.
+    vit_cpe=ViTConfig(cpe=True, cpe_after=0, ape=False),
+)
 
-
-@register_model
-def vit(**kwargs) -> ViT:
-    """README row 3, the baseline B0: ViT-Ti/16, learnable PE, standard attention (5,555,044 params
-    at 256 px / 100 classes)."""
-    return _create(kwargs)
-
-
-@register_model
-def vit_pe_dropout(**kwargs) -> ViT:
-    """Row 1 (re-specified, no seed code): B0 with dropout p=0.1 on the position table."""
-    return _create(kwargs, pe_drop_rate=0.1)
-
-
-@register_model
-def vit_diffsim(**kwargs) -> ViT:
-    """Row 2 (re-specified, no seed code): difference-similarity attention, boundary ``sequence``."""
-    return _create(kwargs, attention="diffsim", diff_boundary="sequence")
-
-
-@register_model
-def vit_suppress(**kwargs) -> ViT:
-    """Row 4: spatial-suppression attention, the seed's ``token_conv`` mode (+324 params)."""
-    return _create(kwargs, attention="suppress", suppression_mode="token_conv", suppression_radius=1)
-
-
-@register_model
-def vit_rope(**kwargs) -> ViT:
-    """Row 5, "RoPE extension", read as RoPE-Mixed without the absolute PE (5,508,196 params)."""
-    return _create(kwargs, rope="mixed", ape=False)
-
-
-@register_model
-def vit_rope_axial(**kwargs) -> ViT:
-    """Row 5's alternative: fixed axial 2D RoPE (theta 100), no absolute PE."""
-    return _create(kwargs, rope="axial", ape=False)
-
-
-@register_model
-def vit_diff_entropy(**kwargs) -> ViT:
-    """Row 6 (re-specified, no seed code): differential attention with lambda replaced by the
-    normalised luminance entropy of each query patch; bias-free projections as Differential
-    Transformer. ``lambda_mode=learned`` gives plain differential attention."""
-    return _create(
-        kwargs, attention="diff", lambda_mode="replace", entropy_source="pixels", qkv_bias=False, proj_bias=False
-    )
-
-
-@register_model
-def vit_rope_mixed(**kwargs) -> ViT:
-    """Row 7: RoPE-Mixed (learnable 2D frequencies per layer and head) plus the absolute PE
-    (5,557,348 params)."""
-    return _create(kwargs, rope="mixed", ape=True)
-
-
-@register_model
-def vit_alibi(**kwargs) -> ViT:
-    """Extra: bidirectional 2D ALiBi (Euclidean patch distance, CLS unbiased), no absolute PE."""
-    return _create(kwargs, attention="alibi", ape=False)
-
-
-@register_model
-def vit_cpe(**kwargs) -> ViT:
-    """Extra: CPVT's conditional positional encoding (PEG after the first block), no absolute PE."""
-    return _create(kwargs, cpe=True, cpe_after=0, ape=False)
+for _name, _cfg in model_cfgs.items():
+    register_model(_name, _cfg, build_from_config(ViT))
