@@ -70,7 +70,7 @@ def test_transformer_baselines_expose_row_stochastic_attention(name):
     assert maps and module.attention_normalisation_error(maps) < 1e-4
     assert [m.fused_attn for m in module.net.modules() if hasattr(m, "fused_attn")] == before  # switched back
     if name == "deit_tiny":
-        assert maps["blocks.0.attn"].shape == (2, 3, 65, 65)
+        assert maps["blocks.0.attn"].weights.shape == (2, 3, 65, 65) and maps["blocks.0.attn"].prefix_tokens == 1
 
 
 def test_convnets_have_no_attention_maps():

@@ -29,6 +29,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from vitlab.checkpoint import capture_rng_state, restore_rng_state
 from vitlab.config import to_recipe
 from vitlab.errors import ConfigError
+from vitlab.layers.attention_maps import AttentionMap
 from vitlab.models import create_model
 from vitlab.optim import build_optimizer, build_scheduler
 from vitlab.utils import derive_seed
@@ -134,16 +135,20 @@ class ImageClassifier(L.LightningModule):
     def has_attention_maps(self) -> bool:
         return hasattr(self.net, "attention_maps")
 
-    def attention_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The network's post-softmax attention maps, ``{name: tensor}`` (shapes are the family's)."""
+    def attention_maps(self, images: torch.Tensor) -> dict[str, AttentionMap]:
+        """The network's attention maps, ``{name: AttentionMap}`` (each carries its layout)."""
         if not self.has_attention_maps:
             raise NotImplementedError(f"{type(self.net).__name__} exposes no attention maps")
         return self.net.attention_maps(images)
 
-    def attention_normalisation_error(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Worst deviation from 1 of the maps' sums over their probability axis (the last one here;
-        a family whose maps are laid out otherwise overrides this)."""
-        return max((m.float().sum(-1) - 1).abs().max() for m in maps.values())
+    @staticmethod
+    def attention_normalisation_error(maps: dict[str, AttentionMap]) -> torch.Tensor:
+        """Worst deviation from 1 of the maps' sums over the axis each map names as normalised
+        (maps that are no distribution, such as a differential map, are left out)."""
+        errors = [e for e in (m.normalisation_error() for m in maps.values()) if e is not None]
+        if not errors:
+            raise ValueError("none of the attention maps is a distribution to check")
+        return torch.stack(errors).max()
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.trainer.world_size > 1:

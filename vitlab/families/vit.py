@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from vitlab.families.classifier import ImageClassifier
@@ -14,24 +13,14 @@ class ViTClassifier(ImageClassifier):
     ``attention_maps(images)`` gives, per block ``i``, ``"blocks.i"`` ``(B, heads, N, N)`` (CLS first)
     and ``"blocks.i.cls"``, the CLS-to-patch weights on the patch grid ``(B, heads, H/p, W/p)``; the
     differential variant adds its two softmax maps ``"blocks.i.softmax1"`` / ``"softmax2"`` and its
-    ``"blocks.i"`` is ``A1 - lambda A2``, whose rows need not sum to 1. The per-validation softmax
-    check therefore tests the full maps of every block, or the two softmax maps where a block has
-    them, and never the CLS rows (a part of a row) or a differential map.
+    ``"blocks.i"`` is ``A1 - lambda A2``, whose rows need not sum to 1. The maps say which of them are
+    distributions, so the shared per-validation softmax check tests the full maps of every block, or
+    the two softmax maps where a block has them, and never the CLS rows or a differential map.
 
     The entropy-modulated variant also logs the epoch means of its per-token factor
     (``train/entropy_mean``) and of lambda (``train/lambda_mean``): the network returns them with
     ``return_aux`` and :class:`ImageClassifier` logs them.
     """
-
-    def attention_normalisation_error(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
-        checked = []
-        for name, m in maps.items():
-            if name.endswith(".cls"):
-                continue
-            if f"{name}.softmax1" in maps:  # a differential map: check A1 and A2 instead
-                continue
-            checked.append((m.float().sum(-1) - 1).abs().max())
-        return max(checked)
 
     def on_fit_start(self) -> None:
         net = self.net

@@ -28,7 +28,7 @@ from torch import nn
 
 from vitlab.errors import ConfigError
 
-__all__ = ["ModelEntry", "config_dataclass", "create_model", "get_model_config", "list_models", "register_model"]
+__all__ = ["ModelEntry", "config_dataclass", "create_model", "get_model_config", "list_models", "register_model", "unregister_model"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,12 @@ def register_model(name: str, cfg: Any, builder: Callable[[Any], nn.Module]) -> 
         raise RuntimeError(f"model {name!r} is registered twice")
     _ENTRIES[name] = entry = ModelEntry(name, cfg, builder)
     return entry
+
+
+def unregister_model(name: str) -> None:
+    """Remove ``name`` from the registry (a family registered for a while, e.g. in a test)."""
+    _entry(name)
+    del _ENTRIES[name]
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vitlab.layers import TransformerBlock, sincos_2d
+from vitlab.layers.attention_maps import AttentionMap, TokenMap
 from vitlab.models._registry import build_from_config, config_dataclass, register_model
 
 __all__ = ["MiniViT", "MiniViTConfig", "model_cfgs"]
@@ -163,12 +164,15 @@ class MiniViT(nn.Module):
         return label, net
 
     @torch.no_grad()
-    def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Post-softmax attention of every block: ``{"blocks.i": (B, heads, N, N)}``."""
+    def attention_maps(self, x: torch.Tensor) -> dict[str, AttentionMap]:
+        """Post-softmax attention of every block: ``{"blocks.i": TokenMap (B, heads, N, N)}``, the
+        CLS tokens first."""
+        side = x.shape[-1] // self.patch_embed.kernel_size[0]
         x = self._embed(x)
         maps = {}
         for i, block in enumerate(self.blocks):
-            x, maps[f"blocks.{i}"] = block(x, need_weights=True)
+            x, w = block(x, need_weights=True)
+            maps[f"blocks.{i}"] = TokenMap(w, grid=(side, side), prefix_tokens=self.num_prefix_tokens)
         return maps
 
 

@@ -10,6 +10,7 @@ only. Both keep the input resolution in stage 0 (3x3 stride-1 stem) and halve it
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -17,6 +18,7 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vitlab.layers.attention_maps import AttentionMap, GridMap, KernelMap
 from vitlab.layers.dynamic_kernel import DynamicKernelBlock
 from vitlab.layers.grid_attention import GridAttentionBlock
 from vitlab.layers.mbconv import MBConv
@@ -249,11 +251,25 @@ class OutGridViT(nn.Module):
         return f"maxvit_tiny_tf_224 {self.img_size}px stride-1 stem (seed's MaxViT-Tiny)", net
 
     @torch.no_grad()
-    def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per stage and block: ``...kernel`` the dynamic-kernel weights ``(B, heads, k*k, H, W)``
-        (softmax over the taps, row-major, centre at ``k*k // 2``) and ``...grid`` the grid-attention
-        probabilities ``(B, g*g, heads, N, N)`` with ``N = (H/g)(W/g)``."""
-        return self._forward(x, need_weights=True)[1]
+    def attention_maps(self, x: torch.Tensor) -> dict[str, AttentionMap]:
+        """Per stage and block: ``...kernel`` a :class:`KernelMap`, the dynamic-kernel weights
+        ``(B, heads, k*k, H, W)`` (softmax over the taps, row-major, centre at ``k*k // 2``), and
+        ``...grid`` a :class:`GridMap`, the grid-attention probabilities ``(B, g*g, heads, N, N)``
+        with ``N = (H/g)(W/g)`` tokens ``g`` pixels apart."""
+        H, W = x.shape[-2:]
+        maps: dict[str, AttentionMap] = {}
+        for name, m in self._forward(x, need_weights=True)[1].items():
+            if name.startswith("front."):
+                maps[name] = KernelMap(m, grid=(H, W))
+                continue
+            s, b, kind = re.fullmatch(r"stages\.(\d+)\.blocks\.(\d+)\.(\w+)", name).groups()
+            h, w = H // 2 ** int(s), W // 2 ** int(s)
+            if kind == "kernel":
+                maps[name] = KernelMap(m, grid=(h, w))
+            else:
+                g = self.stages[int(s)].blocks[int(b)].grid.grid_size
+                maps[name] = GridMap(m, grid=(h // g, w // g), stride=g)
+        return maps
 
 
 OutGridConfig = config_dataclass(OutGridViT)

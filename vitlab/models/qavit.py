@@ -34,6 +34,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vitlab.layers.attention_maps import AttentionMap
 from vitlab.layers.channel_group_attention import ChannelGroupTokenAttention
 from vitlab.layers.conv_ffn import DepthwiseConvFFN
 from vitlab.layers.dilated_attention import MultiScaleDilatedAttention
@@ -285,8 +286,8 @@ class QAViT(nn.Module):
 
     # ----------------------------------------------------------------------------- analysis
     @torch.no_grad()
-    def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Post-softmax weights of every branch, per block ``i`` (``S`` bank tokens):
+    def attention_maps(self, x: torch.Tensor) -> dict[str, AttentionMap]:
+        """Post-softmax weights of every branch (:class:`AttentionMap`), per block ``i`` (``S`` bank tokens):
 
         * ``"blocks.i.window"`` ``(B, windows, heads, window**2, window**2 + S)`` (the seed's faithful
           mode: ``linformer_k + S`` keys; padded keys get weight 0);
@@ -297,7 +298,13 @@ class QAViT(nn.Module):
         Every row sums to 1. In faithful mode and training, this forward writes to the bank (as any).
         """
         _, maps, _ = self._forward_tokens(x, need_weights=True)
-        return {f"blocks.{i}.{name}": m for i, block_maps in enumerate(maps) for name, m in block_maps.items()}
+        # Bank keys (and, faithful, Linformer keys) have no place on the grid: these layouts are
+        # checked for normalisation, not measured or drawn.
+        return {
+            f"blocks.{i}.{name}": AttentionMap(m, layout=f"qavit_{name}", grid=self.grid, dim=-1)
+            for i, block_maps in enumerate(maps)
+            for name, m in block_maps.items()
+        }
 
     def fusion_weights(self) -> torch.Tensor:
         """``softmax(alpha)`` of every block, ``(depth, 4)`` in :data:`BRANCHES` order (detached)."""

@@ -25,6 +25,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vitlab.layers.attention_maps import AttentionMap, CLSMap, TokenMap
 from vitlab.layers.cpe import PEG
 from vitlab.layers.dropout import dropout
 from vitlab.layers.transformer import TransformerBlock
@@ -387,26 +388,32 @@ class ViT(nn.Module):
 
     # ----------------------------------------------------------------------------- analysis
     @torch.no_grad()
-    def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def attention_maps(self, x: torch.Tensor) -> dict[str, AttentionMap]:
         """Per block ``i``:
 
-        * ``"blocks.i"``: the attention weights ``(B, heads, N, N)``, N = 1 + patches, CLS first;
-        * ``"blocks.i.cls"``: the CLS query's weights on the patches laid out on the patch grid,
-          ``(B, heads, grid_h, grid_w)``;
+        * ``"blocks.i"``: a :class:`TokenMap` ``(B, heads, N, N)``, N = 1 + patches, CLS first;
+        * ``"blocks.i.cls"``: a :class:`CLSMap`, the CLS query's weights on the patch grid
+          ``(B, heads, grid_h, grid_w)`` (what the attention dump draws for the block);
         * differential attention only: ``"blocks.i.softmax1"`` / ``"blocks.i.softmax2"``, the two
           softmax maps ``A1``, ``A2``; then ``"blocks.i"`` is ``A1 - lambda A2``, whose rows sum to
-          ``1 - lambda`` (not 1) and may hold negative weights.
+          ``1 - lambda`` (not 1) and may hold negative weights: it is marked as no distribution and
+          not measured (its two softmax maps are).
         """
         grid = self._grid_of(x)
         _, weights = self._forward_tokens(x, need_weights=True)
-        maps: dict[str, torch.Tensor] = {}
+        maps: dict[str, AttentionMap] = {}
+        tokens = dict(grid=grid, prefix_tokens=self.num_prefix_tokens, overlay=False)
         for i, w in enumerate(weights):
             name = f"blocks.{i}"
-            parts = w if isinstance(w, dict) else {"": w}
-            for suffix, m in parts.items():
-                maps[f"{name}.{suffix}" if suffix else name] = m
-            w = parts[""]
-            maps[f"{name}.cls"] = w[:, :, 0, self.num_prefix_tokens :].reshape(w.shape[0], w.shape[1], *grid)
+            if isinstance(w, dict):  # differential: A1 - lambda A2 and its two softmax maps
+                maps[name] = TokenMap(w[""], dim=None, measure=False, **tokens)
+                maps[f"{name}.softmax1"] = TokenMap(w["softmax1"], **tokens)
+                maps[f"{name}.softmax2"] = TokenMap(w["softmax2"], **tokens)
+                w = w[""]
+            else:
+                maps[name] = TokenMap(w, **tokens)
+            cls = w[:, :, 0, self.num_prefix_tokens :].reshape(w.shape[0], w.shape[1], *grid)
+            maps[f"{name}.cls"] = CLSMap(cls, grid=grid, prefix_tokens=self.num_prefix_tokens)
         return maps
 
 
