@@ -488,7 +488,7 @@ def composed():
 def test_every_variant_composes_and_builds_with_each_dataset(name, composed):
     for data, classes, img, patch in (("cifar10", 10, 32, 4), ("cifar100", 100, 32, 4), ("imagenet100", 100, 256, 16)):
         cfg = composed[(name, data)]
-        assert cfg.model._target_ == "vitlab.families.ViTClassifier" and cfg.model.net.name == name
+        assert cfg.model._target_ == "vitlab.families.ImageClassifier" and cfg.model.net.name == name
         assert cfg.recipe.optimizer.lr == 1e-4 and cfg.recipe.batch_size == 256
         net = OmegaConf.to_container(cfg.model.net, resolve=True)
         model = create_model(net.pop("name"), **net)

@@ -21,6 +21,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torchmetrics import MeanMetric, MetricCollection
@@ -149,6 +150,11 @@ class ImageClassifier(L.LightningModule):
         if not errors:
             raise ValueError("none of the attention maps is a distribution to check")
         return torch.stack(errors).max()
+
+    def on_fit_start(self) -> None:
+        describe = getattr(self.net, "describe", None)
+        if callable(describe):
+            rank_zero_info(describe())
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.trainer.world_size > 1:

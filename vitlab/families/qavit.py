@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 
 from vitlab.families.classifier import ImageClassifier
 from vitlab.models.qavit import BRANCHES
@@ -21,13 +20,6 @@ class QAViTClassifier(ImageClassifier):
     all (spec D22); and ``train/bank_norm``, the largest bank-token norm at the end of the forward
     (epoch mean; the network returns it with ``return_aux``, :class:`ImageClassifier` logs it), which must stay bounded with the functional bank and grows with the faithful one.
     """
-
-    def on_fit_start(self) -> None:
-        net = self.net
-        rank_zero_info(
-            f"QAViT: {'faithful (seed) bank and layouts' if net.faithful else 'functional per-sample bank'}, "
-            f"{net.grid[0]}x{net.grid[1]} grid, bank of {net.token_bank.num_tokens} tokens"
-        )
 
     #: Images of the first validation batch whose maps the softmax check computes: all four branches
     #: of every block for a full batch of 224 px images would take gigabytes (the channel-group maps

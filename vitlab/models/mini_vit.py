@@ -114,6 +114,15 @@ class MiniViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def describe(self) -> str:
+        """The attention shapes per block (the seed verified them at run time), logged when fitting starts."""
+        attn = self.blocks[0].attn
+        heads, head_dim, tokens = attn.num_heads, attn.head_dim, self.pos_embed.shape[1]
+        return (
+            f"Mini-ViT attention shapes per block: q/k/v (B, {heads}, {tokens}, {head_dim}), "
+            f"A (B, {heads}, {tokens}, {tokens}), merged heads (B, {tokens}, {heads * head_dim})"
+        )
+
     # ----------------------------------------------------------------------------- timm's model API
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:

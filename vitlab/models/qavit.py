@@ -257,6 +257,13 @@ class QAViT(nn.Module):
             return self.forward_head(tokens), aux
         return self.forward_head(self.forward_features(x))
 
+    def describe(self) -> str:
+        """One line on the bank and grid, logged when fitting starts."""
+        return (
+            f"QAViT: {'faithful (seed) bank and layouts' if self.faithful else 'functional per-sample bank'}, "
+            f"{self.grid[0]}x{self.grid[1]} grid, bank of {self.token_bank.num_tokens} tokens"
+        )
+
     # ----------------------------------------------------------------------------- timm's model API
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:

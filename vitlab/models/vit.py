@@ -334,6 +334,13 @@ class ViT(nn.Module):
             return self.forward_head(tokens), aux
         return self.forward_head(self.forward_features(x))
 
+    def describe(self) -> str:
+        """One line on the variant, logged when fitting starts."""
+        return (
+            f"ViT variant: attention={self.attention}, rope={self.rope}, ape={self.pos_embed is not None}, "
+            f"cpe={self.peg is not None}, patch {self.patch_size} -> {self.grid[0]}x{self.grid[1]} grid + CLS"
+        )
+
     # ----------------------------------------------------------------------------- timm's model API
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
