@@ -198,7 +198,7 @@ def test_analyze_a_checkpoint_writes_metrics_and_overlays(trained_run, tmp_path)
     table = list(csv.DictReader((out / "mad_metrics.csv").open()))
     assert len(table) == len(rows) and {"mad_mean", "mad_std", "mad_uniform", "hn_mean", "hn_std", "hn_uniform"} <= set(table[0])
     overlays = sorted(p.name for p in (out / "overlays").glob("*.png"))
-    assert len(overlays) == 9 and overlays[0] == "blocks.0.png"
+    assert len(overlays) == 9 and overlays[0] == "blocks.0.cls.png"  # each block drawn by its CLS map
     with pytest.raises(ConfigError, match=r"^out_dir: .* already holds mad_metrics.json"):
         analyze(compose_analyze(f"ckpt_path={ckpt}", "num_images=2", out_dir=out))
 

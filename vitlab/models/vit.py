@@ -28,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from vitlab.layers.attention_maps import AttentionMap, CLSMap, TokenMap
 from vitlab.layers.cpe import PEG
 from vitlab.layers.dropout import dropout
+from vitlab.layers.pos_embed import sincos_2d
 from vitlab.layers.transformer import TransformerBlock
 from vitlab.layers.vit_attention import (
     DIFF_BOUNDARIES,
@@ -48,6 +49,8 @@ __all__ = ["ViT", "ViTConfig", "default_patch_size", "model_cfgs"]
 ATTENTIONS = ("mhsa", "diffsim", "suppress", "diff", "alibi")
 ROPES = (None, "axial", "mixed")
 ENTROPY_SOURCES = ("pixels", "tokens", "attention")
+HEAD_POOLS = ("token", "concat_prefix")
+INITS = ("b0", "torch")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Heo et al.'s bases: 100 for the fixed axial frequencies, 10 for the initial mixed ones.
@@ -84,6 +87,14 @@ class ViT(nn.Module):
         legacy_init: the seed's per-variant attention init (V4: uniform weights with default biases;
             RoPE: PyTorch's default) instead of B0's for all (defect 7).
         qkv_bias, proj_bias: biases of the attention projections (the differential variant has none).
+        num_prefix_tokens: CLS tokens in front of the patches (Mini-ViT: 2), none with a position.
+        sincos_pe: a fixed 2D sin-cos table on the patches instead of the learnable one (``ape``).
+        pos_drop_rate: dropout on the input tokens; ``None`` = ``drop_rate`` (B0), 0 for Mini-ViT.
+        mlp_bias: biases of the MLP's linears (Mini-ViT's seed has none).
+        head_pool: ``token`` (the first CLS output) | ``concat_prefix`` (all prefix outputs side by
+            side, Mini-ViT's head).
+        init: ``b0`` (B0's init, below) | ``torch`` (PyTorch's defaults, Mini-ViT's seed);
+            ``cls_init`` (``zeros`` | ``trunc_normal``) applies with ``torch``.
     """
 
     def __init__(
@@ -120,6 +131,13 @@ class ViT(nn.Module):
         cpe_zero_init: bool = False,
         legacy_init: bool = False,
         norm_eps: float = 1e-6,
+        num_prefix_tokens: int = 1,
+        sincos_pe: bool = False,
+        pos_drop_rate: float | None = None,
+        mlp_bias: bool = True,
+        head_pool: str = "token",
+        init: str = "b0",
+        cls_init: str = "zeros",
     ) -> None:
         super().__init__()
         patch_size = default_patch_size(img_size) if patch_size is None else patch_size
@@ -149,17 +167,33 @@ class ViT(nn.Module):
             raise ValueError(f"pe_drop_rate must be in [0, 1), got {pe_drop_rate}")
         if pe_drop_rate > 0 and not ape:
             raise ValueError("pe_drop_rate needs the position table (ape: true)")
+        if num_prefix_tokens < 1:
+            raise ValueError(f"num_prefix_tokens must be at least 1 (the CLS token), got {num_prefix_tokens}")
+        if sincos_pe and ape:
+            raise ValueError("sincos_pe (a fixed table) and ape (a learnable one) exclude each other; set ape: false")
+        if sincos_pe and embed_dim % 4:
+            raise ValueError(f"embed_dim {embed_dim} must be divisible by 4 for the 2D sin-cos PE")
+        if head_pool not in HEAD_POOLS:
+            raise ValueError(f"head_pool must be one of {', '.join(HEAD_POOLS)}, got {head_pool!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+        if cls_init not in ("zeros", "trunc_normal"):
+            raise ValueError(f"cls_init must be 'zeros' or 'trunc_normal', got {cls_init!r}")
         if attention == "diff" and lambda_mode != "learned" and entropy_source == "pixels":
             if len(entropy_mean) != in_chans or len(entropy_std) != in_chans:
                 raise ValueError(f"entropy_mean and entropy_std need {in_chans} values (one per input channel)")
 
         self.num_classes = num_classes
         self.num_features = embed_dim
+        # The head reads the CLS output, or (head_pool=concat_prefix) all prefix outputs side by side.
+        self.head_features = embed_dim * (num_prefix_tokens if head_pool == "concat_prefix" else 1)
         self.embed_dim = embed_dim
         self.img_size = img_size
         self.patch_size = patch_size
         self.grid = (img_size // patch_size, img_size // patch_size)
-        self.num_prefix_tokens = 1
+        self.num_prefix_tokens = num_prefix_tokens
+        self.head_pool = head_pool
+        self.init = init
         self.attention = attention
         self.rope = rope
         self.lambda_mode = lambda_mode
@@ -171,10 +205,14 @@ class ViT(nn.Module):
         num_patches = self.grid[0] * self.grid[1]
 
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-        self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, num_prefix_tokens, embed_dim))
+        if init == "torch" and cls_init == "trunc_normal":
+            trunc_normal_(self.cls_token, std=0.02)  # here, in construction order: the seed's RNG stream
         self.pos_embed = nn.Parameter(torch.empty(1, num_patches, embed_dim)) if ape else None
+        # A fixed table is derived from the config, so checkpoints need not carry it.
+        self.register_buffer("sincos_pos_embed", sincos_2d(*self.grid, embed_dim)[None] if sincos_pe else None, persistent=False)
         self.pe_drop_rate = pe_drop_rate
-        self.pos_drop = nn.Dropout(drop_rate)
+        self.pos_drop = nn.Dropout(drop_rate if pos_drop_rate is None else pos_drop_rate)
 
         theta = DEFAULT_ROPE_THETA.get(rope, 10.0) if rope_theta is None else rope_theta
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
@@ -203,6 +241,7 @@ class ViT(nn.Module):
                 embed_dim,
                 num_heads,
                 mlp_ratio=mlp_ratio,
+                mlp_bias=mlp_bias,
                 drop=drop_rate,
                 drop_path=dpr[i],
                 norm_layer=norm_layer,
@@ -212,9 +251,10 @@ class ViT(nn.Module):
         )
         self.peg = PEG(embed_dim, cpe_kernel_size, zero_init=cpe_zero_init) if cpe else None
         self.norm = norm_layer(embed_dim)
-        self.head = nn.Linear(embed_dim, num_classes)
+        self.head = nn.Linear(self.head_features, num_classes)
         self.grad_checkpointing = False
-        self.reset_parameters()
+        if init == "b0":
+            self.reset_parameters()
 
     # ----------------------------------------------------------------------------- init
     @torch.no_grad()
@@ -260,7 +300,7 @@ class ViT(nn.Module):
         if H % p or W % p:
             raise ValueError(f"input {H}x{W} is not divisible by patch_size {p}")
         grid = (H // p, W // p)
-        if self.pos_embed is not None and grid != self.grid:
+        if (self.pos_embed is not None or self.sincos_pos_embed is not None) and grid != self.grid:
             raise ValueError(
                 f"input {H}x{W} gives a {grid[0]}x{grid[1]} grid but the position table is "
                 f"{self.grid[0]}x{self.grid[1]} (img_size {self.img_size}); it is not interpolated"
@@ -276,6 +316,8 @@ class ViT(nn.Module):
                 # counter) cannot hook a parameter's view made under no_grad.
                 table = dropout(table.expand(x.shape[0], -1, -1), self.pe_drop_rate)
             x = x + table
+        if self.sincos_pos_embed is not None:
+            x = x + self.sincos_pos_embed
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         return self.pos_drop(x)
 
@@ -324,7 +366,7 @@ class ViT(nn.Module):
         return tokens, {f"{name}_mean": torch.stack(values).mean() for name, values in stats.items()}
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x[:, 0]
+        x = x[:, : self.num_prefix_tokens].flatten(1) if self.head_pool == "concat_prefix" else x[:, 0]
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor, return_aux: bool = False):
@@ -338,7 +380,8 @@ class ViT(nn.Module):
         """One line on the variant, logged when fitting starts."""
         return (
             f"ViT variant: attention={self.attention}, rope={self.rope}, ape={self.pos_embed is not None}, "
-            f"cpe={self.peg is not None}, patch {self.patch_size} -> {self.grid[0]}x{self.grid[1]} grid + CLS"
+            f"cpe={self.peg is not None}, sincos_pe={self.sincos_pos_embed is not None}, patch {self.patch_size} -> "
+            f"{self.grid[0]}x{self.grid[1]} grid + {self.num_prefix_tokens} CLS, head on {self.head_pool}"
         )
 
     # ----------------------------------------------------------------------------- timm's model API
@@ -347,7 +390,7 @@ class ViT(nn.Module):
         """Parameter groups for timm's layer-wise LR decay: the stem, one group per block (the PEG
         with the block it follows), then the final norm; the head is timm's last group."""
         return dict(
-            stem=r"^cls_token|^pos_embed|^patch_embed",
+            stem=r"^cls_token|^pos_embed|^patch_embed",  # (sincos_pos_embed is a buffer, no parameter)
             blocks=[(r"^blocks\.(\d+)", None), (r"^peg", (self.cpe_after or 0,)), (r"^norm", (99999,))],
         )
 
@@ -363,10 +406,10 @@ class ViT(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new (zero-initialised, as B0's) head for ``num_classes``; 0 = no head (features out)."""
         if global_pool not in (None, "token"):
-            raise ValueError(f"ViT pools the CLS token; global_pool={global_pool!r} is not supported")
+            raise ValueError(f"ViT pools its CLS token(s); global_pool={global_pool!r} is not supported")
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
+        self.head = nn.Linear(self.head_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0 and self.init == "b0":
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
@@ -386,6 +429,8 @@ class ViT(nn.Module):
             num_heads=attn.num_heads,
             mlp_ratio=self.blocks[0].mlp.fc1.out_features / self.embed_dim,
             qkv_bias=attn.qkv.bias is not None,
+            class_token=True,
+            reg_tokens=self.num_prefix_tokens - 1,  # extra CLS tokens are timm's register tokens
             global_pool="token",
             pos_drop_rate=self.pos_drop.p,
             proj_drop_rate=attn.proj_drop.p,
