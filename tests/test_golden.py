@@ -36,10 +36,9 @@ RENAMED = {
     "maxvit_tiny_32": "maxvit_tiny", "maxvit_nano_32": "maxvit_nano", "resnet18_cifar": "resnet18",
     "resnet50_cifar": "resnet50", "convnext_tiny_32": "convnext_tiny", "efficientnetv2_s_32": "efficientnetv2_s",
 }
-#: Names added after the fixture was recorded, with the recorded network they must reproduce
-#: (an alias is the same config; outgrid_svhn is outgrid_14m at 10 classes with more drop-path, which
-#: eval mode does not see: the shared 10 logits are the first 10 rows of the head at the same seed
-#: only if the head is built last, so it is compared on its pre-logits).
+#: Names added after the fixture was recorded, with the recorded network they must reproduce: an
+#: alias is the same config; outgrid_svhn is outgrid_14m at 10 classes with more drop-path (which eval
+#: mode does not use), so its pre-logits are outgrid_14m's and only its head differs.
 ADDED = {"outgrid": "outgrid_7m", "outgrid_svhn": "outgrid_14m"}
 
 
