@@ -20,6 +20,7 @@ from conftest import CONF_DIR, SMOKE, compose_config
 from vitlab.analyze import LocalityStats, analyze, measure_map, overlay_heatmaps, where
 from vitlab.config import register_configs
 from vitlab.errors import ConfigError
+from vitlab.layers.attention_maps import GridMap, KernelMap, TokenMap
 from vitlab.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,7 +40,7 @@ def test_token_map_one_hot_at_distance_d_has_mad_d_and_zero_entropy(d):
     m = torch.zeros(1, 1, prefix + side * side, prefix + side * side)
     m[0, 0, prefix:] = one_hot_rows(targets, prefix + side * side)
     m[0, 0, 0] = 1 / m.shape[-1]
-    result = measure_map("blocks.0", m, num_images=1)
+    result = measure_map("blocks.0", TokenMap(m, grid=(side, side), prefix_tokens=prefix), num_images=1)
     expected = sum(abs(c - (c + d) % side) for c in range(side)) / side
     assert result["kind"] == "tokens" and result["keys"] == 16
     assert result["mad"].item() == pytest.approx(expected)
@@ -50,7 +51,7 @@ def test_token_map_one_hot_at_distance_d_has_mad_d_and_zero_entropy(d):
 def test_uniform_attention_has_hn_one_and_the_uniform_mad():
     side = 4
     m = torch.full((2, 3, side * side, side * side), 1 / (side * side))
-    result = measure_map("blocks.3", m, num_images=2)
+    result = measure_map("blocks.3", TokenMap(m, grid=(side, side)), num_images=2)
     assert torch.allclose(result["hn"], torch.ones(2, 3))
     # Mean Euclidean distance over all 16 x 16 patch pairs of a 4x4 grid.
     pos = [(r, c) for r in range(side) for c in range(side)]
@@ -65,10 +66,10 @@ def test_grid_map_distances_are_in_feature_map_pixels():
     g, side = 2, 2
     neighbour = [i * side + (1 - j) for i in range(side) for j in range(side)]
     m = one_hot_rows(neighbour, side * side).expand(1, g * g, 1, side * side, side * side).clone()
-    result = measure_map("stages.0.blocks.1.grid", m, num_images=1)
+    result = measure_map("stages.0.blocks.1.grid", GridMap(m, grid=(side, side), stride=g), num_images=1)
     assert result["kind"] == "grid" and result["mad"].item() == pytest.approx(2.0)
     assert result["hn"].item() == pytest.approx(0.0, abs=1e-6)
-    uniform = measure_map("stages.0.blocks.1.grid", torch.full_like(m, 0.25), num_images=1)
+    uniform = measure_map("stages.0.blocks.1.grid", GridMap(torch.full_like(m, 0.25), grid=(side, side), stride=g), num_images=1)
     # From each token the 4 keys lie 0, 1, 1, 2 steps away: 1 step on average = 2 pixels.
     assert uniform["mad_uniform"] == pytest.approx(2.0) and uniform["mad"].item() == pytest.approx(2.0)
     assert uniform["hn"].item() == pytest.approx(1.0)
@@ -78,10 +79,10 @@ def test_grid_map_distances_are_in_feature_map_pixels():
 def test_kernel_one_hot_tap_has_its_distance_from_the_centre(tap, distance):
     m = torch.zeros(1, 2, 9, 5, 5)
     m[:, :, tap] = 1.0
-    result = measure_map("stages.1.blocks.0.kernel", m, num_images=1)
+    result = measure_map("stages.1.blocks.0.kernel", KernelMap(m, grid=(5, 5)), num_images=1)
     assert result["mad"].tolist() == [[pytest.approx(distance)] * 2]
     assert result["hn"].abs().max() < 1e-6
-    uniform = measure_map("stages.1.blocks.0.kernel", torch.full_like(m, 1 / 9), num_images=1)
+    uniform = measure_map("stages.1.blocks.0.kernel", KernelMap(torch.full_like(m, 1 / 9), grid=(5, 5)), num_images=1)
     assert uniform["mad_uniform"] == pytest.approx(12 / 9)  # 4 edge taps at 1, 4 corners at 2
     assert uniform["hn"].min().item() == pytest.approx(1.0)
 
@@ -93,7 +94,7 @@ def test_heads_are_measured_apart_before_averaging():
     m[:, 0, 0] = 1.0
     m[:, 1, 4] = 1.0
     stats = LocalityStats()
-    stats.update({"stages.2.blocks.1.kernel": m}, num_images=3)
+    stats.update({"stages.2.blocks.1.kernel": KernelMap(m, grid=(4, 4))}, num_images=3)
     rows = {r["head"]: r for r in stats.rows()}
     assert rows["0"]["mad_mean"] == pytest.approx(2.0) and rows["1"]["mad_mean"] == pytest.approx(0.0)
     assert rows["mean"]["mad_mean"] == pytest.approx(1.0) and rows["mean"]["hn_mean"] == pytest.approx(0.0, abs=1e-6)
@@ -107,8 +108,8 @@ def test_exclude_border_keeps_interior_queries_only():
     m[..., 0, :, :] = 1.0
     m[..., 1:3, 1:3] = 0.0
     m[:, :, 4, 1:3, 1:3] = 1.0
-    everything = measure_map("k.kernel", m, 1)["mad"].item()
-    interior = measure_map("k.kernel", m, 1, exclude_border=True)["mad"].item()
+    everything = measure_map("k", KernelMap(m, grid=(4, 4)), 1)["mad"].item()
+    interior = measure_map("k", KernelMap(m, grid=(4, 4)), 1, exclude_border=True)["mad"].item()
     assert everything == pytest.approx(2.0 * 12 / 16) and interior == pytest.approx(0.0)
 
 
@@ -117,7 +118,7 @@ def test_windowed_maps_average_over_windows_per_image():
     m = torch.zeros(8, 1, 4, 4)
     m[:4] = torch.eye(4)
     m[4:] = 0.25
-    result = measure_map("layers.0.blocks.0.attn", m, num_images=2)
+    result = measure_map("layers.0.blocks.0.attn", TokenMap(m, grid=(2, 2)), num_images=2)
     assert result["kind"] == "windowed tokens" and result["mad"].shape == (2, 1)
     assert result["mad"][0].item() == pytest.approx(0.0)
     assert result["mad"][1].item() == pytest.approx(result["mad_uniform"])
@@ -132,18 +133,19 @@ def test_names_give_stage_and_block():
 
 # ----------------------------------------------------------------------------- real networks
 @pytest.mark.parametrize("name, kwargs", [("outgrid_7m", {}), ("mini_vit", {}), ("vit_diff_entropy", {"img_size": 32, "patch_size": 4}),
-                                          ("swin_tiny_p2", {})])
+                                          ("swin_tiny", {})])
 def test_every_layout_of_real_networks_is_measured_and_overlaid(name, kwargs):
     torch.manual_seed(0)
     net = create_model(name, num_classes=10, **kwargs).eval()
     images = torch.randn(2, 3, 32, 32)
     if hasattr(net, "attention_maps"):
         maps = net.attention_maps(images)
-    else:
-        from vitlab.models.baselines import timm_attention_maps
+    else:  # timm's networks: the baseline family types their maps
+        from vitlab.families import BaselineClassifier
 
-        maps = timm_attention_maps(net, images)
-    stats = LocalityStats(net)
+        module = BaselineClassifier(net={"name": name, "num_classes": 10, **kwargs}).eval()
+        maps = module.attention_maps(images)
+    stats = LocalityStats()
     stats.update(maps, num_images=2)
     rows = [r for r in stats.rows() if r["head"] == "mean"]
     assert rows, name
@@ -151,7 +153,7 @@ def test_every_layout_of_real_networks_is_measured_and_overlaid(name, kwargs):
         assert 0.0 <= r["hn_mean"] <= 1.0 + 1e-5, r
         assert 0.0 <= r["mad_mean"] and r["mad_uniform"] > 0, r
     kinds = {r["kind"] for r in rows}
-    heat = overlay_heatmaps(maps, 2, net)
+    heat = overlay_heatmaps(maps)
     if name == "outgrid_7m":
         assert kinds == {"kernel", "grid"} and len(rows) == 14  # 7 blocks x (kernel, grid)
         assert heat["stages.0.blocks.0.grid"][0].shape == (2, 4, 4)  # g = 8 on 32x32: 4x4 tokens
@@ -162,7 +164,7 @@ def test_every_layout_of_real_networks_is_measured_and_overlaid(name, kwargs):
         assert {r["map"] for r in rows} >= {"blocks.0.softmax1", "blocks.0.softmax2"}
         assert "blocks.0" not in {r["map"] for r in rows}  # A1 - lambda A2 is not a distribution
         assert heat["blocks.0.cls"][0].shape == (2, 8, 8) and "blocks.0.softmax1" not in heat
-    if name == "swin_tiny_p2":
+    if name == "swin_tiny":
         assert "windowed tokens" in kinds
 
 
@@ -196,7 +198,7 @@ def test_analyze_a_checkpoint_writes_metrics_and_overlays(trained_run, tmp_path)
     table = list(csv.DictReader((out / "mad_metrics.csv").open()))
     assert len(table) == len(rows) and {"mad_mean", "mad_std", "mad_uniform", "hn_mean", "hn_std", "hn_uniform"} <= set(table[0])
     overlays = sorted(p.name for p in (out / "overlays").glob("*.png"))
-    assert len(overlays) == 9 and overlays[0] == "blocks.0.png"
+    assert len(overlays) == 9 and overlays[0] == "blocks.0.cls.png"  # each block drawn by its CLS map
     with pytest.raises(ConfigError, match=r"^out_dir: .* already holds mad_metrics.json"):
         analyze(compose_analyze(f"ckpt_path={ckpt}", "num_images=2", out_dir=out))
 

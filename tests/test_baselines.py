@@ -11,17 +11,17 @@ from vitlab.models.baselines import timm_attention_maps
 
 # (registry name, seed params, seed MACs) from specs/outgrid.md section 5, 100 classes at 32 px.
 SEED_TABLE = [
-    ("deit_tiny_p4", 5.38e6, 347e6),
-    ("deit_small_p4", 21.38e6, 1.38e9),
-    ("swin_tiny_p2", 27.57e6, 358e6),
-    ("maxvit_nano_32", 17.38e6, 305e6),
-    ("maxvit_tiny_32", 30.43e6, 444e6),
-    ("resnet18_cifar", 11.22e6, 557e6),
-    ("resnet50_cifar", 23.71e6, 1.30e9),
-    ("convnext_tiny_32", 27.89e6, 364e6),
-    ("efficientnetv2_s_32", 20.31e6, 238e6),
+    ("deit_tiny", 5.38e6, 347e6),
+    ("deit_small", 21.38e6, 1.38e9),
+    ("swin_tiny", 27.57e6, 358e6),
+    ("maxvit_nano", 17.38e6, 305e6),
+    ("maxvit_tiny", 30.43e6, 444e6),
+    ("resnet18", 11.22e6, 557e6),
+    ("resnet50", 23.71e6, 1.30e9),
+    ("convnext_tiny", 27.89e6, 364e6),
+    ("efficientnetv2_s", 20.31e6, 238e6),
 ]
-HAS_FAITHFUL = {"swin_tiny_p2", "maxvit_nano_32", "maxvit_tiny_32"}
+HAS_FAITHFUL = {"swin_tiny", "maxvit_nano", "maxvit_tiny"}
 
 
 def _macs(model) -> tuple[float, float]:
@@ -41,22 +41,22 @@ def test_faithful_builds_match_the_seed_table(name, params, macs):
 
 def test_faithful_maxvit_does_not_attend_and_the_corrected_one_does():
     x = torch.randn(1, 3, 32, 32)
-    faithful = timm_attention_maps(create_model("maxvit_tiny_32", faithful=True).eval(), x)
-    corrected = timm_attention_maps(create_model("maxvit_tiny_32").eval(), x)
+    faithful = timm_attention_maps(create_model("maxvit_tiny", faithful=True).eval(), x)
+    corrected = timm_attention_maps(create_model("maxvit_tiny").eval(), x)
     assert {m.shape[-1] for m in faithful.values()} == {1}  # 1x1 partitions: each token sees itself
     assert min(m.shape[-1] for m in corrected.values()) == 4  # 2x2 windows and grids everywhere
 
 
 def test_corrected_swin_builds_its_masks_for_the_16x16_token_grid():
-    corrected = create_model("swin_tiny_p2")
-    faithful = create_model("swin_tiny_p2", faithful=True)
+    corrected = create_model("swin_tiny")
+    faithful = create_model("swin_tiny", faithful=True)
     assert corrected.layers[0].blocks[0].input_resolution == (16, 16)
     assert faithful.layers[0].blocks[0].input_resolution == (8, 8)  # built for patch 4, fed 16x16
     x = torch.randn(2, 3, 32, 32)
     assert corrected(x).shape == faithful(x).shape == (2, 100)
 
 
-@pytest.mark.parametrize("name", ["deit_tiny_p4", "swin_tiny_p2", "maxvit_nano_32"])
+@pytest.mark.parametrize("name", ["deit_tiny", "swin_tiny", "maxvit_nano"])
 def test_transformer_baselines_expose_row_stochastic_attention(name):
     module = BaselineClassifier(net={"name": name, "num_classes": 10}).eval()
     assert module.has_attention_maps
@@ -65,12 +65,12 @@ def test_transformer_baselines_expose_row_stochastic_attention(name):
     maps = module.attention_maps(x)
     assert maps and module.attention_normalisation_error(maps) < 1e-4
     assert [m.fused_attn for m in module.net.modules() if hasattr(m, "fused_attn")] == before  # switched back
-    if name == "deit_tiny_p4":
-        assert maps["blocks.0.attn"].shape == (2, 3, 65, 65)
+    if name == "deit_tiny":
+        assert maps["blocks.0.attn"].weights.shape == (2, 3, 65, 65) and maps["blocks.0.attn"].prefix_tokens == 1
 
 
 def test_convnets_have_no_attention_maps():
-    module = BaselineClassifier(net={"name": "resnet18_cifar", "num_classes": 10})
+    module = BaselineClassifier(net={"name": "resnet18", "num_classes": 10})
     assert not module.has_attention_maps
     with pytest.raises(NotImplementedError):
         module.attention_maps(torch.randn(1, 3, 32, 32))

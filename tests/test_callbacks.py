@@ -76,7 +76,7 @@ def test_runs_without_a_logger_still_measure(smoke_cfg, tmp_path):
 
 def test_attention_dumps_exist_after_a_short_fit(smoke_cfg, tmp_path):
     # Mini-ViT cut to 2 blocks: 2 maps, 2 pictures per dump.
-    train(smoke_cfg("trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "+model.net.depth=2",
+    train(smoke_cfg("trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "model.net.depth=2",
                     "recipe.epochs=3", "callbacks.attention_dump.every_n_epochs=2",
                     "callbacks.attention_dump.num_images=3", "test=false"))
     dumps = tmp_path / "run" / "attention"
@@ -86,14 +86,16 @@ def test_attention_dumps_exist_after_a_short_fit(smoke_cfg, tmp_path):
     last = torch.load(dumps / "epoch_003" / "attention_maps.pt", weights_only=True)
     assert first["epoch"] == 2 and first["images"].shape == (3, 3, 32, 32)
     assert torch.equal(first["images"], last["images"])  # the same validation images every time
-    assert sorted(first["maps"]) == ["blocks.0", "blocks.1"]
+    assert sorted(first["maps"]) == ["blocks.0", "blocks.0.cls", "blocks.1", "blocks.1.cls"]
+    assert first["layouts"]["blocks.0"]["layout"] == "tokens" and first["layouts"]["blocks.0"]["prefix_tokens"] == 2
     assert first["maps"]["blocks.0"].shape == (3, 12, 66, 66)
     torch.testing.assert_close(first["maps"]["blocks.0"].sum(-1), torch.ones(3, 12, 66))
     assert not torch.equal(first["maps"]["blocks.1"], last["maps"]["blocks.1"])  # trained in between
     pngs = sorted(p.name for p in (dumps / "epoch_003").glob("*.png"))
-    assert pngs == ["blocks.0.png", "blocks.1.png"] and (dumps / "epoch_003" / "blocks.0.png").read_bytes()[:4] == b"\x89PNG"
+    # a block is drawn by its CLS map (the CLS query over the patch grid)
+    assert pngs == ["blocks.0.cls.png", "blocks.1.cls.png"] and (dumps / "epoch_003" / "blocks.0.cls.png").read_bytes()[:4] == b"\x89PNG"
     images = events(tmp_path / "run").Tags()["images"]
-    assert sorted(images) == ["attention/blocks.0", "attention/blocks.1"]
+    assert sorted(images) == ["attention/blocks.0.cls", "attention/blocks.1.cls"]
 
 
 def test_attention_dump_is_off_by_default_and_skips_convolutional_models(smoke_cfg, tmp_path):

@@ -41,7 +41,7 @@ CASES = [
     (["recipe.lr=0.1"], "error: recipe.lr: no such key in the config; did you mean recipe.optimizer.lr?"),
     (["lr=0.1"], "error: lr: no such key in the config; did you mean recipe.optimizer.lr?"),
     (["model.net.drop_rat=0.1"], "error: model.net.drop_rat: no such key in the config; did you mean model.net.drop_rate"),
-    (["+model.net.embed_dimm=64"], "error: model.net.embed_dimm: MiniViT has no such setting"),
+    (["+model.net.embed_dimm=64"], "error: model.net.embed_dimm: mini_vit (ViTConfig) has no such setting; did you mean embed_dim?"),
     (["recipe.epochs=[1,2"], "error: recipe.epochs=[1,2: not a valid override"),
     (["+recipe.epochs=3"], "error: recipe.epochs: could not append to config"),
     (["model=mini_vit,outgrid"], "error: model=mini_vit,outgrid: a comma-separated value is a sweep; add -m"),
@@ -82,10 +82,10 @@ CASES = [
     (["data=cifar10", "data.download=false", "data.data_dir=missing"], "error: data.data_dir"),
     (["data=image_folder", "data.root=empty_root", "data.num_classes=3"], "error: data.root: "),
     # models that cannot be built for the data
-    (["+model.net.num_heads=5"], "error: model.net: embed_dim 96 is not divisible by num_heads 5"),
+    (["model.net.num_heads=5"], "error: model.net: embed_dim 96 is not divisible by num_heads 5"),
     (["data.img_size=30"], "error: model.net: img_size 30 is not divisible by patch_size 4"),
     (["model=outgrid", "data.img_size=20"], "error: model.net: grid_sizes[0]=8 does not divide stage 0's 20x20 feature map"),
-    (["model=outgrid", "+model.net.kernel_size=4"], "error: model.net: kernel_size=4 must be odd"),
+    (["model=outgrid", "model.net.kernel_size=4"], "error: model.net: kernel_size=4 must be odd"),
     # resuming
     (["ckpt_path=nope.ckpt"], "error: ckpt_path: no checkpoint file at"),
     (["ckpt_path=last"], "error: ckpt_path=last: no checkpoint at"),

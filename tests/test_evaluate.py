@@ -149,7 +149,7 @@ def test_evaluate_errors_name_the_key(trained_run, tmp_path):
     # Same network name, other settings: the tensors do not fit.
     with pytest.raises(ConfigError, match=r"^ckpt_path: the weights in .* do not fit model mini_vit \(\d+ tensors missing, \d+ unexpected, \d+ of another shape"):
         evaluate(compose_evaluate(f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}", "model=mini_vit", "data=synthetic",
-                                  "+model.net.depth=7", out_dir=tmp_path / "c"))
+                                  "model.net.depth=7", out_dir=tmp_path / "c"))
     (tmp_path / "not.ckpt").write_text("hello")
     with pytest.raises(ConfigError, match=r"^ckpt_path: .*not.ckpt is not a readable checkpoint"):
         evaluate(compose_evaluate(f"ckpt_path={tmp_path / 'not.ckpt'}", out_dir=tmp_path / "b"))

@@ -21,10 +21,10 @@ def test_seed_bias_pattern_and_buffers():
     block = model.blocks[0]
     assert block.attn.qkv.bias is None and block.mlp.fc1.bias is None and block.mlp.fc2.bias is None
     assert block.attn.proj.bias is not None
-    assert "pos_embed" not in model.state_dict()  # fixed table, rebuilt from the config
-    assert torch.count_nonzero(model.cls_token) == 0
-    assert torch.count_nonzero(model.pos_embed[0, :2]) == 0  # CLS rows carry no position
-    torch.testing.assert_close(model.pos_embed[0, 3, :4], torch.tensor([0.8415, 0.5403, 0.6298, 0.7768]), atol=1e-4, rtol=0)
+    assert not any("pos_embed" in k for k in model.state_dict())  # fixed table, rebuilt from the config
+    assert torch.count_nonzero(model.cls_token) == 0 and model.pos_embed is None  # no learnable table
+    assert model.sincos_pos_embed.shape == (1, 64, 96)  # patches only: the CLS tokens carry no position
+    torch.testing.assert_close(model.sincos_pos_embed[0, 1, :4], torch.tensor([0.8415, 0.5403, 0.6298, 0.7768]), atol=1e-4, rtol=0)
 
 
 def test_forward_shapes_head_on_concatenated_cls_tokens():
@@ -42,7 +42,9 @@ def test_attention_maps_are_row_stochastic_and_match_forward():
     torch.manual_seed(0)
     model = create_model("mini_vit").eval()
     x = torch.randn(2, 3, 32, 32)
-    maps = model.attention_maps(x)
+    typed = model.attention_maps(x)
+    assert [n for n in typed if n.endswith(".cls")] == [f"blocks.{i}.cls" for i in range(9)]  # overlays only
+    maps = {n: m.weights for n, m in typed.items() if m.layout == "tokens"}
     assert list(maps) == [f"blocks.{i}" for i in range(9)]
     for m in maps.values():
         assert m.shape == (2, 12, 66, 66)

@@ -21,7 +21,7 @@ from vitlab.checkpoint import atomic_write, capture_rng_state, load_checkpoint, 
 RUN = [
     "data=synthetic", "hardware=cpu", "hardware.num_workers=0", "data.train_size=432", "data.val_size=48",
     "data.test_size=64", "recipe.batch_size=16", "recipe.epochs=4", "recipe.repeated_aug=1",
-    "recipe.schedule.warmup_epochs=1", "+model.net.depth=2", "trainer.deterministic=true",
+    "recipe.schedule.warmup_epochs=1", "model.net.depth=2", "trainer.deterministic=true",
     "trainer.log_every_n_steps=5", "callbacks.progress_bar.kind=tqdm", "logger=csv", "paths.log_dir=logs",
 ]
 
@@ -120,7 +120,7 @@ def test_resume_continues_data_order_and_rng_exactly(smoke_cfg, tmp_path, one_th
     on, so equal weights need the data order and every RNG stream to continue where they stopped."""
     from vitlab.train import train
 
-    common = ("data.train_size=96", "recipe.epochs=3", "recipe.schedule.warmup_epochs=1", "+model.net.depth=1",
+    common = ("data.train_size=96", "recipe.epochs=3", "recipe.schedule.warmup_epochs=1", "model.net.depth=1",
               "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=1", "test=false", "trainer.deterministic=true")
     train(smoke_cfg(*common, out="straight"))
     train(smoke_cfg(*common, "trainer.max_epochs=2", out="first"))

@@ -20,7 +20,7 @@ from vitlab.errors import ConfigError
 SMALL = [
     "data=synthetic", "hardware.num_workers=0", "data.train_size=96", "data.val_size=32", "data.test_size=32",
     "recipe.batch_size=16", "recipe.repeated_aug=1", "trainer.num_sanity_val_steps=0",
-    "callbacks.progress_bar.kind=tqdm", "paths.log_dir=logs", "+model.net.depth=2",
+    "callbacks.progress_bar.kind=tqdm", "paths.log_dir=logs", "model.net.depth=2",
 ]
 
 

@@ -142,7 +142,7 @@ def test_bad_sdpa_backend_is_one_clear_error(overrides, message):
 def test_sdpa_backend_math_trains_through_the_cli_config(smoke_cfg, tmp_path, one_thread):
     from vitlab.train import train
 
-    cfg = smoke_cfg("model=mini_vit", "+model.net.depth=1", "hardware.sdpa_backend=math", "test=false",
+    cfg = smoke_cfg("model=mini_vit", "model.net.depth=1", "hardware.sdpa_backend=math", "test=false",
                     "trainer.max_steps=2", "logger=csv")
     metrics = train(cfg)
     assert metrics["global_step"] == 2
@@ -166,7 +166,7 @@ FAMILIES = {
     "outgrid_7m": dict(dims=(8, 16, 16, 16), num_heads=(2, 2, 2, 2), outlook_heads=(2, 2, 2, 2),
                        depths=(1, 1, 1, 1), stem_dim=8, drop_path_rate=0.0),
     "vit": dict(img_size=32, embed_dim=24, depth=2, num_heads=2),
-    "resnet18_cifar": dict(),
+    "resnet18": dict(),
     "qavit_tiny_32": dict(embed_dim=32, depth=2, num_heads=2, num_groups=4, bank_size=4,
                           drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0),
 }

@@ -274,12 +274,12 @@ def test_differential_attention_with_lambda_zero_is_standard_attention():
     q1, k1 = q.view(2, 6, 4, 8).transpose(1, 2)[:, 0::2], k.view(2, 6, 4, 8).transpose(1, 2)[:, 0::2]
     v = v.view(2, 6, 2, 16).transpose(1, 2)
     std_out, std_probs = attend(q1, k1, v, need_weights=True)  # plain softmax attention, scale 1/sqrt(8)
-    torch.testing.assert_close(w, std_probs, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(w[""], std_probs, atol=1e-6, rtol=1e-5)
     expected = attn.proj((attn.norm(std_out) * (1 - attn.lambda_init)).transpose(1, 2).reshape(2, 6, 32))
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         attn.lambda_q1.fill_(0.3), attn.lambda_k1.fill_(0.3)  # lambda != 0: no longer the standard map
-    assert not torch.allclose(attn(x, need_weights=True)[1], std_probs, atol=1e-4)
+    assert not torch.allclose(attn(x, need_weights=True)[1][""], std_probs, atol=1e-4)
 
 
 def test_entropy_modulation_replaces_lambda_per_query():
@@ -293,8 +293,8 @@ def test_entropy_modulation_replaces_lambda_per_query():
     torch.testing.assert_close(replace(x, ctx=zero)[0], learned(x)[0], atol=1e-5, rtol=1e-5)
     # per-query: row i of the map is A1[i] - H_i A2[i]
     h = torch.rand(2, 5)
-    _, w = replace(x, need_weights=True, ctx=AttentionContext(grid=(2, 2), modulation=h))
-    a1, a2 = replace.last_maps
+    _, maps = replace(x, need_weights=True, ctx=AttentionContext(grid=(2, 2), modulation=h))
+    w, a1, a2 = maps[""], maps["softmax1"], maps["softmax2"]
     torch.testing.assert_close(w, a1 - h[:, None, :, None] * a2)
     torch.testing.assert_close(w.sum(-1), (1 - h)[:, None, :].expand(2, 2, 5), atol=1e-5, rtol=1e-5)
     assert not hasattr(replace, "lambda_q1")
@@ -365,7 +365,8 @@ def test_patch_luminance_entropy():
 def test_attention_maps_rows_sum_to_one_and_sdpa_equals_explicit(name):
     model = _tiny(name)
     x = torch.randn(2, 3, 32, 32)
-    maps = model.attention_maps(x)
+    typed = model.attention_maps(x)
+    maps = {n: m.weights for n, m in typed.items()}
     for i in range(2):
         full = maps[f"blocks.{i}"]
         assert full.shape == (2, 2, 65, 65)
@@ -375,7 +376,7 @@ def test_attention_maps_rows_sum_to_one_and_sdpa_equals_explicit(name):
         for m in softmax:
             assert (m >= 0).all()
             torch.testing.assert_close(m.sum(-1), torch.ones(2, 2, 65), atol=1e-5, rtol=0)
-    assert ViTClassifier.attention_normalisation_error(None, maps) < 1e-5
+    assert ViTClassifier.attention_normalisation_error(typed) < 1e-5
     # the forward pass (SDPA wherever the variant allows it) equals the explicit path behind the maps
     explicit = model._forward_tokens(x, need_weights=True)[0]
     torch.testing.assert_close(model.forward_features(x), explicit, atol=1e-5, rtol=1e-5)
@@ -384,10 +385,11 @@ def test_attention_maps_rows_sum_to_one_and_sdpa_equals_explicit(name):
 def test_differential_maps_are_not_row_stochastic_but_pass_the_check():
     model = _tiny("vit_diff_entropy")
     maps = model.attention_maps(torch.randn(2, 3, 32, 32))
-    assert (maps["blocks.0"].sum(-1) - 1).abs().max() > 1e-3  # rows sum to 1 - H_i
-    assert ViTClassifier.attention_normalisation_error(None, maps) < 1e-5
-    maps["blocks.1.softmax2"] = maps["blocks.1.softmax2"] * 1.1
-    assert ViTClassifier.attention_normalisation_error(None, maps) > 0.05
+    assert (maps["blocks.0"].weights.sum(-1) - 1).abs().max() > 1e-3  # rows sum to 1 - H_i
+    assert maps["blocks.0"].dim is None and not maps["blocks.0"].measure  # the map says it is no distribution
+    assert ViTClassifier.attention_normalisation_error(maps) < 1e-5
+    maps["blocks.1.softmax2"].weights = maps["blocks.1.softmax2"].weights * 1.1
+    assert ViTClassifier.attention_normalisation_error(maps) > 0.05
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -486,7 +488,7 @@ def composed():
 def test_every_variant_composes_and_builds_with_each_dataset(name, composed):
     for data, classes, img, patch in (("cifar10", 10, 32, 4), ("cifar100", 100, 32, 4), ("imagenet100", 100, 256, 16)):
         cfg = composed[(name, data)]
-        assert cfg.model._target_ == "vitlab.families.ViTClassifier" and cfg.model.net.name == name
+        assert cfg.model._target_ == "vitlab.families.ImageClassifier" and cfg.model.net.name == name
         assert cfg.recipe.optimizer.lr == 1e-4 and cfg.recipe.batch_size == 256
         net = OmegaConf.to_container(cfg.model.net, resolve=True)
         model = create_model(net.pop("name"), **net)

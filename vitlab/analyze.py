@@ -10,24 +10,24 @@ images of a split (a mean over queries and groups first, then over images). Head
 by one and only then averaged (the ``mean`` rows): averaging the maps first would make heads that
 look in different places seem spread out.
 
-Map layouts understood (by the map's name and shape):
+Every map is a :class:`vitlab.layers.attention_maps.AttentionMap` that carries its layout and gives
+its weights as rows over spatial keys with the query-key distances; nothing here reads a map's name
+or rank, so a family with a new layout needs no change here. The layouts vitlab's networks return:
 
-* **kernel** ``(B, heads, k*k, H, W)``, names ending in ``kernel`` (OutGrid's dynamic kernels; softmax
-  over the k x k taps, row-major, centre ``k*k // 2``): queries are the pixels, keys the taps;
-  distance = Manhattan distance of the tap from the centre in feature-map pixels (uniform 3x3: 4/3).
-* **grid** ``(B, g*g, heads, N, N)`` (OutGrid's grid attention, ``N = (H/g) (W/g)`` tokens ``g``
-  pixels apart, square maps): distance = Manhattan distance between the tokens in feature-map pixels
-  (token steps times ``g``), as in the OutGrid seed.
-* **tokens** ``(B, heads, N, N)`` (Mini-ViT, the clear-vit ViTs, timm's DeiT): ``N`` = prefix (CLS)
-  tokens + a square patch grid; queries and keys are the patches (prefix rows and columns dropped,
-  rows renormalised); distance = Euclidean distance in patches, as in the ViT paper. The prefix count
-  comes from the network (``num_prefix_tokens`` / ``num_cls_tokens``), else ``N - isqrt(N)^2``.
-* **windowed tokens** ``(B * windows, heads, n, n)`` (timm's Swin and MaxViT partitions): as tokens,
-  inside each window (distances in tokens of the window's own grid), averaged over the windows.
+* **kernel** (OutGrid's dynamic kernels; softmax over the k x k taps): queries are the pixels, keys
+  the taps; distance = Manhattan distance of the tap from the centre in feature-map pixels (uniform
+  3x3: 4/3).
+* **grid** (OutGrid's grid attention, tokens ``g`` pixels apart): distance = Manhattan distance
+  between the tokens in feature-map pixels (token steps times ``g``), as in the OutGrid seed.
+* **tokens** (Mini-ViT, the clear-vit ViTs, timm's DeiT): queries and keys are the patches (prefix
+  rows and columns dropped, rows renormalised); distance = Euclidean distance in patches, as in the
+  ViT paper. **Windowed tokens** (timm's Swin and MaxViT partitions): the same inside each window,
+  averaged over the windows.
 
-Skipped: CLS-to-patch maps (``*.cls``, used for overlays only) and a differential ``A1 - lambda A2``
-map (its ``*.softmax1`` / ``*.softmax2`` maps are measured instead). Queries on the 1-token border
-are left out with ``exclude_border=true`` (the OutGrid seed's choice), in the uniform baseline too.
+Not measured: maps marked ``measure=False`` (CLS-to-patch maps, used for overlays only; a
+differential ``A1 - lambda A2`` map, whose two softmax maps are measured instead) and layouts
+without spatial rows (QAViT's branches with bank keys). Queries on the 1-token border are left out
+with ``exclude_border=true`` (the OutGrid seed's choice), in the uniform baseline too.
 
 Writes ``mad_metrics.json`` and ``mad_metrics.csv`` (one row per map and head, plus its ``mean``
 row) and ``overlays/*.png``: the kernel's centre-tap weight per pixel (locality), and for attention
@@ -39,7 +39,6 @@ from __future__ import annotations
 import csv
 import math
 import re
-import textwrap
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -47,13 +46,15 @@ from typing import Any
 
 import hydra
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from vitlab.cli import check_group_choices, one_line_errors, print_resolved_config, run_entry_point
 from vitlab.config import register_configs, to_hardware
 from vitlab.errors import ConfigError
+from vitlab.instantiate import build
 from vitlab.runs import load_run, prepare_output_dir, write_json
+from vitlab.layers.attention_maps import AttentionMap
+from vitlab.viz import denormalise, overlay_figure, overlay_heatmaps
 
 register_configs()
 
@@ -63,46 +64,6 @@ _EPS = 1e-12
 
 
 # ----------------------------------------------------------------------------- layouts
-def map_kind(name: str, m: torch.Tensor) -> str | None:
-    """``kernel``, ``grid``, ``tokens``, ``cls`` (a spatial CLS-to-patch map) or None (not understood)."""
-    if m.dim() == 5:
-        return "kernel" if name.endswith("kernel") else "grid"
-    if m.dim() == 4:
-        if name.endswith(".cls"):
-            return "cls"
-        if m.shape[-1] == m.shape[-2]:
-            return "tokens"
-    return None
-
-
-def prefix_tokens(net: Any, num_tokens: int) -> int:
-    """Leading non-patch tokens of a token map: the network's own count, else what is left over a square."""
-    for attr in ("num_prefix_tokens", "num_cls_tokens"):
-        value = getattr(net, attr, None)
-        if isinstance(value, int) and 0 <= value < num_tokens and math.isqrt(num_tokens - value) ** 2 == num_tokens - value:
-            return value
-    return num_tokens - math.isqrt(num_tokens) ** 2
-
-
-def _square_side(count: int, what: str) -> int:
-    side = math.isqrt(count)
-    if side * side != count:
-        raise ConfigError(f"attention map {what}: {count} tokens do not form a square grid; vitlab.analyze reads square maps only")
-    return side
-
-
-def _positions(side: int) -> torch.Tensor:
-    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
-    return torch.stack([rows.flatten(), cols.flatten()], dim=1).float()  # (side*side, 2), row-major
-
-
-def _border_mask(side: int, exclude_border: bool) -> torch.Tensor:
-    pos = _positions(side)
-    if not exclude_border or side < 3:  # no interior to keep: all queries, as the seed falls back to
-        return torch.ones(side * side, dtype=torch.bool)
-    return ((pos > 0) & (pos < side - 1)).all(dim=1)
-
-
 def locality(probs: torch.Tensor, dist: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
     """``probs (..., Q, K)`` rows of attention weights, ``dist (Q, K)`` query-key distances, ``queries``
     a boolean mask of the Q rows to use. Returns MAD and Hn averaged over the kept queries, shape
@@ -117,51 +78,17 @@ def locality(probs: torch.Tensor, dist: torch.Tensor, queries: torch.Tensor) -> 
     return mad, entropy.mean(-1), d.mean().item()
 
 
-def measure_map(name: str, m: torch.Tensor, num_images: int, net: Any = None, exclude_border: bool = False) -> dict[str, Any] | None:
+def measure_map(name: str, m: AttentionMap, num_images: int, exclude_border: bool = False) -> dict[str, Any] | None:
     """Per-image, per-head MAD and Hn of one map: ``{"mad": (B, heads), "hn": (B, heads), "mad_uniform",
-    "keys", "unit", "kind"}``; None for maps that are not measured (see the module docstring)."""
-    kind = map_kind(name, m)
-    if kind == "kernel":
-        B, heads, taps, H, W = m.shape
-        k = _square_side(taps, name)
-        centre = torch.tensor([(k - 1) / 2, (k - 1) / 2])
-        tap_dist = (_positions(k) - centre).abs().sum(1)
-        probs = m.permute(0, 1, 3, 4, 2).reshape(B, heads, H * W, taps)
-        rows = torch.arange(H)[:, None].expand(H, W).flatten()
-        cols = torch.arange(W)[None, :].expand(H, W).flatten()
-        keep = torch.ones(H * W, dtype=torch.bool)
-        if exclude_border and H > 2 and W > 2:
-            keep = (rows > 0) & (rows < H - 1) & (cols > 0) & (cols < W - 1)
-        mad, hn, uniform = locality(probs, tap_dist.expand(H * W, taps), keep)
-        return {"kind": kind, "mad": mad, "hn": hn, "mad_uniform": uniform, "keys": taps, "unit": "feature-map px (Manhattan, in the kernel)"}
-    if kind == "grid":
-        B, groups, heads, N, _ = m.shape
-        g = _square_side(groups, name)
-        side = _square_side(N, name)
-        pos = _positions(side)
-        dist = g * torch.cdist(pos, pos, p=1)
-        mad, hn, uniform = locality(m.transpose(1, 2), dist, _border_mask(side, exclude_border))
-        return {"kind": kind, "mad": mad.mean(-1), "hn": hn.mean(-1), "mad_uniform": uniform, "keys": N, "unit": "feature-map px (Manhattan)"}
-    if kind == "tokens":
-        lead, heads, N, _ = m.shape
-        if lead % num_images:
-            return None
-        prefix = prefix_tokens(net, N)
-        side = _square_side(N - prefix, name)
-        pos = _positions(side)
-        probs = m[:, :, prefix:, prefix:]
-        mad, hn, uniform = locality(probs, torch.cdist(pos, pos, p=2), _border_mask(side, exclude_border))
-        windows = lead // num_images
-        mad, hn = (t.view(num_images, windows, heads).mean(1) for t in (mad, hn))
-        unit = "patches (Euclidean)" if windows == 1 else "tokens of the window (Euclidean)"
-        return {"kind": "tokens" if windows == 1 else "windowed tokens", "mad": mad, "hn": hn, "mad_uniform": uniform,
-                "keys": N - prefix, "unit": unit}
-    return None
-
-
-def measured_maps(maps: Mapping[str, torch.Tensor]) -> list[str]:
-    """The names :func:`measure_map` is asked about: differential maps give way to their softmax maps."""
-    return [n for n in maps if not n.endswith(".cls") and f"{n}.softmax1" not in maps]
+    "keys", "unit", "kind"}``; None for maps that are not measured (the map's ``measure`` and
+    :meth:`~vitlab.layers.attention_maps.AttentionMap.locality_rows` decide)."""
+    rows = m.locality_rows(num_images) if m.measure else None
+    if rows is None:
+        return None
+    keep = ~rows.border if exclude_border else torch.ones_like(rows.border)
+    mad, hn, uniform = locality(rows.probs, rows.dist, keep)  # (B, heads, G)
+    return {"kind": rows.kind, "mad": mad.mean(-1), "hn": hn.mean(-1), "mad_uniform": uniform,
+            "keys": rows.probs.shape[-1], "unit": rows.unit}
 
 
 def where(name: str) -> tuple[str, str]:
@@ -179,13 +106,13 @@ def where(name: str) -> tuple[str, str]:
 class LocalityStats:
     """Accumulates per-image MAD / Hn over batches and summarises them per map and head."""
 
-    def __init__(self, net: Any = None, exclude_border: bool = False) -> None:
-        self.net, self.exclude_border = net, exclude_border
+    def __init__(self, exclude_border: bool = False) -> None:
+        self.exclude_border = exclude_border
         self.per_map: dict[str, dict[str, Any]] = {}
 
-    def update(self, maps: Mapping[str, torch.Tensor], num_images: int) -> None:
-        for name in measured_maps(maps):
-            result = measure_map(name, maps[name], num_images, self.net, self.exclude_border)
+    def update(self, maps: Mapping[str, AttentionMap], num_images: int) -> None:
+        for name, m in maps.items():
+            result = measure_map(name, m, num_images, self.exclude_border)
             if result is None:
                 continue
             entry = self.per_map.setdefault(name, {**{k: v for k, v in result.items() if k not in ("mad", "hn")}, "mad": [], "hn": []})
@@ -215,90 +142,17 @@ class LocalityStats:
         return rows
 
 
-# ----------------------------------------------------------------------------- overlays
-def overlay_heatmaps(maps: Mapping[str, torch.Tensor], num_images: int, net: Any = None) -> dict[str, tuple[torch.Tensor, str]]:
-    """``{name: ((B, h, w) heat map, what it shows)}`` for the maps that can be laid over the input."""
-    heat: dict[str, tuple[torch.Tensor, str]] = {}
-    for name, m in maps.items():
-        kind = map_kind(name, m)
-        m = m.detach().float().cpu()
-        if kind == "kernel":
-            heat[name] = (m[:, :, m.shape[2] // 2].mean(1), "centre-tap weight of the dynamic kernel (head mean)")
-        elif kind == "grid":
-            B, groups, heads, N, _ = m.shape
-            g, side = _square_side(groups, name), _square_side(N, name)
-            y = x = side * g // 2  # the query at the feature-map centre
-            group, query = (y % g) * g + (x % g), (y // g) * side + (x // g)
-            row = m[:, group, :, query].mean(1).view(B, side, side)  # its keys, every g pixels
-            heat[name] = (row, "grid attention of the centre query (head mean), keys spread over their g x g cells")
-        elif kind == "cls":
-            heat[name] = (m.mean(1), "CLS attention to the patches (head mean)")
-        elif kind == "tokens" and m.shape[0] == num_images and f"{re.sub(r'[.]softmax[12]$', '', name)}.cls" not in maps \
-                and name in measured_maps(maps):  # a block with a CLS map is shown by that map
-            N = m.shape[-1]
-            prefix = prefix_tokens(net, N)
-            side = _square_side(N - prefix, name)
-            query = 0 if prefix else prefix + (side // 2) * side + side // 2
-            row = m[:, :, query, prefix:].mean(1)
-            what = "CLS token" if prefix else "centre token"
-            heat[name] = (row.view(num_images, side, side), f"attention of the {what} to the patches (head mean)")
-    return heat
-
-
-def denormalise(images: torch.Tensor, mean: Any = None, std: Any = None) -> torch.Tensor:
-    """Images back to [0, 1] for display: with the data's mean/std, else min-max per image."""
-    images = images.detach().float().cpu()
-    if mean is not None and std is not None:
-        shape = (1, -1, 1, 1)
-        images = images * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)
-    else:
-        lo = images.amin(dim=(1, 2, 3), keepdim=True)
-        hi = images.amax(dim=(1, 2, 3), keepdim=True)
-        images = (images - lo) / (hi - lo).clamp_min(_EPS)
-    return images.clamp(0, 1)
-
-
-def overlay_figure(images: torch.Tensor, heat: torch.Tensor, title: str):
-    """A matplotlib figure: the inputs on top, the heat map (upsampled, nearest) over them below."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = images.shape[0]
-    size = images.shape[-2:]
-    up = F.interpolate(heat[:, None], size=size, mode="nearest")[:, 0]
-    fig, axes = plt.subplots(2, n, figsize=(max(1.8 * n, 5.0), 3.9), squeeze=False)
-    for i in range(n):
-        picture = images[i].permute(1, 2, 0).numpy()
-        axes[0, i].imshow(picture)
-        axes[1, i].imshow(picture)
-        axes[1, i].imshow(up[i].numpy(), cmap="jet", alpha=0.5)
-        for ax in axes[:, i]:
-            ax.axis("off")
-    fig.suptitle(textwrap.fill(title, 70), fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def figure_to_array(fig) -> Any:
-    """RGB uint8 pixels ``(H, W, 3)`` of a drawn figure (for TensorBoard)."""
-    import numpy as np
-
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-
-
-def save_overlays(folder: Path, images: torch.Tensor, maps: Mapping[str, torch.Tensor], net: Any = None,
+def save_overlays(folder: Path, images: torch.Tensor, maps: Mapping[str, AttentionMap],
                   mean: Any = None, std: Any = None) -> list[Path]:
-    """One PNG per map that can be overlaid, named after the map; returns the files."""
+    """One PNG per map that can be overlaid, named after the map (the first ``len(images)`` images
+    of the maps' batch); returns the files."""
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
     shown = denormalise(images, mean, std)
     files = []
-    for name, (heat, what) in overlay_heatmaps(maps, images.shape[0], net).items():
-        fig = overlay_figure(shown, heat, f"{name}: {what}")
+    for name, (heat, what) in overlay_heatmaps(maps).items():
+        fig = overlay_figure(shown, heat[: shown.shape[0]], f"{name}: {what}")
         path = folder / f"{name.replace('/', '_')}.png"
         fig.savefig(path, dpi=80)
         plt.close(fig)
@@ -309,8 +163,6 @@ def save_overlays(folder: Path, images: torch.Tensor, maps: Mapping[str, torch.T
 # ----------------------------------------------------------------------------- the task
 def analyze(cfg: DictConfig) -> list[dict[str, Any]]:
     """Measure ``cfg.ckpt_path`` on ``cfg.num_images`` images of a split; returns the metric rows."""
-    from vitlab.train import build
-
     if cfg.split not in ("val", "test"):
         raise ConfigError(f"split: unknown split {cfg.split!r}; use val or test")
     if cfg.num_images < 1:
@@ -337,7 +189,7 @@ def analyze(cfg: DictConfig) -> list[dict[str, Any]]:
     if isinstance(loader, (list, tuple)):
         loader = loader[0]
 
-    stats = LocalityStats(module.net, cfg.exclude_border)
+    stats = LocalityStats(cfg.exclude_border)
     seen = 0
     with torch.no_grad():
         for images, _ in loader:
@@ -346,9 +198,7 @@ def analyze(cfg: DictConfig) -> list[dict[str, Any]]:
             stats.update(maps, images.shape[0])
             if seen == 0 and cfg.overlay_images > 0:
                 count = min(cfg.overlay_images, images.shape[0])
-                shown = {name: m[:count] if map_kind(name, m) != "tokens" or m.shape[0] == images.shape[0] else m
-                         for name, m in maps.items()}
-                save_overlays(out_dir / "overlays", images[:count], shown, module.net,
+                save_overlays(out_dir / "overlays", images[:count], maps,
                               getattr(datamodule, "mean", None), getattr(datamodule, "std", None))
             seen += images.shape[0]
             if seen >= cfg.num_images:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import inspect
 import os
 import platform
 import sys
@@ -59,8 +58,7 @@ from vitlab import measure
 from vitlab.cli import exit_with_error
 from vitlab.errors import ConfigError, VitlabError
 from vitlab.layers.attention import SDPA_BACKENDS, sdpa_backend
-from vitlab.models import create_model, list_models
-from vitlab.models._registry import _ENTRYPOINTS
+from vitlab.models import create_model, get_model_config, list_models
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # --precision: fp32, or bf16 / fp16 autocast
 FALLBACK_IMG_SIZE = 32
@@ -110,13 +108,13 @@ def _split_settings(settings: str) -> Iterator[str]:
 
 def dataset_input(name: str, net: nn.Module, kwargs: dict) -> int:
     """The image size a network is meant for: the caller's setting, else its registry entry's default
-    (``img_size`` in the entry's signature, or the built network's ``img_size``), else 32."""
+    (``img_size`` of the entry's config, or the built network's ``img_size``), else 32."""
     if "img_size" in kwargs:
         return int(kwargs["img_size"])
-    if name in _ENTRYPOINTS:
-        param = inspect.signature(_ENTRYPOINTS[name]).parameters.get("img_size")
-        if param is not None and isinstance(param.default, int):
-            return param.default
+    if name in list_models():
+        size = getattr(get_model_config(name), "img_size", None)
+        if isinstance(size, int):
+            return size
     size = getattr(net, "img_size", None)
     if isinstance(size, (tuple, list)):
         size = size[0]

@@ -48,12 +48,16 @@ class OptimizerConfig:
     exclude_from_decay: bool = True
     # The fused (one-kernel) Adam/AdamW step: null = on when the parameters are on a CUDA GPU.
     fused: Optional[bool] = None
+    # timm's layer-wise LR decay: the head at lr, each group below it (the network's group_matcher:
+    # blocks, then the stem) at layer_decay times the one above; null = one LR for all.
+    layer_decay: Optional[float] = None
 
     def __post_init__(self) -> None:
         _check(self.name in ("adamw", "adam", "sgd"), "recipe.optimizer.name", f"unknown optimizer {self.name!r}; use adamw, adam or sgd")
         _check(self.lr > 0, "recipe.optimizer.lr", f"must be positive, got {self.lr}")
         _check(self.weight_decay >= 0, "recipe.optimizer.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "recipe.optimizer.betas", f"needs two values in [0, 1), got {self.betas}")
+        _check(self.layer_decay is None or 0 < self.layer_decay <= 1, "recipe.optimizer.layer_decay", f"must be in (0, 1] or null, got {self.layer_decay}")
 
 
 @dataclass
@@ -151,6 +155,9 @@ class HardwareConfig:
     num_workers: int = 4
     pin_memory: bool = True
     compile: bool = False  # torch.compile the network
+    # Recompute each block's activations in the backward pass instead of keeping them: less memory
+    # for about one more forward of compute (the network's set_grad_checkpointing).
+    grad_checkpointing: bool = False
     # Which kernel scaled_dot_product_attention may use: auto (torch picks), flash, efficient, math,
     # cudnn. The CPU has flash and math only.
     sdpa_backend: str = "auto"
@@ -352,6 +359,9 @@ def register_configs() -> None:
     cs.store(group="hardware", name="schema", node=HardwareConfig)
     for name, schema in DATA_SCHEMAS.items():
         cs.store(group="schema/data", name=name, node=schema)
+    from vitlab.models._registry import register_net_configs  # late: it imports torch and timm
+
+    register_net_configs()
     for name, fn in _RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

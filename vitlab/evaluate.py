@@ -50,7 +50,7 @@ _CORRUPTION_SET = re.compile(r"^(?P<corruption>[^/]+)/(?P<severity>\d+)$")
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.ckpt_path`` on ``cfg.data`` (or the run's data); returns what ``eval_metrics.json`` holds."""
-    from vitlab.train import build
+    from vitlab.instantiate import build
 
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split: unknown split {cfg.split!r}; use test or val")

@@ -15,13 +15,26 @@ def build_optimizer(net: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimiz
     """timm's optimizer factory: with ``exclude_from_decay`` it puts 1-D parameters (biases, norm
     weights) and the names in ``net.no_weight_decay()`` (position tables, CLS tokens) in a group
     without weight decay; without it every parameter is decayed. Adam/AdamW use the fused step when
-    ``cfg.fused`` says so (``None``: on CUDA)."""
+    ``cfg.fused`` says so (``None``: on CUDA). ``cfg.layer_decay`` gives each of the network's layer
+    groups (``group_matcher``) its own LR scale, as timm's layer-wise LR decay."""
     kwargs = {"momentum": cfg.momentum} if cfg.name == "sgd" else {"betas": tuple(cfg.betas), "eps": cfg.eps}
     if cfg.name in ("adam", "adamw"):
         fused = cfg.fused
         if fused is None:  # auto: the fused step on a CUDA GPU, torch's default (foreach) elsewhere
             fused = any(p.is_cuda for p in net.parameters())
         kwargs["fused"] = fused
+    if cfg.layer_decay is not None:
+        # Layer decay needs the module (its group_matcher); the names in no_weight_decay() are then
+        # always undecayed, 1-D parameters as exclude_from_decay says.
+        optimizer = create_optimizer_v2(
+            net, opt=cfg.name, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay,
+            filter_bias_and_bn=cfg.exclude_from_decay, **kwargs,
+        )
+        # timm's own schedulers apply each group's lr_scale; the LambdaLR schedule here scales the
+        # group's initial LR, so the scale goes into it.
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
+        return optimizer
     # Given bare parameters, timm cannot consult no_weight_decay() and decays them all.
     return create_optimizer_v2(
         net if cfg.exclude_from_decay else net.parameters(),

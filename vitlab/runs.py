@@ -56,7 +56,7 @@ def load_run(ckpt_path: str | Path | None, model_node: DictConfig | None = None)
     used instead of the run's saved one. The checkpoint must hold weights of that model: its recorded
     network name and every tensor's name and shape must match, or the message says which model it is.
     """
-    from vitlab.train import build  # late: train imports Lightning and registers the configs
+    from vitlab.instantiate import build
 
     ckpt = load_checkpoint(ckpt_path)
     path = Path(str(ckpt_path)).expanduser()

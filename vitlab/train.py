@@ -27,8 +27,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException
-from hydra.utils import instantiate
+from hydra.errors import ConfigCompositionException, MissingConfigException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -50,6 +49,7 @@ from vitlab.cli import (
 )
 from vitlab.config import PRECISIONS, HardwareConfig, register_configs, split_batch, to_hardware, to_recipe
 from vitlab.errors import ConfigError, VitlabError
+from vitlab.instantiate import build  # noqa: F401  (also vitlab.train.build, as before)
 from vitlab.runs import check_not_held, remove_orphaned_temp_files, run_lock
 
 register_configs()
@@ -302,17 +302,6 @@ def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_leaves(child, f"{prefix}{name}."))
         return out
     return {prefix[:-1]: node}
-
-
-def build(node: DictConfig, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` with plain containers; bad input raised by the target comes out as
-    itself instead of wrapped in Hydra's InstantiationException (so it stays one line)."""
-    try:
-        return instantiate(node, _convert_="all", **kwargs)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, VitlabError):
-            raise err.__cause__ from None
-        raise
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:

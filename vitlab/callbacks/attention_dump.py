@@ -10,14 +10,17 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
+from vitlab.viz import denormalise, figure_to_array, overlay_figure, overlay_heatmaps
+
 
 class AttentionDumpCallback(Callback):
     """Every ``every_n_epochs`` epochs (and after the last one), the family's ``attention_maps`` of the
     first ``num_images`` validation images (the same images each time: validation is not shuffled):
 
-    * ``<dirpath>/epoch_NNN/attention_maps.pt``: ``{"epoch", "images", "maps": {name: tensor}}``, raw;
+    * ``<dirpath>/epoch_NNN/attention_maps.pt``: ``{"epoch", "images", "maps": {name: tensor},
+      "layouts": {name: the map's metadata}}``, raw;
     * ``<dirpath>/epoch_NNN/<map name>.png``: the inputs with each map laid over them (see
-      :func:`vitlab.analyze.overlay_heatmaps` for what each layout shows);
+      :func:`vitlab.viz.overlay_heatmaps` for what each layout shows);
     * the same pictures in TensorBoard under ``attention/<map name>``.
 
     ``every_n_epochs: 0`` turns it off; families without attention maps are skipped. A folder that
@@ -49,8 +52,6 @@ class AttentionDumpCallback(Callback):
         self.dump(trainer, pl_module, epoch)
 
     def dump(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> Path | None:
-        from vitlab.analyze import denormalise, figure_to_array, overlay_figure, overlay_heatmaps
-
         folder = self.dirpath / f"epoch_{epoch:03d}"
         if folder.exists():
             rank_zero_warn(f"attention dump: {folder} exists already (a resumed run?); left as it is")
@@ -61,15 +62,19 @@ class AttentionDumpCallback(Callback):
         with torch.no_grad():
             maps = pl_module.attention_maps(self.images.to(pl_module.device))
         pl_module.train(was_training)
-        maps = {name: m.detach().float().cpu() for name, m in maps.items()}
-        torch.save({"epoch": epoch, "images": self.images, "maps": maps}, folder / "attention_maps.pt")
+        maps = {name: m.detach() for name, m in maps.items()}
+        torch.save(
+            {"epoch": epoch, "images": self.images, "maps": {name: m.weights for name, m in maps.items()},
+             "layouts": {name: m.describe() for name, m in maps.items()}},
+            folder / "attention_maps.pt",
+        )
 
         import matplotlib.pyplot as plt
 
         datamodule = trainer.datamodule
         shown = denormalise(self.images, getattr(datamodule, "mean", None), getattr(datamodule, "std", None))
         boards = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)] if self.tensorboard else []
-        for name, (heat, what) in overlay_heatmaps(maps, self.images.shape[0], getattr(pl_module, "net", None)).items():
+        for name, (heat, what) in overlay_heatmaps(maps).items():
             fig = overlay_figure(shown, heat, f"epoch {epoch}, {name}: {what}")
             fig.savefig(folder / f"{name.replace('/', '_')}.png", dpi=80)
             if boards:

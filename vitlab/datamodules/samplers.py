@@ -4,7 +4,6 @@ fixed class-interleaved evaluation order, and seed derivation for data streams."
 from __future__ import annotations
 
 import random
-import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -14,18 +13,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler, Sampler, get_worker_info
 
 from vitlab.errors import ConfigError
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed that depends on all of ``parts`` (non-negative ints, or strings naming a use).
-
-    Unlike ``seed + epoch``, (seed 0, epoch 1) and (seed 1, epoch 0) give unrelated streams, so
-    runs with neighbouring seeds do not replay each other's data order one epoch apart; a string
-    part keeps streams for different uses of the same seed apart.
-    """
-    entropy = [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts]
-    state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
-    return int(state >> np.uint64(1))
+from vitlab.utils import derive_seed
 
 
 class RepeatedAugmentationSampler(DistributedSampler):

@@ -1,4 +1,7 @@
-"""LightningModules: the shared ImageClassifier and one subclass per model family."""
+"""LightningModules: ImageClassifier drives every network through the model contract; a family
+subclass exists only where it adds behaviour (QAViT's fusion-weight logging, the timm baselines'
+maps). ViTClassifier, MiniViTClassifier and OutGridClassifier are ImageClassifier under the names
+older run configs target."""
 
 from vitlab.families.baseline import BaselineClassifier
 from vitlab.families.classifier import ImageClassifier

@@ -13,6 +13,7 @@ load with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import random
 from typing import Any
@@ -22,17 +23,19 @@ from lightning.pytorch.utilities import rank_zero_info
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from vitlab.datamodules.samplers import derive_seed
 from vitlab.checkpoint import capture_rng_state, restore_rng_state
 from vitlab.config import to_recipe
 from vitlab.errors import ConfigError
+from vitlab.layers.attention_maps import AttentionMap
 from vitlab.models import create_model
 from vitlab.optim import build_optimizer, build_scheduler
+from vitlab.utils import derive_seed
 
 
 def _plain(value: Any) -> Any:
@@ -64,13 +67,29 @@ class ImageClassifier(L.LightningModule):
 
     attention_tol: float = 1e-4
 
-    def __init__(self, net: dict[str, Any], recipe: dict[str, Any] | None = None, compile: bool = False) -> None:
+    def __init__(
+        self,
+        net: dict[str, Any],
+        recipe: dict[str, Any] | None = None,
+        compile: bool = False,
+        grad_checkpointing: bool = False,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         net = dict(net)
         if "name" not in net:
             raise ConfigError("model.net.name: missing; set it to a registered network, e.g. mini_vit")
         self.net = create_model(net.pop("name"), **net)
+        # Networks that can return figures besides the logits (entropy, lambda, bank norm) take
+        # `return_aux`; those are logged per epoch under train/<name>.
+        self.net_returns_aux = "return_aux" in inspect.signature(self.net.forward).parameters
+        if grad_checkpointing:
+            try:
+                self.net.set_grad_checkpointing(True)
+            except (AttributeError, AssertionError, NotImplementedError):
+                raise ConfigError(
+                    f"hardware.grad_checkpointing: {type(self.net).__name__} does not support it; set it to false"
+                ) from None
         self.num_classes: int = self.net.num_classes
         self.recipe = to_recipe(recipe or {})
 
@@ -111,20 +130,40 @@ class ImageClassifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
+    def _training_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a training batch; the network's figures, where it has any, logged on the way."""
+        if not self.net_returns_aux:
+            return self(x)
+        if self.recipe.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits, aux = self.net(x, return_aux=True)
+        for name, value in aux.items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True)
+        return logits
+
     @property
     def has_attention_maps(self) -> bool:
         return hasattr(self.net, "attention_maps")
 
-    def attention_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The network's post-softmax attention maps, ``{name: tensor}`` (shapes are the family's)."""
+    def attention_maps(self, images: torch.Tensor) -> dict[str, AttentionMap]:
+        """The network's attention maps, ``{name: AttentionMap}`` (each carries its layout)."""
         if not self.has_attention_maps:
             raise NotImplementedError(f"{type(self.net).__name__} exposes no attention maps")
         return self.net.attention_maps(images)
 
-    def attention_normalisation_error(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Worst deviation from 1 of the maps' sums over their probability axis (the last one here;
-        a family whose maps are laid out otherwise overrides this)."""
-        return max((m.float().sum(-1) - 1).abs().max() for m in maps.values())
+    @staticmethod
+    def attention_normalisation_error(maps: dict[str, AttentionMap]) -> torch.Tensor:
+        """Worst deviation from 1 of the maps' sums over the axis each map names as normalised
+        (maps that are no distribution, such as a differential map, are left out)."""
+        errors = [e for e in (m.normalisation_error() for m in maps.values()) if e is not None]
+        if not errors:
+            raise ValueError("none of the attention maps is a distribution to check")
+        return torch.stack(errors).max()
+
+    def on_fit_start(self) -> None:
+        describe = getattr(self.net, "describe", None)
+        if callable(describe):
+            rank_zero_info(describe())
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.trainer.world_size > 1:
@@ -142,13 +181,13 @@ class ImageClassifier(L.LightningModule):
             if x.shape[0] % 2:
                 raise ConfigError(f"recipe.batch_size: CutMix/MixUp need an even per-device batch, got {x.shape[0]}")
             x, soft = self.mixup(x, y)
-            logits = self(x)
+            logits = self._training_forward(x)
             loss = self.soft_target_loss(logits, soft)
             # Accuracy against the true labels only means something on batches left unmixed.
             if torch.all(soft.gather(1, y[:, None]) >= self._clean_target_value - 1e-6):
                 self.train_acc.update(logits.detach(), y)
         else:
-            logits = self(x)
+            logits = self._training_forward(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.label_smoothing)
             self.train_acc.update(logits.detach(), y)
         self.train_loss.update(loss.detach(), weight=x.shape[0])

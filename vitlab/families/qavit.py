@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 
 from vitlab.families.classifier import ImageClassifier
 from vitlab.models.qavit import BRANCHES
@@ -19,15 +18,8 @@ class QAViTClassifier(ImageClassifier):
     Logged per epoch: the fusion weights ``softmax(alpha)`` of every block (``fusion/blocks.i.<branch>``)
     and their mean over blocks (``fusion/<branch>``), to see whether the redundant scalars move at
     all (spec D22); and ``train/bank_norm``, the largest bank-token norm at the end of the forward
-    (epoch mean), which must stay bounded with the functional bank and grows with the faithful one.
+    (epoch mean; the network returns it with ``return_aux``, :class:`ImageClassifier` logs it), which must stay bounded with the functional bank and grows with the faithful one.
     """
-
-    def on_fit_start(self) -> None:
-        net = self.net
-        rank_zero_info(
-            f"QAViT: {'faithful (seed) bank and layouts' if net.faithful else 'functional per-sample bank'}, "
-            f"{net.grid[0]}x{net.grid[1]} grid, bank of {net.token_bank.num_tokens} tokens"
-        )
 
     #: Images of the first validation batch whose maps the softmax check computes: all four branches
     #: of every block for a full batch of 224 px images would take gigabytes (the channel-group maps
@@ -36,10 +28,6 @@ class QAViTClassifier(ImageClassifier):
 
     def _check_attention(self, images: torch.Tensor) -> None:
         super()._check_attention(images[: self.attention_check_images])
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.net.bank_norm is not None:
-            self.log("train/bank_norm", self.net.bank_norm, on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()

@@ -61,6 +61,13 @@ class AttentionContext:
     num_prefix: int = 1
     modulation: torch.Tensor | None = None
     positions: tuple[torch.Tensor, torch.Tensor] | None = None
+    #: Per-forward figures the caller asked for (``{name: [one detached scalar per layer]}``), or
+    #: None. Created by the caller for one forward and returned by it: no module keeps them.
+    stats: dict[str, list[torch.Tensor]] | None = None
+
+    def record(self, name: str, value: torch.Tensor) -> None:
+        if self.stats is not None:
+            self.stats.setdefault(name, []).append(value.detach())
 
 
 def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -306,8 +313,9 @@ class DifferentialAttention(nn.Module):
 
     ``entropy_source="attention"`` makes the factor the normalised entropy of each query's ``A1`` row
     (``/ ln N``, per head); ``A1`` is then materialised. The RMSNorm gain (``head_dim``) is shared by
-    the heads. The weights returned are ``A1 - lambda A2``: rows sum to ``1 - lambda``, not 1;
-    :attr:`last_maps` keeps ``(A1, A2)`` of the last call made with ``need_weights``.
+    the heads. With ``need_weights`` the weights returned are ``{"": A1 - lambda A2, "softmax1": A1,
+    "softmax2": A2}`` (the first one's rows sum to ``1 - lambda``, not 1); the mean lambda of each call
+    goes to ``ctx.stats["lambda"]`` when the caller asked for stats.
     """
 
     def __init__(
@@ -345,8 +353,6 @@ class DifferentialAttention(nn.Module):
             self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2 = (
                 nn.Parameter(torch.empty(self.sub_dim).normal_(0.0, 0.1)) for _ in range(4)
             )
-        self.last_lambda: torch.Tensor | None = None  # detached mean lambda of the last forward
-        self.last_maps: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def learned_lambda(self) -> torch.Tensor:
         return (
@@ -371,7 +377,7 @@ class DifferentialAttention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, need_weights: bool = False, ctx: AttentionContext | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         B, N, C = x.shape
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         q, k = _split_heads(q, 2 * self.num_heads), _split_heads(k, 2 * self.num_heads)
@@ -394,11 +400,11 @@ class DifferentialAttention(nn.Module):
         lam = self._lambda(ctx, a1, B, N)
         out = out1 - lam.to(out1.dtype) * out2
         out = self.norm(out) * (1.0 - self.lambda_init)
-        self.last_lambda = lam.detach().mean()
+        if ctx is not None:
+            ctx.record("lambda", lam.mean())
         weights = None
         if need_weights:
-            weights = a1 - lam.to(a1.dtype) * a2
-            self.last_maps = (a1, a2)
+            weights = {"": a1 - lam.to(a1.dtype) * a2, "softmax1": a1, "softmax2": a2}
         return self.proj_drop(self.proj(_merge_heads(out))), weights
 
     def extra_repr(self) -> str:

@@ -1,53 +1,139 @@
-"""A registry of named networks: ``create_model("mini_vit", num_classes=100)``.
+"""The registry of named networks, the one place a named size is defined.
 
-Each entrypoint is a small function registered with :func:`register_model` that fixes a size and
-passes the caller's overrides on. Overrides are checked against the network's constructor, so a typo
-in a config (``model.net.emed_dim``) is reported by name instead of as a TypeError deep in a build.
+A family has a typed config (a dataclass) and a builder that makes its network from one; a named
+size is one config value registered under a name, in the spirit of timm's ``model_cfgs``::
+
+    register_model("outgrid_7m", OutGridConfig(dims=(48, 96, 192, 256), ...), OutGridViT.from_config)
+    create_model("outgrid_7m", num_classes=10)        # the config with one field replaced
+
+``conf/model/<name>.yaml`` names the entry and repeats none of its values: the config's fields reach
+Hydra through :func:`register_net_configs` (group ``net``), so ``model.net.<field>=...`` overrides any
+field, and a field the config does not have is one error line with the nearest name.
+
+:func:`config_dataclass` derives a family's config from its network's constructor, so the
+constructor stays the one place the defaults are written.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import fnmatch
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from vitlab.errors import ConfigError
 
-_ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
+__all__ = ["ModelEntry", "config_dataclass", "create_model", "get_model_config", "list_models", "register_model", "unregister_model"]
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register ``fn`` under its function name."""
-    if fn.__name__ in _ENTRYPOINTS:
-        raise RuntimeError(f"model {fn.__name__!r} is registered twice")
-    _ENTRYPOINTS[fn.__name__] = fn
-    return fn
+@dataclass(frozen=True)
+class ModelEntry:
+    """A named size: its typed config and the builder that turns a config into the network."""
+
+    name: str
+    cfg: Any
+    builder: Callable[[Any], nn.Module]
+
+    @property
+    def family(self) -> str:
+        return type(self.cfg).__name__.removesuffix("Config")
+
+
+_ENTRIES: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, cfg: Any, builder: Callable[[Any], nn.Module]) -> ModelEntry:
+    """Register ``cfg`` (a dataclass instance) under ``name``; ``builder(cfg)`` makes the network."""
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(f"model {name!r}: the config must be a dataclass instance, got {type(cfg).__name__}")
+    if name in _ENTRIES:
+        raise RuntimeError(f"model {name!r} is registered twice")
+    _ENTRIES[name] = entry = ModelEntry(name, cfg, builder)
+    return entry
+
+
+def unregister_model(name: str) -> None:
+    """Remove ``name`` from the registry (a family registered for a while, e.g. in a test)."""
+    _entry(name)
+    del _ENTRIES[name]
 
 
 def list_models(pattern: str = "*") -> list[str]:
     """Sorted names of the registered networks that match a shell-style pattern."""
-    return sorted(name for name in _ENTRYPOINTS if fnmatch.fnmatch(name, pattern))
+    return sorted(name for name in _ENTRIES if fnmatch.fnmatch(name, pattern))
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the registered network ``name`` with its default size, updated by ``kwargs``."""
-    if name not in _ENTRYPOINTS:
-        raise ConfigError(f"model.net.name: unknown network {name!r}; choose one of: {', '.join(list_models())}")
-    return _ENTRYPOINTS[name](**kwargs)
+def _entry(name: str) -> ModelEntry:
+    if name not in _ENTRIES:
+        close = difflib.get_close_matches(name, _ENTRIES, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"model.net.name: unknown network {name!r}; {hint}choose one of: {', '.join(list_models())}")
+    return _ENTRIES[name]
 
 
-def build(cls: type[nn.Module], arch: dict[str, Any], overrides: dict[str, Any]) -> nn.Module:
-    """Instantiate ``cls`` with ``arch`` updated by ``overrides``, naming any unknown or bad key."""
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(overrides) - accepted)
-    if unknown:
-        raise ConfigError(
-            f"model.net.{unknown[0]}: {cls.__name__} has no such setting; valid settings are: {', '.join(sorted(accepted))}"
-        )
+def get_model_config(name: str, **overrides: Any) -> Any:
+    """The registered config of ``name`` with ``overrides`` replaced, each checked against its fields."""
+    cfg = _entry(name).cfg
+    fields = [f.name for f in dataclasses.fields(cfg)]
+    for key in overrides:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"valid settings are: {', '.join(fields)}"
+            raise ConfigError(f"model.net.{key}: {name} ({type(cfg).__name__}) has no such setting; {hint}")
+    return dataclasses.replace(cfg, **overrides)
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Build the registered network ``name`` with its config updated by ``overrides``."""
+    cfg = get_model_config(name, **overrides)
     try:
-        return cls(**{**arch, **overrides})
+        return _entry(name).builder(cfg)
     except ValueError as err:
         raise ConfigError(f"model.net: {err}") from None
+
+
+def config_dataclass(cls: type[nn.Module], name: str | None = None) -> type:
+    """A frozen dataclass with one typed field per constructor argument of ``cls`` (same defaults)."""
+    fields = []
+    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
+            raise TypeError(f"{cls.__name__}.{p.name}: a config field needs a default")
+        fields.append((p.name, p.annotation, dataclasses.field(default=p.default)))
+    config = dataclasses.make_dataclass(name or f"{cls.__name__}Config", fields, frozen=True)
+    config.__module__ = cls.__module__
+    config.__doc__ = f"The settings of :class:`{cls.__name__}`: one field per constructor argument, same defaults."
+    return config
+
+
+def build_from_config(cls: type[nn.Module]) -> Callable[[Any], nn.Module]:
+    """The builder of a network whose constructor takes the config's fields as keyword arguments."""
+
+    def builder(cfg: Any) -> nn.Module:
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+
+    builder.__name__ = f"build_{cls.__name__}"
+    return builder
+
+
+def net_node(name: str) -> dict[str, Any]:
+    """The Hydra node of a registered network: ``name`` plus every field of its config."""
+    cfg = _entry(name).cfg
+
+    def plain(value: Any) -> Any:
+        return list(value) if isinstance(value, tuple) else value
+
+    return {"name": name, **{f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}}
+
+
+def register_net_configs() -> None:
+    """Store every registered network as ``net/<name>`` in Hydra's ConfigStore (for conf/model)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for name in list_models():
+        store.store(group="net", name=name, node=net_node(name))

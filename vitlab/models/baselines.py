@@ -14,110 +14,131 @@ broken by those changes, and default to a corrected build here; ``faithful=True`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import timm
 import torch
 from torch import nn
 
 from vitlab.models._registry import register_model
 
-__all__ = ["timm_attention_maps", "timm_attention_modules"]
+__all__ = ["TimmCifarConfig", "timm_attention_maps", "timm_attention_modules"]
 
 
-def _create(name: str, num_classes: int, drop_rate: float, drop_path_rate: float, **kwargs) -> nn.Module:
+@dataclass(frozen=True)
+class TimmCifarConfig:
+    """A timm network built from scratch for small images. ``img_size`` is used by the models whose
+    token grid depends on it (DeiT, Swin, MaxViT); the convolutional ones ignore it."""
+
+    num_classes: int = 100
+    img_size: int = 32
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    #: Swin and MaxViT only: the seed's build, which barely attends at 32 px (module docstring).
+    faithful: bool = False
+
+
+def _create(name: str, cfg: TimmCifarConfig, **kwargs) -> nn.Module:
     return timm.create_model(
-        name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate, drop_path_rate=drop_path_rate, **kwargs
+        name, pretrained=False, num_classes=cfg.num_classes, drop_rate=cfg.drop_rate,
+        drop_path_rate=cfg.drop_path_rate, **kwargs
     )
 
 
-def _cifar_resnet(name: str, num_classes: int, drop_rate: float, drop_path_rate: float) -> nn.Module:
-    model = _create(name, num_classes, drop_rate, drop_path_rate)
+def _no_faithful(name: str, cfg: TimmCifarConfig) -> None:
+    if cfg.faithful:
+        raise ValueError(f"faithful=true exists for the Swin and MaxViT baselines only, not {name}")
+
+
+def _cifar_resnet(name: str, cfg: TimmCifarConfig) -> nn.Module:
+    _no_faithful(name, cfg)
+    model = _create(name, cfg)
     # 3x3 stride-1 stem and no max-pool: the 32x32 input is not downsampled before stage 1.
     model.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     return model
 
 
-@register_model
-def deit_tiny_p4(num_classes: int = 100, img_size: int = 32, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> nn.Module:
+def build_deit_tiny(cfg: TimmCifarConfig) -> nn.Module:
     """DeiT-Tiny with 4x4 patches (8x8 tokens + CLS at 32 px)."""
-    return _create("deit_tiny_patch16_224", num_classes, drop_rate, drop_path_rate, img_size=img_size, patch_size=4)
+    _no_faithful("deit_tiny", cfg)
+    return _create("deit_tiny_patch16_224", cfg, img_size=cfg.img_size, patch_size=4)
 
 
-@register_model
-def deit_small_p4(num_classes: int = 100, img_size: int = 32, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> nn.Module:
+def build_deit_small(cfg: TimmCifarConfig) -> nn.Module:
     """DeiT-Small with 4x4 patches."""
-    return _create("deit_small_patch16_224", num_classes, drop_rate, drop_path_rate, img_size=img_size, patch_size=4)
+    _no_faithful("deit_small", cfg)
+    return _create("deit_small_patch16_224", cfg, img_size=cfg.img_size, patch_size=4)
 
 
-@register_model
-def swin_tiny_p2(
-    num_classes: int = 100, img_size: int = 32, drop_rate: float = 0.0, drop_path_rate: float = 0.0, faithful: bool = False
-) -> nn.Module:
+def build_swin_tiny(cfg: TimmCifarConfig) -> nn.Module:
     """Swin-Tiny with 2x2 patches and 4x4 windows."""
-    if not faithful:
-        return _create("swin_tiny_patch4_window7_224", num_classes, drop_rate, drop_path_rate, img_size=img_size, patch_size=2, window_size=4)
-    model = _create("swin_tiny_patch4_window7_224", num_classes, drop_rate, drop_path_rate, img_size=img_size, window_size=4)
+    name = "swin_tiny_patch4_window7_224"
+    if not cfg.faithful:
+        return _create(name, cfg, img_size=cfg.img_size, patch_size=2, window_size=4)
+    model = _create(name, cfg, img_size=cfg.img_size, window_size=4)
     model.patch_embed.proj = nn.Conv2d(3, 96, 2, stride=2)
     model.patch_embed.patch_size = (2, 2)
     return model
 
 
-def _maxvit(num_classes: int, img_size: int, drop_rate: float, drop_path_rate: float, faithful: bool, **kwargs) -> nn.Module:
-    if not faithful:
+def _maxvit(cfg: TimmCifarConfig, **kwargs) -> nn.Module:
+    if not cfg.faithful:
         kwargs.update(transformer_window_size=(2, 2), transformer_grid_size=(2, 2))
-    return _create("maxvit_tiny_tf_224", num_classes, drop_rate, drop_path_rate, img_size=img_size, **kwargs)
+    return _create("maxvit_tiny_tf_224", cfg, img_size=cfg.img_size, **kwargs)
 
 
-@register_model
-def maxvit_tiny_32(
-    num_classes: int = 100, img_size: int = 32, drop_rate: float = 0.0, drop_path_rate: float = 0.0, faithful: bool = False
-) -> nn.Module:
+def build_maxvit_tiny(cfg: TimmCifarConfig) -> nn.Module:
     """MaxViT-Tiny with a stride-1 stem (both stem convs 3x3 stride 1)."""
-    model = _maxvit(num_classes, img_size, drop_rate, drop_path_rate, faithful)
+    model = _maxvit(cfg)
     model.stem.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
     model.stem.conv2 = nn.Conv2d(64, 64, 3, stride=1, padding=1, bias=False)
     return model
 
 
-@register_model
-def maxvit_nano_32(
-    num_classes: int = 100, img_size: int = 32, drop_rate: float = 0.0, drop_path_rate: float = 0.0, faithful: bool = False
-) -> nn.Module:
+def build_maxvit_nano(cfg: TimmCifarConfig) -> nn.Module:
     """The seed's "MaxViT-Nano": MaxViT-Tiny with widths 64/96/192/384 and a stride-1 stem whose
     norm is a plain BatchNorm (the seed's surgery drops the stem activation, kept as it trained)."""
-    model = _maxvit(num_classes, img_size, drop_rate, drop_path_rate, faithful, embed_dim=(64, 96, 192, 384))
+    model = _maxvit(cfg, embed_dim=(64, 96, 192, 384))
     model.stem.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1)
     model.stem.norm1 = nn.BatchNorm2d(64, eps=1e-3)
     model.stem.conv2 = nn.Conv2d(64, 64, 3, stride=1, padding=1)
     return model
 
 
-@register_model
-def resnet18_cifar(num_classes: int = 100, img_size: int = 32, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> nn.Module:
-    """ResNet-18 with the CIFAR stem (3x3 stride-1 conv, no max-pool). ``img_size`` is not used."""
-    return _cifar_resnet("resnet18", num_classes, drop_rate, drop_path_rate)
+def build_resnet18(cfg: TimmCifarConfig) -> nn.Module:
+    """ResNet-18 with the CIFAR stem (3x3 stride-1 conv, no max-pool)."""
+    return _cifar_resnet("resnet18", cfg)
 
 
-@register_model
-def resnet50_cifar(num_classes: int = 100, img_size: int = 32, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> nn.Module:
-    """ResNet-50 with the CIFAR stem. ``img_size`` is not used."""
-    return _cifar_resnet("resnet50", num_classes, drop_rate, drop_path_rate)
+def build_resnet50(cfg: TimmCifarConfig) -> nn.Module:
+    """ResNet-50 with the CIFAR stem."""
+    return _cifar_resnet("resnet50", cfg)
 
 
-@register_model
-def convnext_tiny_32(num_classes: int = 100, img_size: int = 32, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> nn.Module:
-    """ConvNeXt-Tiny with a 2x2 stride-2 stem instead of 4x4 stride 4. ``img_size`` is not used."""
-    model = _create("convnext_tiny", num_classes, drop_rate, drop_path_rate)
+def build_convnext_tiny(cfg: TimmCifarConfig) -> nn.Module:
+    """ConvNeXt-Tiny with a 2x2 stride-2 stem instead of 4x4 stride 4."""
+    _no_faithful("convnext_tiny", cfg)
+    model = _create("convnext_tiny", cfg)
     model.stem[0] = nn.Conv2d(3, 96, 2, stride=2)
     return model
 
 
-@register_model
-def efficientnetv2_s_32(num_classes: int = 100, img_size: int = 32, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> nn.Module:
-    """EfficientNetV2-S with a 3x3 stride-1 stem. ``img_size`` is not used."""
-    model = _create("efficientnetv2_s", num_classes, drop_rate, drop_path_rate)
+def build_efficientnetv2_s(cfg: TimmCifarConfig) -> nn.Module:
+    """EfficientNetV2-S with a 3x3 stride-1 stem."""
+    _no_faithful("efficientnetv2_s", cfg)
+    model = _create("efficientnetv2_s", cfg)
     model.conv_stem = nn.Conv2d(3, model.conv_stem.out_channels, 3, stride=1, padding=1, bias=False)
     return model
+
+
+# The seed's comparison table (CIFAR-100, 32 px): one config, one builder (its surgery) per network.
+for _name, _builder in dict(
+    deit_tiny=build_deit_tiny, deit_small=build_deit_small, swin_tiny=build_swin_tiny,
+    maxvit_tiny=build_maxvit_tiny, maxvit_nano=build_maxvit_nano, resnet18=build_resnet18,
+    resnet50=build_resnet50, convnext_tiny=build_convnext_tiny, efficientnetv2_s=build_efficientnetv2_s,
+).items():
+    register_model(_name, TimmCifarConfig(), _builder)
 
 
 def timm_attention_modules(model: nn.Module) -> dict[str, nn.Module]:

@@ -32,17 +32,19 @@ from collections.abc import Sequence
 import torch
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from vitlab.layers.attention_maps import AttentionMap
 from vitlab.layers.channel_group_attention import ChannelGroupTokenAttention
 from vitlab.layers.conv_ffn import DepthwiseConvFFN
 from vitlab.layers.dilated_attention import MultiScaleDilatedAttention
 from vitlab.layers.fusion import HybridFusion
 from vitlab.layers.token_bank import BankCrossAttention, BankState, TokenBank
 from vitlab.layers.window_attention import WindowBankAttention
-from vitlab.models._registry import build, register_model
+from vitlab.models._registry import build_from_config, config_dataclass, register_model
 from vitlab.models.vit import default_patch_size
 
-__all__ = ["BRANCHES", "QAViT", "QuadAttentionBlock"]
+__all__ = ["BRANCHES", "QAViT", "QAViTConfig", "QuadAttentionBlock", "model_cfgs"]
 
 #: The branches in the order a block runs them (the order matters for the bank).
 BRANCHES = ("window", "dilated", "channel_group", "bank")
@@ -187,7 +189,8 @@ class QAViT(nn.Module):
         )
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes)
-        self.bank_norm: torch.Tensor | None = None  # detached largest bank-token norm of the last forward
+        self.num_prefix_tokens = 0  # the bank is not part of the token sequence
+        self.grad_checkpointing = False
         self.reset_parameters()
 
     @torch.no_grad()
@@ -215,7 +218,7 @@ class QAViT(nn.Module):
     # ----------------------------------------------------------------------------- forward
     def _forward_tokens(
         self, images: torch.Tensor, need_weights: bool = False
-    ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor | None]]]:
+    ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor | None]], BankState]:
         H, W = images.shape[-2:]
         p = self.patch_size
         if (H // p, W // p) != self.grid or H % p or W % p:
@@ -228,26 +231,70 @@ class QAViT(nn.Module):
         state = self.token_bank.initial_state(x.shape[0])
         maps = []
         for block in self.blocks:
-            x, state, block_maps = block(x, state, self.token_bank, need_weights=need_weights)
+            if self.grad_checkpointing and self.training and not need_weights:
+                x, state, block_maps = checkpoint(block, x, state, self.token_bank, use_reentrant=False)
+            else:
+                x, state, block_maps = block(x, state, self.token_bank, need_weights=need_weights)
             maps.append(block_maps)
-        self.bank_norm = torch.cat(state, dim=1).detach().norm(dim=-1).amax()
-        return self.norm(x), maps
+        return self.norm(x), maps, state
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, C, H, W)`` -> normalised tokens ``(B, H/p * W/p, embed_dim)``."""
-        return self._forward_tokens(x)[0]
+    def forward_features(self, x: torch.Tensor, return_aux: bool = False):
+        """Images ``(B, C, H, W)`` -> normalised tokens ``(B, H/p * W/p, embed_dim)``; with
+        ``return_aux`` also ``{"bank_norm": the largest bank-token norm at the end (detached)}``."""
+        tokens, _, state = self._forward_tokens(x)
+        if not return_aux:
+            return tokens
+        return tokens, {"bank_norm": torch.cat(state, dim=1).detach().norm(dim=-1).amax()}
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean(dim=1)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_aux: bool = False):
+        """Logits; with ``return_aux`` ``(logits, aux)`` as :meth:`forward_features` gives them."""
+        if return_aux:
+            tokens, aux = self.forward_features(x, return_aux=True)
+            return self.forward_head(tokens), aux
         return self.forward_head(self.forward_features(x))
+
+    def describe(self) -> str:
+        """One line on the bank and grid, logged when fitting starts."""
+        return (
+            f"QAViT: {'faithful (seed) bank and layouts' if self.faithful else 'functional per-sample bank'}, "
+            f"{self.grid[0]}x{self.grid[1]} grid, bank of {self.token_bank.num_tokens} tokens"
+        )
+
+    # ----------------------------------------------------------------------------- timm's model API
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for timm's layer-wise LR decay: the stem and the bank (shared by every
+        block, so with the stem), one group per block, the final norm; the head is timm's last group."""
+        return dict(stem=r"^patch_embed|^patch_norm|^pos_embed|^token_bank",
+                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head (truncated-normal 0.02, zero bias, as the seed's init) for ``num_classes``; 0 = none."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"QAViT mean-pools its tokens; global_pool={global_pool!r} is not supported")
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
 
     # ----------------------------------------------------------------------------- analysis
     @torch.no_grad()
-    def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Post-softmax weights of every branch, per block ``i`` (``S`` bank tokens):
+    def attention_maps(self, x: torch.Tensor) -> dict[str, AttentionMap]:
+        """Post-softmax weights of every branch (:class:`AttentionMap`), per block ``i`` (``S`` bank tokens):
 
         * ``"blocks.i.window"`` ``(B, windows, heads, window**2, window**2 + S)`` (the seed's faithful
           mode: ``linformer_k + S`` keys; padded keys get weight 0);
@@ -257,40 +304,36 @@ class QAViT(nn.Module):
 
         Every row sums to 1. In faithful mode and training, this forward writes to the bank (as any).
         """
-        _, maps = self._forward_tokens(x, need_weights=True)
-        return {f"blocks.{i}.{name}": m for i, block_maps in enumerate(maps) for name, m in block_maps.items()}
+        _, maps, _ = self._forward_tokens(x, need_weights=True)
+        # Bank keys (and, faithful, Linformer keys) have no place on the grid: these layouts are
+        # checked for normalisation, not measured or drawn.
+        return {
+            f"blocks.{i}.{name}": AttentionMap(m, layout=f"qavit_{name}", grid=self.grid, dim=-1)
+            for i, block_maps in enumerate(maps)
+            for name, m in block_maps.items()
+        }
 
     def fusion_weights(self) -> torch.Tensor:
         """``softmax(alpha)`` of every block, ``(depth, 4)`` in :data:`BRANCHES` order (detached)."""
         return torch.stack([block.fusion.weights().detach() for block in self.blocks])
 
 
-def _create(overrides: dict, **arch) -> QAViT:
-    return build(QAViT, arch, overrides)
-
-
-@register_model
-def qavit_tiny(**kwargs) -> QAViT:
-    """QAViT-Tiny at 224 px (d 256, 4 heads, depth 12, bank 16)."""
-    return _create(kwargs, embed_dim=256, num_heads=4, depth=12, bank_size=16, drop_path_rate=0.1)
-
-
-@register_model
-def qavit_small(**kwargs) -> QAViT:
-    """QAViT-Small at 224 px (d 384, 6 heads, depth 16, bank 32 as the seed's code)."""
-    return _create(kwargs, embed_dim=384, num_heads=6, depth=16, bank_size=32, drop_path_rate=0.15)
-
+QAViTConfig = config_dataclass(QAViT)
 
 _NATIVE_32 = dict(img_size=32, patch_size=None, window_size=4, linformer_k=None)
 
+model_cfgs = dict(
+    # QAViT-Tiny at 224 px (d 256, 4 heads, depth 12, bank 16): 13,054,564 (faithful) / 12,897,396
+    # (default) params at 100 classes. At 32 px it sees a 2x2 grid: use qavit_tiny_32 there.
+    qavit_tiny=QAViTConfig(embed_dim=256, num_heads=4, depth=12, bank_size=16, drop_path_rate=0.1),
+    # QAViT-Small at 224 px (d 384, 6 heads, depth 16, bank 32 as the seed's code): 38,125,636
+    # (faithful) / 37,916,260 (default) params at 100 classes.
+    qavit_small=QAViTConfig(embed_dim=384, num_heads=6, depth=16, bank_size=32, drop_path_rate=0.15),
+    # QAViT-Tiny on native 32 px CIFAR: patch 4 (8x8 grid), window 4, no Linformer (12,565,620 params).
+    qavit_tiny_32=QAViTConfig(embed_dim=256, num_heads=4, depth=12, bank_size=16, drop_path_rate=0.1, **_NATIVE_32),
+    # QAViT-Small on native 32 px CIFAR: patch 4 (8x8 grid), window 4, no Linformer.
+    qavit_small_32=QAViTConfig(embed_dim=384, num_heads=6, depth=16, bank_size=32, drop_path_rate=0.15, **_NATIVE_32),
+)
 
-@register_model
-def qavit_tiny_32(**kwargs) -> QAViT:
-    """QAViT-Tiny on native 32 px CIFAR: patch 4 (8x8 grid), window 4, no Linformer."""
-    return _create(kwargs, embed_dim=256, num_heads=4, depth=12, bank_size=16, drop_path_rate=0.1, **_NATIVE_32)
-
-
-@register_model
-def qavit_small_32(**kwargs) -> QAViT:
-    """QAViT-Small on native 32 px CIFAR: patch 4 (8x8 grid), window 4, no Linformer."""
-    return _create(kwargs, embed_dim=384, num_heads=6, depth=16, bank_size=32, drop_path_rate=0.15, **_NATIVE_32)
+for _name, _cfg in model_cfgs.items():
+    register_model(_name, _cfg, build_from_config(QAViT))

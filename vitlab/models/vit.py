@@ -23,9 +23,12 @@ from functools import partial
 import torch
 from timm.layers import trunc_normal_
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from vitlab.layers.attention_maps import AttentionMap, CLSMap, TokenMap
 from vitlab.layers.cpe import PEG
 from vitlab.layers.dropout import dropout
+from vitlab.layers.pos_embed import sincos_2d
 from vitlab.layers.transformer import TransformerBlock
 from vitlab.layers.vit_attention import (
     DIFF_BOUNDARIES,
@@ -39,13 +42,15 @@ from vitlab.layers.vit_attention import (
     patch_luminance_entropy,
     token_entropy,
 )
-from vitlab.models._registry import build, register_model
+from vitlab.models._registry import build_from_config, config_dataclass, register_model
 
-__all__ = ["ViT", "default_patch_size"]
+__all__ = ["ViT", "ViTConfig", "default_patch_size", "model_cfgs"]
 
 ATTENTIONS = ("mhsa", "diffsim", "suppress", "diff", "alibi")
 ROPES = (None, "axial", "mixed")
 ENTROPY_SOURCES = ("pixels", "tokens", "attention")
+HEAD_POOLS = ("token", "concat_prefix")
+INITS = ("b0", "torch")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Heo et al.'s bases: 100 for the fixed axial frequencies, 10 for the initial mixed ones.
@@ -82,6 +87,14 @@ class ViT(nn.Module):
         legacy_init: the seed's per-variant attention init (V4: uniform weights with default biases;
             RoPE: PyTorch's default) instead of B0's for all (defect 7).
         qkv_bias, proj_bias: biases of the attention projections (the differential variant has none).
+        num_prefix_tokens: CLS tokens in front of the patches (Mini-ViT: 2), none with a position.
+        sincos_pe: a fixed 2D sin-cos table on the patches instead of the learnable one (``ape``).
+        pos_drop_rate: dropout on the input tokens; ``None`` = ``drop_rate`` (B0), 0 for Mini-ViT.
+        mlp_bias: biases of the MLP's linears (Mini-ViT's seed has none).
+        head_pool: ``token`` (the first CLS output) | ``concat_prefix`` (all prefix outputs side by
+            side, Mini-ViT's head).
+        init: ``b0`` (B0's init, below) | ``torch`` (PyTorch's defaults, Mini-ViT's seed);
+            ``cls_init`` (``zeros`` | ``trunc_normal``) applies with ``torch``.
     """
 
     def __init__(
@@ -118,6 +131,13 @@ class ViT(nn.Module):
         cpe_zero_init: bool = False,
         legacy_init: bool = False,
         norm_eps: float = 1e-6,
+        num_prefix_tokens: int = 1,
+        sincos_pe: bool = False,
+        pos_drop_rate: float | None = None,
+        mlp_bias: bool = True,
+        head_pool: str = "token",
+        init: str = "b0",
+        cls_init: str = "zeros",
     ) -> None:
         super().__init__()
         patch_size = default_patch_size(img_size) if patch_size is None else patch_size
@@ -149,17 +169,33 @@ class ViT(nn.Module):
             raise ValueError(f"pe_drop_rate must be in [0, 1), got {pe_drop_rate}")
         if pe_drop_rate > 0 and not ape:
             raise ValueError("pe_drop_rate needs the position table (ape: true)")
+        if num_prefix_tokens < 1:
+            raise ValueError(f"num_prefix_tokens must be at least 1 (the CLS token), got {num_prefix_tokens}")
+        if sincos_pe and ape:
+            raise ValueError("sincos_pe (a fixed table) and ape (a learnable one) exclude each other; set ape: false")
+        if sincos_pe and embed_dim % 4:
+            raise ValueError(f"embed_dim {embed_dim} must be divisible by 4 for the 2D sin-cos PE")
+        if head_pool not in HEAD_POOLS:
+            raise ValueError(f"head_pool must be one of {', '.join(HEAD_POOLS)}, got {head_pool!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+        if cls_init not in ("zeros", "trunc_normal"):
+            raise ValueError(f"cls_init must be 'zeros' or 'trunc_normal', got {cls_init!r}")
         if attention == "diff" and lambda_mode != "learned" and entropy_source == "pixels":
             if len(entropy_mean) != in_chans or len(entropy_std) != in_chans:
                 raise ValueError(f"entropy_mean and entropy_std need {in_chans} values (one per input channel)")
 
         self.num_classes = num_classes
         self.num_features = embed_dim
+        # The head reads the CLS output, or (head_pool=concat_prefix) all prefix outputs side by side.
+        self.head_features = embed_dim * (num_prefix_tokens if head_pool == "concat_prefix" else 1)
         self.embed_dim = embed_dim
         self.img_size = img_size
         self.patch_size = patch_size
         self.grid = (img_size // patch_size, img_size // patch_size)
-        self.num_prefix_tokens = 1
+        self.num_prefix_tokens = num_prefix_tokens
+        self.head_pool = head_pool
+        self.init = init
         self.attention = attention
         self.rope = rope
         self.lambda_mode = lambda_mode
@@ -171,10 +207,14 @@ class ViT(nn.Module):
         num_patches = self.grid[0] * self.grid[1]
 
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-        self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, num_prefix_tokens, embed_dim))
+        if init == "torch" and cls_init == "trunc_normal":
+            trunc_normal_(self.cls_token, std=0.02)  # here, in construction order: the seed's RNG stream
         self.pos_embed = nn.Parameter(torch.empty(1, num_patches, embed_dim)) if ape else None
+        # A fixed table is derived from the config, so checkpoints need not carry it.
+        self.register_buffer("sincos_pos_embed", sincos_2d(*self.grid, embed_dim)[None] if sincos_pe else None, persistent=False)
         self.pe_drop_rate = pe_drop_rate
-        self.pos_drop = nn.Dropout(drop_rate)
+        self.pos_drop = nn.Dropout(drop_rate if pos_drop_rate is None else pos_drop_rate)
 
         theta = DEFAULT_ROPE_THETA.get(rope, 10.0) if rope_theta is None else rope_theta
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
@@ -203,6 +243,7 @@ class ViT(nn.Module):
                 embed_dim,
                 num_heads,
                 mlp_ratio=mlp_ratio,
+                mlp_bias=mlp_bias,
                 drop=drop_rate,
                 drop_path=dpr[i],
                 norm_layer=norm_layer,
@@ -212,9 +253,10 @@ class ViT(nn.Module):
         )
         self.peg = PEG(embed_dim, cpe_kernel_size, zero_init=cpe_zero_init) if cpe else None
         self.norm = norm_layer(embed_dim)
-        self.head = nn.Linear(embed_dim, num_classes)
-        self.last_entropy: torch.Tensor | None = None  # detached mean modulation of the last forward
-        self.reset_parameters()
+        self.head = nn.Linear(self.head_features, num_classes)
+        self.grad_checkpointing = False
+        if init == "b0":
+            self.reset_parameters()
 
     # ----------------------------------------------------------------------------- init
     @torch.no_grad()
@@ -260,7 +302,7 @@ class ViT(nn.Module):
         if H % p or W % p:
             raise ValueError(f"input {H}x{W} is not divisible by patch_size {p}")
         grid = (H // p, W // p)
-        if self.pos_embed is not None and grid != self.grid:
+        if (self.pos_embed is not None or self.sincos_pos_embed is not None) and grid != self.grid:
             raise ValueError(
                 f"input {H}x{W} gives a {grid[0]}x{grid[1]} grid but the position table is "
                 f"{self.grid[0]}x{self.grid[1]} (img_size {self.img_size}); it is not interpolated"
@@ -276,6 +318,8 @@ class ViT(nn.Module):
                 # counter) cannot hook a parameter's view made under no_grad.
                 table = dropout(table.expand(x.shape[0], -1, -1), self.pe_drop_rate)
             x = x + table
+        if self.sincos_pos_embed is not None:
+            x = x + self.sincos_pos_embed
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         return self.pos_drop(x)
 
@@ -288,36 +332,88 @@ class ViT(nn.Module):
         return torch.cat((ent.mean(1, keepdim=True), ent), dim=1)  # CLS gets the image mean
 
     def _forward_tokens(
-        self, images: torch.Tensor, need_weights: bool = False
-    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        self, images: torch.Tensor, need_weights: bool = False, stats: dict | None = None
+    ) -> tuple[torch.Tensor, list]:
+        """Normalised tokens and each block's weights (None unless ``need_weights``); the figures
+        asked for with ``stats`` (a dict this call fills) are recorded there."""
         grid = self._grid_of(images)
-        ctx = AttentionContext(grid=grid, num_prefix=self.num_prefix_tokens)
+        ctx = AttentionContext(grid=grid, num_prefix=self.num_prefix_tokens, stats=stats)
         if self.uses_modulation and self.entropy_source == "pixels":
             ctx.modulation = self._pixel_modulation(images)
-            self.last_entropy = ctx.modulation.detach().mean()
+            ctx.record("entropy", ctx.modulation.mean())
         x = self._embed(images)
         weights = []
         for i, block in enumerate(self.blocks):
             if self.uses_modulation and self.entropy_source == "tokens":
-                ctx = AttentionContext(grid=grid, num_prefix=self.num_prefix_tokens, modulation=token_entropy(x))
+                ctx = AttentionContext(grid=grid, num_prefix=self.num_prefix_tokens, modulation=token_entropy(x), stats=stats)
                 if i == 0:
-                    self.last_entropy = ctx.modulation.detach().mean()
-            x, w = block(x, need_weights=need_weights, ctx=ctx)
+                    ctx.record("entropy", ctx.modulation.mean())
+            if self.grad_checkpointing and self.training and not need_weights:
+                x, w = checkpoint(block, x, False, ctx=ctx, use_reentrant=False)
+            else:
+                x, w = block(x, need_weights=need_weights, ctx=ctx)
             weights.append(w)
             if self.peg is not None and i == self.cpe_after:
                 x = self.peg(x, grid, self.num_prefix_tokens)
         return self.norm(x), weights
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, C, H, W)`` -> normalised tokens ``(B, 1 + patches, embed_dim)``."""
-        return self._forward_tokens(x)[0]
+    def forward_features(self, x: torch.Tensor, return_aux: bool = False):
+        """Images ``(B, C, H, W)`` -> normalised tokens ``(B, 1 + patches, embed_dim)``; with
+        ``return_aux`` also ``{name: detached scalar}``: ``entropy_mean`` (the per-token factor, where
+        one is used) and ``lambda_mean`` (differential attention, mean over the blocks)."""
+        stats: dict | None = {} if return_aux else None
+        tokens, _ = self._forward_tokens(x, stats=stats)
+        if not return_aux:
+            return tokens
+        return tokens, {f"{name}_mean": torch.stack(values).mean() for name, values in stats.items()}
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x[:, 0]
+        x = x[:, : self.num_prefix_tokens].flatten(1) if self.head_pool == "concat_prefix" else x[:, 0]
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_aux: bool = False):
+        """Logits; with ``return_aux`` ``(logits, aux)`` as :meth:`forward_features` gives them."""
+        if return_aux:
+            tokens, aux = self.forward_features(x, return_aux=True)
+            return self.forward_head(tokens), aux
         return self.forward_head(self.forward_features(x))
+
+    def describe(self) -> str:
+        """One line on the variant, logged when fitting starts."""
+        return (
+            f"ViT variant: attention={self.attention}, rope={self.rope}, ape={self.pos_embed is not None}, "
+            f"cpe={self.peg is not None}, sincos_pe={self.sincos_pos_embed is not None}, patch {self.patch_size} -> "
+            f"{self.grid[0]}x{self.grid[1]} grid + {self.num_prefix_tokens} CLS, head on {self.head_pool}"
+        )
+
+    # ----------------------------------------------------------------------------- timm's model API
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for timm's layer-wise LR decay: the stem, one group per block (the PEG
+        with the block it follows), then the final norm; the head is timm's last group."""
+        return dict(
+            stem=r"^cls_token|^pos_embed|^patch_embed",  # (sincos_pos_embed is a buffer, no parameter)
+            blocks=[(r"^blocks\.(\d+)", None), (r"^peg", (self.cpe_after or 0,)), (r"^norm", (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new (zero-initialised, as B0's) head for ``num_classes``; 0 = no head (features out)."""
+        if global_pool not in (None, "token"):
+            raise ValueError(f"ViT pools its CLS token(s); global_pool={global_pool!r} is not supported")
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.head_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0 and self.init == "b0":
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def timm_reference(self) -> tuple[str, nn.Module]:
         """timm's VisionTransformer at this backbone's shape with plain multi-head attention and a
@@ -335,6 +431,8 @@ class ViT(nn.Module):
             num_heads=attn.num_heads,
             mlp_ratio=self.blocks[0].mlp.fc1.out_features / self.embed_dim,
             qkv_bias=attn.qkv.bias is not None,
+            class_token=True,
+            reg_tokens=self.num_prefix_tokens - 1,  # extra CLS tokens are timm's register tokens
             global_pool="token",
             pos_drop_rate=self.pos_drop.p,
             proj_drop_rate=attn.proj_drop.p,
@@ -344,105 +442,64 @@ class ViT(nn.Module):
 
     # ----------------------------------------------------------------------------- analysis
     @torch.no_grad()
-    def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def attention_maps(self, x: torch.Tensor) -> dict[str, AttentionMap]:
         """Per block ``i``:
 
-        * ``"blocks.i"``: the attention weights ``(B, heads, N, N)``, N = 1 + patches, CLS first;
-        * ``"blocks.i.cls"``: the CLS query's weights on the patches laid out on the patch grid,
-          ``(B, heads, grid_h, grid_w)``;
+        * ``"blocks.i"``: a :class:`TokenMap` ``(B, heads, N, N)``, N = 1 + patches, CLS first;
+        * ``"blocks.i.cls"``: a :class:`CLSMap`, the CLS query's weights on the patch grid
+          ``(B, heads, grid_h, grid_w)`` (what the attention dump draws for the block);
         * differential attention only: ``"blocks.i.softmax1"`` / ``"blocks.i.softmax2"``, the two
           softmax maps ``A1``, ``A2``; then ``"blocks.i"`` is ``A1 - lambda A2``, whose rows sum to
-          ``1 - lambda`` (not 1) and may hold negative weights.
+          ``1 - lambda`` (not 1) and may hold negative weights: it is marked as no distribution and
+          not measured (its two softmax maps are).
         """
         grid = self._grid_of(x)
         _, weights = self._forward_tokens(x, need_weights=True)
-        maps: dict[str, torch.Tensor] = {}
-        for i, (block, w) in enumerate(zip(self.blocks, weights)):
+        maps: dict[str, AttentionMap] = {}
+        tokens = dict(grid=grid, prefix_tokens=self.num_prefix_tokens, overlay=False)
+        for i, w in enumerate(weights):
             name = f"blocks.{i}"
-            maps[name] = w
-            maps[f"{name}.cls"] = w[:, :, 0, self.num_prefix_tokens :].reshape(w.shape[0], w.shape[1], *grid)
-            if isinstance(block.attn, DifferentialAttention) and block.attn.last_maps is not None:
-                maps[f"{name}.softmax1"], maps[f"{name}.softmax2"] = block.attn.last_maps
-                block.attn.last_maps = None
+            if isinstance(w, dict):  # differential: A1 - lambda A2 and its two softmax maps
+                maps[name] = TokenMap(w[""], dim=None, measure=False, **tokens)
+                maps[f"{name}.softmax1"] = TokenMap(w["softmax1"], **tokens)
+                maps[f"{name}.softmax2"] = TokenMap(w["softmax2"], **tokens)
+                w = w[""]
+            else:
+                maps[name] = TokenMap(w, **tokens)
+            cls = w[:, :, 0, self.num_prefix_tokens :].reshape(w.shape[0], w.shape[1], *grid)
+            maps[f"{name}.cls"] = CLSMap(cls, grid=grid, prefix_tokens=self.num_prefix_tokens)
         return maps
 
-    def modulation_stats(self) -> dict[str, torch.Tensor]:
-        """Detached means of the last forward: ``entropy`` (the per-token factor, where used) and
-        ``lambda`` (differential attention, over all layers)."""
-        stats = {}
-        if self.last_entropy is not None:
-            stats["entropy"] = self.last_entropy
-        lambdas = [b.attn.last_lambda for b in self.blocks if getattr(b.attn, "last_lambda", None) is not None]
-        if lambdas:
-            stats["lambda"] = torch.stack(lambdas).mean()
-        return stats
 
+ViTConfig = config_dataclass(ViT)
 
-def _create(overrides: dict, **arch) -> ViT:
-    return build(ViT, arch, overrides)
+#: The named sizes of the clear-vit study (README rows; parameter counts at 256 px / 100 classes).
+model_cfgs = dict(
+    # Row 3, the baseline B0: ViT-Ti/16, learnable PE, standard attention (5,555,044 params).
+    vit=ViTConfig(),
+    # Row 1 (re-specified, no seed code): B0 with dropout p=0.1 on the position table.
+    vit_pe_dropout=ViTConfig(pe_drop_rate=0.1),
+    # Row 2 (re-specified, no seed code): difference-similarity attention, boundary `sequence`.
+    vit_diffsim=ViTConfig(attention="diffsim", diff_boundary="sequence"),
+    # Row 4: spatial-suppression attention, the seed's `token_conv` mode (+324 params).
+    vit_suppress=ViTConfig(attention="suppress", suppression_mode="token_conv", suppression_radius=1),
+    # Row 5, "RoPE extension", read as RoPE-Mixed without the absolute PE (5,508,196 params).
+    vit_rope=ViTConfig(rope="mixed", ape=False),
+    # Row 5's alternative: fixed axial 2D RoPE (theta 100), no absolute PE.
+    vit_rope_axial=ViTConfig(rope="axial", ape=False),
+    # Row 6 (re-specified, no seed code): differential attention with lambda replaced by the
+    # normalised luminance entropy of each query patch; bias-free projections as Differential
+    # Transformer. `lambda_mode=learned` gives plain differential attention.
+    vit_diff_entropy=ViTConfig(
+        attention="diff", lambda_mode="replace", entropy_source="pixels", qkv_bias=False, proj_bias=False
+    ),
+    # Row 7: RoPE-Mixed (learnable 2D frequencies per layer and head) plus the absolute PE (5,557,348).
+    vit_rope_mixed=ViTConfig(rope="mixed", ape=True),
+    # Extra: bidirectional 2D ALiBi (Euclidean patch distance, CLS unbiased), no absolute PE.
+    vit_alibi=ViTConfig(attention="alibi", ape=False),
+    # Extra: CPVT's conditional positional encoding (PEG after the first block), no absolute PE.
+    vit_cpe=ViTConfig(cpe=True, cpe_after=0, ape=False),
+)
 
-
-@register_model
-def vit(**kwargs) -> ViT:
-    """README row 3, the baseline B0: ViT-Ti/16, learnable PE, standard attention (5,555,044 params
-    at 256 px / 100 classes)."""
-    return _create(kwargs)
-
-
-@register_model
-def vit_pe_dropout(**kwargs) -> ViT:
-    """Row 1 (re-specified, no seed code): B0 with dropout p=0.1 on the position table."""
-    return _create(kwargs, pe_drop_rate=0.1)
-
-
-@register_model
-def vit_diffsim(**kwargs) -> ViT:
-    """Row 2 (re-specified, no seed code): difference-similarity attention, boundary ``sequence``."""
-    return _create(kwargs, attention="diffsim", diff_boundary="sequence")
-
-
-@register_model
-def vit_suppress(**kwargs) -> ViT:
-    """Row 4: spatial-suppression attention, the seed's ``token_conv`` mode (+324 params)."""
-    return _create(kwargs, attention="suppress", suppression_mode="token_conv", suppression_radius=1)
-
-
-@register_model
-def vit_rope(**kwargs) -> ViT:
-    """Row 5, "RoPE extension", read as RoPE-Mixed without the absolute PE (5,508,196 params)."""
-    return _create(kwargs, rope="mixed", ape=False)
-
-
-@register_model
-def vit_rope_axial(**kwargs) -> ViT:
-    """Row 5's alternative: fixed axial 2D RoPE (theta 100), no absolute PE."""
-    return _create(kwargs, rope="axial", ape=False)
-
-
-@register_model
-def vit_diff_entropy(**kwargs) -> ViT:
-    """Row 6 (re-specified, no seed code): differential attention with lambda replaced by the
-    normalised luminance entropy of each query patch; bias-free projections as Differential
-    Transformer. ``lambda_mode=learned`` gives plain differential attention."""
-    return _create(
-        kwargs, attention="diff", lambda_mode="replace", entropy_source="pixels", qkv_bias=False, proj_bias=False
-    )
-
-
-@register_model
-def vit_rope_mixed(**kwargs) -> ViT:
-    """Row 7: RoPE-Mixed (learnable 2D frequencies per layer and head) plus the absolute PE
-    (5,557,348 params)."""
-    return _create(kwargs, rope="mixed", ape=True)
-
-
-@register_model
-def vit_alibi(**kwargs) -> ViT:
-    """Extra: bidirectional 2D ALiBi (Euclidean patch distance, CLS unbiased), no absolute PE."""
-    return _create(kwargs, attention="alibi", ape=False)
-
-
-@register_model
-def vit_cpe(**kwargs) -> ViT:
-    """Extra: CPVT's conditional positional encoding (PEG after the first block), no absolute PE."""
-    return _create(kwargs, cpe=True, cpe_after=0, ape=False)
+for _name, _cfg in model_cfgs.items():
+    register_model(_name, _cfg, build_from_config(ViT))

@@ -1,0 +1,23 @@
+"""Building objects from config nodes, shared by every entry point (train, evaluate, analyze) and
+``vitlab.runs``; it imports no entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from vitlab.errors import VitlabError
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` with plain containers; bad input raised by the target comes out as
+    itself instead of wrapped in Hydra's InstantiationException (so it stays one line)."""
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, VitlabError):
+            raise err.__cause__ from None
+        raise
