@@ -23,7 +23,7 @@ FAMILIES = {
     "outgrid": ("outgrid_7m", dict(stem_dim=16, dims=(16, 16, 32, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2),
                                    outlook_heads=(1, 1, 2, 2))),
     "qavit": ("qavit_tiny_32", dict(embed_dim=32, depth=1, num_heads=2, num_groups=4, bank_size=4, window_size=3)),
-    "baseline": ("resnet18_cifar", dict()),
+    "baseline": ("resnet18", dict()),
 }
 
 

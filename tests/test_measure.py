@@ -178,8 +178,7 @@ def _small_spec(name: str) -> str:
 
 
 # The big timm baselines take seconds each on 2 shared cores: they run with -m slow.
-HEAVY = {"convnext_tiny_32", "deit_small_p4", "efficientnetv2_s_32", "maxvit_nano_32", "maxvit_tiny_32",
-         "resnet50_cifar", "swin_tiny_p2"}
+HEAVY = {"convnext_tiny", "deit_small", "efficientnetv2_s", "maxvit_nano", "maxvit_tiny", "resnet50", "swin_tiny"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in list_models()])
