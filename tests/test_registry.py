@@ -12,7 +12,7 @@ from vitlab.errors import ConfigError
 from vitlab.models import create_model, get_model_config, list_models
 from vitlab.models._registry import net_node
 
-CONF_MODEL = Path(__file__).resolve().parent.parent / "conf" / "model"
+CONF_MODEL = Path(__file__).resolve().parent.parent / "vitlab" / "conf" / "model"
 DATA_KEYS = {"num_classes", "img_size", "entropy_mean", "entropy_std"}  # filled from the data config
 
 
