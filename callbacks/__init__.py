@@ -2,6 +2,7 @@
 
 from callbacks.attention_dump import AttentionDumpCallback
 from callbacks.checkpoint import AtomicModelCheckpoint
+from callbacks.epoch_curve import EpochCurve
 from callbacks.flops import FlopsCallback, count_flops
 from callbacks.lr_monitor import LearningRateMonitor
 from callbacks.nan_guard import NaNGuard, NonFiniteLossError
@@ -12,6 +13,7 @@ from callbacks.throughput import ThroughputCallback, measure_matmul_tflops
 __all__ = [
     "AtomicModelCheckpoint",
     "AttentionDumpCallback",
+    "EpochCurve",
     "FlopsCallback",
     "LearningRateMonitor",
     "NaNGuard",

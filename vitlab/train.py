@@ -5,8 +5,9 @@
     python -m vitlab.train run_dir=logs/train/runs/<date>_<time>        # continue a run where it stopped
 
 The run dir (``paths.output_dir``) receives ``checkpoints/`` (best by val top-1, and last),
-``tensorboard/``, the resolved ``config.yaml`` and, after testing the best checkpoint,
-``metrics.json``. :func:`train` is the task itself, usable without the command line.
+``tensorboard/``, the resolved ``config.yaml`` and, after testing, ``metrics.json``. Under
+``protocol=heldout`` (the default) the best checkpoint is tested; under ``protocol=seed`` (each
+original's own protocol, docs/seeds/) the final weights, beside the best of the test scores of fit. :func:`train` is the task itself, usable without the command line.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from callbacks import SDPABackend
+from callbacks import EpochCurve, SDPABackend
 from vitlab.checkpoint import check_resume_checkpoint
 from vitlab.cli import check_group_choices, check_overrides_compose, composition_error, one_line_errors, run_entry_point
 from vitlab.config import HardwareConfig, register_configs, split_batch, to_hardware, to_recipe
@@ -37,6 +38,9 @@ from vitlab.errors import ConfigError, VitlabError
 register_configs()
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+# How numbers are measured (conf/protocol/): held-out selection, or each original's own protocol.
+PROTOCOLS = ("heldout", "seed")
 
 
 def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, Any]:
@@ -58,15 +62,22 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
         raise ConfigError(f"seed: expected an integer in [0, 2**32), got {cfg.seed!r}")
 
+    protocol = cfg.get("protocol", "heldout")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol: unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)} (files in conf/protocol/)")
+    # With data.val_size=0 the validation split is the test split: its curve is a test curve.
+    validates_on_test = cfg.data.get("val_size") == 0
+
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data, batch_size=batch_per_device)
     module = build(cfg.model, recipe=OmegaConf.to_container(cfg.recipe, resolve=True))
     if ckpt_path:
         check_resume_checkpoint(ckpt_path, module)
+    curve = EpochCurve()
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         accumulate_grad_batches=accumulate,
-        callbacks=_instantiate_group(cfg.get("callbacks")) + _hardware_callbacks(hardware),
+        callbacks=_instantiate_group(cfg.get("callbacks")) + _hardware_callbacks(hardware) + [curve],
         logger=_instantiate_group(cfg.get("logger")) or False,
     )
     _save_config(cfg, output_dir)
@@ -79,6 +90,7 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_time = time.perf_counter() - fit_started
     metrics: dict[str, Any] = {
+        "protocol": protocol,
         "model": cfg.model.net.name,
         "data": choices.get("data"),
         "recipe": choices.get("recipe"),
@@ -91,13 +103,26 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
         "fit_time_s": round(fit_time, 1),  # includes validation; a resumed run counts only its own part
     }
     metrics.update(getattr(module, "run_metrics", {}))  # what callbacks measured: FLOPs, images/s, MFU
+    curve_split = "test" if validates_on_test else "val"
+    metrics[f"{curve_split}/top1_per_epoch"] = [{"epoch": p["epoch"], "top1": p["top1"]} for p in curve.points]
+    if validates_on_test and curve.best is not None:
+        # The originals that scored the test split during training reported the best of those scores.
+        metrics["test/top1_best"] = curve.best["top1"]
+        metrics["test/top1_best_epoch"] = curve.best["epoch"]
     if cfg.test:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if not best:
-            rank_zero_warn("no best checkpoint (validation off?): testing the last weights")
+        if protocol == "seed":
+            # The originals report the final weights' test score (beside the best of the curve).
+            best = ""
+        else:
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            if not best:
+                rank_zero_warn("no best checkpoint (validation off?): testing the last weights")
         metrics["tested_ckpt"] = best or None
+        metrics["tested_weights"] = "best" if best else "final"
         (results,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(results)
+        if protocol == "seed":
+            metrics["test/top1_final"] = results.get("test/top1")
     metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
     _write_metrics(metrics, trainer, cfg, output_dir)
     return metrics
@@ -175,8 +200,13 @@ def _write_metrics(metrics: dict[str, Any], trainer: L.Trainer, cfg: DictConfig,
         "epochs": cfg.recipe.epochs,
         "seed": cfg.seed,
         "precision": str(cfg.hardware.precision),
+        "protocol": str(cfg.get("protocol", "heldout")),
     }
-    scores = {f"hp/{k.replace('/', '_')}": float(v) for k, v in metrics.items() if k.startswith(("test/", "val/top1_best"))}
+    scores = {
+        f"hp/{k.replace('/', '_')}": float(v)
+        for k, v in metrics.items()
+        if k.startswith(("test/", "val/top1_best")) and isinstance(v, int | float)  # not the per-epoch curves
+    }
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):  # its HPARAMS tab pairs them with the final metrics
             logger.log_hyperparams(hparams, scores)
