@@ -8,7 +8,7 @@ import torch
 from conftest import CONF_DIR, SMOKE, compose_config
 from datamodules import build_train_transform
 from datamodules.erasing import ChannelConstantErasing
-from vitlab.config import gpu_precision
+from vitlab.config import gpu_precision, to_hardware
 from vitlab.errors import ConfigError
 from vitlab.train import train
 
@@ -43,6 +43,7 @@ def test_seed_protocol_composes_for_every_experiment(experiment):
     assert cpu.data.val_size == (0.1 if family == "outgrid" else 0)
     assert gpu.hardware.precision == SEED_PRECISION[family]
     assert cpu.hardware.precision == "32-true"  # the originals' mixed precision was CUDA-only
+    assert to_hardware(cpu.hardware).precision == "32-true"  # resolves inside the schema, too
     assert cpu.trainer.check_val_every_n_epoch == SEED_EVAL_EVERY[family]
     # Nothing else of the experiment changes: the recipe is the same but for the documented details.
     assert cpu.recipe.optimizer == heldout.recipe.optimizer and cpu.model == heldout.model
