@@ -6,6 +6,7 @@
 #   DEADLINE=11:30 bash bench/real_data.sh
 #   REAL_DATA_SMOKE=1 bash bench/real_data.sh    # 2 steps per model: checks the script, measures nothing
 #   ONLY="vit outgrid_7m" bash bench/real_data.sh # some of the networks
+#   MINI_VIT_SUBSET=1000 SUBSET_SCALE=0.4 OMP_NUM_THREADS=1 bash bench/real_data.sh   # on a heavily loaded machine
 #
 # 1. mini_vit: 2 passes over all 50,000 train images at batch 128, lr 2e-3, 1-pass warmup then
 #    cosine, repeated augmentation x1 (the seed's recipe otherwise: AutoAugment, CutMix, random
@@ -54,11 +55,16 @@ else
     common+=(+data.cache=true)   # decode every JPEG once, not once per epoch
 fi
 subset=("data.test_dir=$test_subset" recipe.batch_size=64)
+# SUBSET_SCALE=f shrinks the per-class train subsets below (and the estimates) by f; EST_FACTOR=k
+# multiplies the time estimates (k > 1 on a loaded machine).
+scale=${SUBSET_SCALE:-1}
+per_class() { python -c "print(max(10, round($1 * $scale)))"; }
+est() { python -c "print(round((60 + ($1 - 60) * $scale) * ${EST_FACTOR:-1}))"; }
 
 {
     echo "# Real-data run $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "- command: \`bash bench/real_data.sh\` (DEADLINE=${DEADLINE:-10:15}, OMP_NUM_THREADS=$OMP_NUM_THREADS, REAL_DATA_SMOKE=$smoke)"
+    echo "- command: \`bash bench/real_data.sh\` (DEADLINE=${DEADLINE:-10:15}, OMP_NUM_THREADS=$OMP_NUM_THREADS, MINI_VIT_SUBSET=${MINI_VIT_SUBSET:-}, SUBSET_SCALE=${SUBSET_SCALE:-1}, REAL_DATA_SMOKE=$smoke)"
     echo "- machine: $(nproc --all) cores, $(lscpu | sed -n 's/^Model name: *//p'), torch $(python -c 'import torch; print(torch.__version__)'), fp32 (protocol=seed on CPU)"
     echo "- load before: $(uptime | sed 's/.*load average/load average/')"
     echo
@@ -83,14 +89,17 @@ run() {
     echo "$(uptime | sed 's/.*load average: //')" > "$out/$name.load_after"
 }
 
+# MINI_VIT_SUBSET=N: the first N train images per class instead of all 5,000 (for a loaded machine).
+mini_subset=()
+[ -n "${MINI_VIT_SUBSET:-}" ] && mini_subset=("+data.subset=$MINI_VIT_SUBSET")
 run mini_vit 1700 model=mini_vit recipe.batch_size=128 recipe.repeated_aug=1 recipe.schedule.warmup_epochs=1 \
-    recipe.optimizer.lr=2.0e-3
-run vit 750 model=vit recipe=mini_vit recipe.repeated_aug=1 recipe.schedule.warmup_epochs=1 +data.subset=500 "${subset[@]}"
-run outgrid_7m 720 model=outgrid_7m +data.subset=200 "${subset[@]}"
-run deit_tiny_p4 750 model=deit_tiny +data.subset=500 "${subset[@]}"
-run resnet18_cifar 680 model=resnet18 +data.subset=300 "${subset[@]}"
-run qavit_tiny_32 780 model=qavit_tiny_32 recipe.augment.crop_padding=4 recipe.schedule.warmup_epochs=0.067 \
-    +data.subset=100 "${subset[@]}"
+    recipe.optimizer.lr=2.0e-3 "${mini_subset[@]}"
+run vit "$(est 750)" model=vit recipe=mini_vit recipe.repeated_aug=1 recipe.schedule.warmup_epochs=1 +data.subset="$(per_class 500)" "${subset[@]}"
+run outgrid_7m "$(est 720)" model=outgrid_7m +data.subset="$(per_class 200)" "${subset[@]}"
+run deit_tiny_p4 "$(est 750)" model=deit_tiny +data.subset="$(per_class 500)" "${subset[@]}"
+run resnet18_cifar "$(est 680)" model=resnet18 +data.subset="$(per_class 300)" "${subset[@]}"
+run qavit_tiny_32 "$(est 780)" model=qavit_tiny_32 recipe.augment.crop_padding=4 recipe.schedule.warmup_epochs=0.067 \
+    +data.subset="$(per_class 100)" "${subset[@]}"
 
 python - "$out" <<'PY'
 import json, sys
