@@ -56,6 +56,7 @@ def test_tiny_mode_runs_end_to_end_on_cpu(tmp_path):
     assert sorted(int(e) for e in results["mini_vit"]["test_top1_per_epoch"]) == [1, 2]
     assert results["mini_vit"]["metrics"]["protocol"] == "seed"
     rows = results["steps"]["rows"]
-    assert {(r["model"], r["precision"]) for r in rows} == {(m, p) for _, m, _, _ in gpu_proof.FAMILIES for p in ("bf16", "fp16")}
+    assert {(r["model"], r["precision"]) for r in rows} == {(m, p) for m in gpu_proof.TINY_MODELS for p in ("bf16", "fp16")}
+    assert any(r["channels_last"] for r in rows) and any(r.get("flash_ops") for r in rows)
     assert all(r["status"] == "ok" for r in rows)
     assert "mini_vit" in (out / "bench.md").read_text() and (out / "summary.md").is_file() and (out / "log.txt").is_file()
