@@ -287,6 +287,13 @@ def auto_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
+def gpu_precision(precision: str, accelerator: str = "auto") -> str:
+    """``precision`` when the run lands on a CUDA GPU, else ``32-true``: for the originals whose mixed
+    precision was CUDA-only (on a CPU they trained in fp32)."""
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return precision if on_gpu else "32-true"
+
+
 def fresh_dir(path: str) -> str:
     """Create and return a new folder at ``path``, or at ``path_1``, ``path_2``... if it exists.
 
@@ -346,6 +353,7 @@ def _path_safe(text: str) -> str:
 _CACHED_RESOLVERS = {"vitlab.run_dir": _run_dir, "vitlab.fresh_dir": fresh_dir}
 _RESOLVERS = {
     "vitlab.auto_precision": auto_precision,
+    "vitlab.gpu_precision": gpu_precision,
     "vitlab.cuda_available": torch.cuda.is_available,
     "vitlab.hydra_subdir": _hydra_subdir,
     "vitlab.path_safe": _path_safe,

@@ -5,8 +5,9 @@
     python -m vitlab.train run_dir=logs/train/runs/<date>_<time>        # continue a run where it stopped
 
 The run dir (``paths.output_dir``) receives ``checkpoints/`` (best by val top-1, and last),
-``tensorboard/``, the resolved ``config.yaml`` and, after testing the best checkpoint,
-``metrics.json``. :func:`train` is the task itself, usable without the command line.
+``tensorboard/``, the resolved ``config.yaml`` and, after testing, ``metrics.json``. Under
+``protocol=heldout`` (the default) the best checkpoint is tested; under ``protocol=seed`` (each
+original's own protocol, docs/seeds/) the final weights, beside the best of the test scores of fit. :func:`train` is the task itself, usable without the command line.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from vitlab.callbacks import SDPABackend, collect_records
+from vitlab.callbacks import EpochCurve, SDPABackend, collect_records
 from vitlab.callbacks.checkpoint import Preempted
 from vitlab.checkpoint import DigestCheckpointIO, check_resume_checkpoint
 from vitlab.cli import (
@@ -59,6 +60,9 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 log = logging.getLogger(__name__)
 
+# How numbers are measured (conf/protocol/): held-out selection, or each original's own protocol.
+PROTOCOLS = ("heldout", "seed")
+
 
 def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, Any]:
     """Fit, test the best checkpoint, write ``metrics.json``; returns the metrics.
@@ -80,6 +84,11 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
         raise ConfigError(f"seed: expected an integer in [0, 2**32), got {cfg.seed!r}")
 
     warn_if_past_schedule(cfg.trainer.get("max_epochs"), recipe.epochs)
+    protocol = cfg.get("protocol", "heldout")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol: unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)} (files in conf/protocol/)")
+    # With data.val_size=0 the validation split is the test split: its curve is a test curve.
+    validates_on_test = cfg.data.get("val_size") == 0
 
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data, batch_size=batch_per_device)
@@ -91,11 +100,12 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
     # vitlab's classifiers clamp log_every_n_steps to an epoch's steps, so a short run still logs its
     # step metrics; Lightning's warning that it would not is then wrong.
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+    curve = EpochCurve()
     try:
         trainer = L.Trainer(
             **trainer_args,
             accumulate_grad_batches=accumulate,
-            callbacks=_instantiate_group(cfg.get("callbacks")) + _hardware_callbacks(hardware),
+            callbacks=_instantiate_group(cfg.get("callbacks")) + _hardware_callbacks(hardware) + [curve],
             logger=_instantiate_group(cfg.get("logger")) or False,
             plugins=_plugins(),
         )
@@ -115,6 +125,7 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         fit_time = time.perf_counter() - fit_started
         metrics: dict[str, Any] = {
+            "protocol": protocol,
             "model": cfg.model.net.name,
             "data": choices.get("data"),
             "recipe": choices.get("recipe"),
@@ -129,14 +140,27 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
         if "val/images" in trainer.callback_metrics:  # what the last validation's scores are over
             metrics["val/images"] = int(trainer.callback_metrics["val/images"].item())
         metrics.update(collect_records(trainer.callbacks))  # what callbacks measured: FLOPs, images/s, MFU
+        curve_split = "test" if validates_on_test else "val"
+        metrics[f"{curve_split}/top1_per_epoch"] = [{"epoch": p["epoch"], "top1": p["top1"]} for p in curve.points]
+        if validates_on_test and curve.best is not None:
+            # The originals that scored the test split during training reported the best of those scores.
+            metrics["test/top1_best"] = curve.best["top1"]
+            metrics["test/top1_best_epoch"] = curve.best["epoch"]
         if cfg.test:
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            if not best:
-                rank_zero_warn("no best checkpoint (validation off?): testing the last weights")
+            if protocol == "seed":
+                # The originals report the final weights' test score (beside the best of the curve).
+                best = ""
+            else:
+                best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+                if not best:
+                    rank_zero_warn("no best checkpoint (validation off?): testing the last weights")
             # Relative to the run folder, like every path a run folder keeps: it stays right when moved.
             metrics["tested_ckpt"] = _relative_to(best, output_dir) if best else None
+            metrics["tested_weights"] = "best" if best else "final"
             (results,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
             metrics.update(results)
+            if protocol == "seed":
+                metrics["test/top1_final"] = results.get("test/top1")
             if "test/images" in results:
                 metrics["test/images"] = int(results["test/images"])
                 metrics["test/partial"] = metrics["test/images"] < split_size(trainer.test_dataloaders)
@@ -331,8 +355,13 @@ def _write_metrics(metrics: dict[str, Any], trainer: L.Trainer, cfg: DictConfig,
         "epochs": cfg.recipe.epochs,
         "seed": cfg.seed,
         "precision": str(cfg.hardware.precision),
+        "protocol": str(cfg.get("protocol", "heldout")),
     }
-    scores = {f"hp/{k.replace('/', '_')}": float(v) for k, v in metrics.items() if k.startswith(("test/", "val/top1_best"))}
+    scores = {
+        f"hp/{k.replace('/', '_')}": float(v)
+        for k, v in metrics.items()
+        if k.startswith(("test/", "val/top1_best")) and isinstance(v, int | float)  # not the per-epoch curves
+    }
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):  # its HPARAMS tab pairs them with the final metrics
             logger.log_hyperparams(hparams, scores)

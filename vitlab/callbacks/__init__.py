@@ -2,6 +2,7 @@
 
 from vitlab.callbacks.attention_dump import AttentionDumpCallback
 from vitlab.callbacks.checkpoint import AtomicModelCheckpoint
+from vitlab.callbacks.epoch_curve import EpochCurve
 from vitlab.callbacks.flops import FlopsCallback
 from vitlab.callbacks.nan_guard import NaNGuard, NonFiniteLossError
 from vitlab.callbacks.progress import make_progress_bar
@@ -11,6 +12,7 @@ from vitlab.callbacks.throughput import ThroughputCallback
 
 __all__ = [
     "AtomicModelCheckpoint",
+    "EpochCurve",
     "AttentionDumpCallback",
     "FlopsCallback",
     "NaNGuard",

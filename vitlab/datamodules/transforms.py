@@ -14,6 +14,7 @@ from torchvision.transforms import v2
 
 from vitlab.errors import ConfigError
 
+from .erasing import ChannelConstantErasing
 from .randaug_legacy import LegacyRandAugment
 
 AUGMENT_DEFAULTS: dict[str, Any] = {
@@ -35,7 +36,12 @@ AUGMENT_EXTRA_DEFAULTS: dict[str, Any] = {
     # true: the clear-vit seed's custom RandAugment (3 of 16 ops with replacement, fixed magnitude;
     # datamodules/randaug_legacy.py), after the flip; excludes auto_augment and rand_augment.
     "randaug_legacy": False,
+    # How random erasing fills its box: "torchvision" (per-pixel N(0, 1), log-uniform aspect ratio) or
+    # "clear_vit" (one U(0, 1) value per channel, uniform aspect ratio; datamodules/erasing.py).
+    "random_erasing_style": "torchvision",
 }
+
+RANDOM_ERASING_STYLES = ("torchvision", "clear_vit")
 ALL_AUGMENT_DEFAULTS: dict[str, Any] = {**AUGMENT_DEFAULTS, **AUGMENT_EXTRA_DEFAULTS}
 
 _INTERPOLATIONS = {
@@ -135,6 +141,10 @@ def resolve_augment(augment: Mapping[str, Any] | None) -> dict[str, Any]:
     resolved["random_erasing_ratio"] = _check_range(resolved["random_erasing_ratio"], "random_erasing_ratio", None)
     if resolved["random_resized_crop"] is not None:
         resolved["random_resized_crop"] = _check_range(resolved["random_resized_crop"], "random_resized_crop", 1.0)
+    if resolved["random_erasing_style"] not in RANDOM_ERASING_STYLES:
+        raise ConfigError(
+            f"{_key('random_erasing_style')}: unknown style {resolved['random_erasing_style']!r}; use one of {', '.join(RANDOM_ERASING_STYLES)}"
+        )
     if not isinstance(resolved["randaug_legacy"], bool):
         raise ConfigError(f"{_key('randaug_legacy')}: expected true or false, got {resolved['randaug_legacy']!r}")
     if resolved["randaug_legacy"] and (policy is not None or rand_augment is not None):
@@ -202,7 +212,11 @@ def build_train_transform(
     if aug["randaug_legacy"]:
         steps.append(LegacyRandAugment())
     steps += _to_normalised_float(mean, std)
-    if aug["random_erasing"] > 0:
+    if aug["random_erasing"] > 0 and aug["random_erasing_style"] == "clear_vit":
+        steps.append(
+            ChannelConstantErasing(aug["random_erasing"], aug["random_erasing_scale"], aug["random_erasing_ratio"])
+        )
+    elif aug["random_erasing"] > 0:
         steps.append(
             v2.RandomErasing(
                 p=aug["random_erasing"],
