@@ -51,13 +51,13 @@ FAMILIES = [
     ("clear_vit", "vit", False, True),
     ("outgrid", "outgrid_7m", True, True),
     ("qavit", "qavit_tiny_32", False, False),
-    ("baseline", "deit_tiny_p4", False, True),
-    ("baseline", "resnet18_cifar", True, False),
+    ("baseline", "deit_tiny", False, True),
+    ("baseline", "resnet18", True, False),
 ]
 
 
 #: What ``--tiny`` runs of (a) and (b) on a CPU.
-TINY_MODELS = ("mini_vit", "deit_tiny_p4", "resnet18_cifar")
+TINY_MODELS = ("mini_vit", "deit_tiny", "resnet18")
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -215,7 +215,7 @@ def _compiled_steps(name, precision, channels_last, flash, batch, steps, device,
 def bench_table(out: Path, tiny: bool) -> dict[str, Any]:
     from vitlab import bench
 
-    models = list(TINY_MODELS) if tiny else ["mini_vit", "vit", "outgrid_7m", "qavit_tiny_32", "deit_tiny_p4", "resnet18_cifar"]
+    models = list(TINY_MODELS) if tiny else ["mini_vit", "vit", "outgrid_7m", "qavit_tiny_32", "deit_tiny", "resnet18"]
     args = [*models, "--against", "timm", "--precision", "bf16", "--out", str(out / "bench")]
     if tiny:  # CPU: small batches, the 32 px shape for every network
         args += ["--batch-size", "2", "--warmup", "0", "--iters", "1", "--img-size", "32"]

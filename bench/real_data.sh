@@ -16,8 +16,8 @@
 #    images of each class) at batch 64, scored on a class-balanced 1,000-image test subset (the
 #    first 100 images of each class, symlinks in a temporary folder): a full pass or the full test
 #    split takes too long for these larger networks on this CPU. vit (32 px, patch 4) trains with
-#    the Mini-ViT recipe (its own clear-vit recipe is a 256 px ImageNet one); deit_tiny_p4,
-#    resnet18_cifar and outgrid_7m with the OutGrid recipe they were compared under; qavit_tiny_32
+#    the Mini-ViT recipe (its own clear-vit recipe is a 256 px ImageNet one); deit_tiny,
+#    resnet18 and outgrid_7m with the OutGrid recipe they were compared under; qavit_tiny_32
 #    with the QAViT recipe (crop padding 4 as at native 32 px, warmup 10 of 300 epochs scaled to
 #    the run). Every schedule spans the run (recipe.epochs=2).
 #    OutGrid's own seed protocol holds 10 % of the train split out; here every run sets
@@ -52,7 +52,7 @@ common=(data=cifar10_jpg protocol=seed hardware=cpu hardware.num_workers=1
 if [ "$smoke" = 1 ]; then
     common+=(trainer.limit_train_batches=2 trainer.limit_val_batches=2 trainer.limit_test_batches=2)
 else
-    common+=(+data.cache=true)   # decode every JPEG once, not once per epoch
+    common+=(data.cache=true)   # decode every JPEG once, not once per epoch
 fi
 subset=("data.test_dir=$test_subset" recipe.batch_size=64)
 # SUBSET_SCALE=f shrinks the per-class train subsets below (and the estimates) by f; EST_FACTOR=k
@@ -91,15 +91,15 @@ run() {
 
 # MINI_VIT_SUBSET=N: the first N train images per class instead of all 5,000 (for a loaded machine).
 mini_subset=()
-[ -n "${MINI_VIT_SUBSET:-}" ] && mini_subset=("+data.subset=$MINI_VIT_SUBSET")
+[ -n "${MINI_VIT_SUBSET:-}" ] && mini_subset=("data.subset=$MINI_VIT_SUBSET")
 run mini_vit 1700 model=mini_vit recipe.batch_size=128 recipe.repeated_aug=1 recipe.schedule.warmup_epochs=1 \
     recipe.optimizer.lr=2.0e-3 "${mini_subset[@]}"
-run vit "$(est 750)" model=vit recipe=mini_vit recipe.repeated_aug=1 recipe.schedule.warmup_epochs=1 +data.subset="$(per_class 500)" "${subset[@]}"
-run outgrid_7m "$(est 720)" model=outgrid_7m +data.subset="$(per_class 200)" "${subset[@]}"
-run deit_tiny_p4 "$(est 750)" model=deit_tiny +data.subset="$(per_class 500)" "${subset[@]}"
-run resnet18_cifar "$(est 680)" model=resnet18 +data.subset="$(per_class 300)" "${subset[@]}"
+run vit "$(est 750)" model=vit recipe=mini_vit recipe.repeated_aug=1 recipe.schedule.warmup_epochs=1 data.subset="$(per_class 500)" "${subset[@]}"
+run outgrid_7m "$(est 720)" model=outgrid_7m data.subset="$(per_class 200)" "${subset[@]}"
+run deit_tiny "$(est 750)" model=deit_tiny data.subset="$(per_class 500)" "${subset[@]}"
+run resnet18 "$(est 680)" model=resnet18 data.subset="$(per_class 300)" "${subset[@]}"
 run qavit_tiny_32 "$(est 780)" model=qavit_tiny_32 recipe.augment.crop_padding=4 recipe.schedule.warmup_epochs=0.067 \
-    +data.subset="$(per_class 100)" "${subset[@]}"
+    data.subset="$(per_class 100)" "${subset[@]}"
 
 python - "$out" <<'PY'
 import json, sys
