@@ -9,7 +9,7 @@ from vitlab.measure import image_flops
 from vitlab.models import create_model
 from vitlab.models.baselines import timm_attention_maps
 
-# (registry name, seed params, seed MACs) from specs/outgrid.md section 5, 100 classes at 32 px.
+# (registry name, seed params, seed MACs) from docs/seeds/outgrid.md classes at 32 px.
 SEED_TABLE = [
     ("deit_tiny", 5.38e6, 347e6),
     ("deit_small", 21.38e6, 1.38e9),

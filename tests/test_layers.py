@@ -61,7 +61,7 @@ def test_sincos_1d_interleaves_sin_and_cos():
 
 
 def test_sincos_2d_spec_check_values():
-    # specs/mini_vit.md 1.1: dim 96, grid 8x8, first half encodes the column x, second the row y.
+    # docs/seeds/mini_vit.md: dim 96, grid 8x8, first half encodes the column x, second the row y.
     pe = sincos_2d(8, 8, 96)
     assert pe.shape == (64, 96)
     torch.testing.assert_close(pe[1, :4], torch.tensor([0.8415, 0.5403, 0.6298, 0.7768]), atol=1e-4, rtol=0)

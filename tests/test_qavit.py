@@ -38,7 +38,7 @@ def tiny(**overrides):
 @pytest.mark.parametrize(
     "name, faithful, total, frozen",
     [
-        ("qavit_tiny", True, 13_054_564, 88_848),  # the seed's code (spec §1, §4; D4's dead params)
+        ("qavit_tiny", True, 13_054_564, 88_848),  # the seed's code (docs/seeds/qavit.md; dead params)
         ("qavit_small", True, 38_125_636, 197_792),
         ("qavit_tiny", False, 12_897_396, 0),
         ("qavit_small", False, 37_916_260, 0),
@@ -103,7 +103,7 @@ def test_multiscale_pooling_layouts():
     assert all(set(row.nonzero().flatten().tolist()) <= stride3 for row in pooled[65:])
     seed = multiscale_pool_matrix(grid, (1, 2, 3), pooling="faithful", max_len=128)
     assert seed.shape == (128, 196)
-    assert (seed > 0).sum() == 256 == 270 - 14  # 14 of the 25 stride-3 tokens never seen (D6)
+    assert (seed > 0).sum() == 256 == 270 - 14  # 14 of the 25 stride-3 tokens never seen
     # The seed pairs the stride-2 grid's row ends (positions 12 and 28) and the stride-2 / stride-3
     # boundary (positions 180 and 0) along its 1-D sequence.
     assert seed[101, 12] == seed[101, 28] == 0.5 and seed[122, 180] == seed[122, 0] == 0.5
@@ -129,7 +129,7 @@ def test_every_branch_map_is_a_softmax_and_matches_the_fused_path(one_thread):
 # ----------------------------------------------------------------------------- token bank
 def test_batch_independence_in_train_mode(one_thread):
     """One image's logits must not depend on the other images of its batch, also in training. The
-    seed's bank averages its writes over the batch (D3/D21): the same check fails in faithful mode."""
+    seed's bank averages its writes over the batch: the same check fails in faithful mode."""
     x, others_a, others_b = torch.randn(1, 3, 32, 32), torch.randn(3, 3, 32, 32), 3 * torch.randn(3, 3, 32, 32) + 1
 
     def check_batch_independent(net):  # fresh copies: the faithful bank changes with every forward
@@ -190,7 +190,7 @@ def test_bank_norm_stays_bounded_over_200_training_steps(one_thread):
     assert max(norms) < 2 * max(norms[:10])  # no drift with training steps
     assert max(bounds) < 2 * bounds[0]
 
-    seed = tiny(depth=1, faithful=True).train()  # the seed's bank only grows: spec §9.1 (1.27 -> 198 in 20 forwards)
+    seed = tiny(depth=1, faithful=True).train()  # the seed's bank only grows: docs/seeds/qavit.md (1.27 -> 198 in 20 forwards)
     with torch.no_grad():
         seed_norms = [seed(x, return_aux=True)[1]["bank_norm"].item() for x, _ in _synthetic_batches(20)]
     assert seed_norms[-1] > 10 * seed_norms[0]
@@ -253,7 +253,7 @@ def test_recipes_and_experiments(tmp_path):
     assert (code.optimizer.lr, code.schedule.warmup_epochs, code.epochs, code.batch_size) == (5e-4, 10, 300, 256)
     assert (readme.optimizer.lr, readme.schedule.warmup_epochs) == (1e-3, 20)
     assert code.label_smoothing == 0.1 and code.grad_clip == 1.0 and code.schedule.min_lr == 1e-6
-    # D14: the first step trains at a small positive LR, not 0.
+    # The first step trains at a small positive LR, not 0.
     assert 0 < WarmupCosine(10, 100, code.schedule.warmup_lr / code.optimizer.lr)(0) < 0.01
 
     tiny_224 = compose_config(["experiment=cifar100_qavit_tiny"], tmp_path)

@@ -35,7 +35,7 @@ from vitlab.train import train
 TABLE = ["vit_pe_dropout", "vit_diffsim", "vit", "vit_suppress", "vit_rope", "vit_diff_entropy", "vit_rope_mixed"]
 EXTRAS = ["vit_rope_axial", "vit_alibi", "vit_cpe"]
 VARIANTS = TABLE + EXTRAS
-BASELINE_PARAMS = 5_555_044  # spec §1, at 256 px / 100 classes
+BASELINE_PARAMS = 5_555_044  # docs/seeds/clear_vit.md, at 256 px / 100 classes
 EXTRA_PARAMS = {  # relative to the baseline
     "vit": 0,
     "vit_pe_dropout": 0,
@@ -162,7 +162,7 @@ def test_rope_frequencies_follow_the_spec():
 
 
 def test_rope_shapes_for_depth_above_one():
-    model = create_model("vit_rope_mixed")  # the seed's refactor broke here (defect 11)
+    model = create_model("vit_rope_mixed")  # the seed's refactor broke here
     assert [b.attn.rope.freqs.shape for b in model.blocks] == [(2, 3, 32)] * 12
 
 

@@ -1,5 +1,4 @@
-"""The clear-vit seed's custom RandAugment, reproduced as ``randaug_legacy`` (specs/clear_vit.md §4,
-defect 16).
+"""The clear-vit seed's custom RandAugment, reproduced as ``randaug_legacy`` (docs/seeds/clear_vit.md).
 
 It is not the RandAugment of the paper or of torchvision/timm: ``num_ops`` (3) operations are drawn
 **with replacement** from 16, each applied at one fixed magnitude (m = 0.3) with a fixed sign:

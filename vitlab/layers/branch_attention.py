@@ -5,7 +5,7 @@ Every branch calls :func:`branch_attend`, which is :func:`vitlab.layers.attentio
 unless the optional ``flash-attn`` package can take the call: it must be importable, the tensors on
 CUDA in fp16/bf16, no mask, no weights asked for, and a head dim flash supports. The choice depends
 only on the tensors, never on train/eval mode, so training and evaluation use the same kernel
-family (the seed used flash only in training, spec D18).
+family (the seed used flash only in training).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Token attention inside channel groups (QAViT's third branch, the seed's "channel group attention").
 
-Despite the seed's name this is not channel-to-channel attention (spec D8): the embedding is split
+Despite the seed's name this is not channel-to-channel attention: the embedding is split
 into ``G`` groups of ``dim / G`` channels, and inside each group the tokens attend to each other
 through low-rank projections (``dim / G -> dim / (2G)``, shared by all groups; with the seed's sizes
 a head dim of 4). The groups are folded into the batch dimension, so one SDPA call covers all of

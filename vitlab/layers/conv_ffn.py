@@ -8,7 +8,7 @@ from torch import nn
 
 class DepthwiseConvFFN(nn.Module):
     """``Linear(dim -> hidden) -> GELU -> depthwise 3x3 conv on the grid -> Linear(hidden -> dim) ->
-    Dropout``, as the seed: no activation after the conv and no inner residual (spec §3.9 step 7)."""
+    Dropout``, as the seed: no activation after the conv and no inner residual (docs/seeds/qavit.md step 7)."""
 
     def __init__(self, dim: int, hidden_dim: int, grid: tuple[int, int], drop: float = 0.0) -> None:
         super().__init__()

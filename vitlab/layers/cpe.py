@@ -2,7 +2,7 @@
 
 A depthwise ``k x k`` convolution (groups = channels, with bias, zero padding ``k // 2``) over the
 patch tokens laid out on their grid; its output is added to the patch tokens only. CLS tokens pass
-through unchanged (the seed's wrapper returned ``2 * CLS``, defect 21). With ``zero_init`` the
+through unchanged (the seed's wrapper returned ``2 * CLS``). With ``zero_init`` the
 module starts as the identity.
 """
 

@@ -7,7 +7,7 @@ query attends to, together with the bank tokens.
 Subsampling, pooling and concatenation are all linear in the tokens, so they are precomputed as one
 ``(keys, H*W)`` matrix: the forward is one matmul, with no loop over scales. Two layouts:
 
-* ``grid`` (default, spec D6): each scale is average-pooled 2x2 on its own 2-D grid (a partial
+* ``grid`` (default): each scale is average-pooled 2x2 on its own 2-D grid (a partial
   window at the border averages the tokens it has), so no pair straddles a row end or a scale
   boundary and no token is dropped;
 * ``faithful`` (the seed): the scales' raster sequences are concatenated and pooled in pairs along
@@ -66,7 +66,7 @@ class MultiScaleDilatedAttention(nn.Module):
 
     One ``qkv`` projection as the seed; queries use only its Q slice on the full-resolution tokens
     and keys/values its K/V slices on the pooled tokens (numerically what the seed computes, without
-    its discarded full-resolution K/V: spec D7).
+    its discarded full-resolution K/V:).
 
     Args:
         grid: the token grid ``(H, W)``.

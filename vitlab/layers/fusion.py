@@ -11,7 +11,7 @@ class HybridFusion(nn.Module):
     ``w = softmax(alpha)``, ``alpha`` initialised to ones (equal weights).
 
     A scalar per branch in front of a linear layer is redundant (the next layer can absorb any
-    scale: spec D22); it is kept for fidelity, and :meth:`weights` lets training log whether it moves.
+    scale:); it is kept for fidelity, and :meth:`weights` lets training log whether it moves.
     """
 
     def __init__(self, dim: int, out_dim: int, num_branches: int = 4) -> None:

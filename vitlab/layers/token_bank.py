@@ -5,11 +5,11 @@ reads as extra keys/values and that three branches per block write to. A write p
 tokens into the ``S`` slots: a gate ``Linear(dim -> S)`` on the normalised tokens, softmax over the
 tokens (each slot gets a distribution over tokens), pools a compressed copy ``Linear(dim -> dim)``
 into the key slots and the normalised tokens themselves into the value slots. This "MLA gateway" of
-the seed is just that: norm + linear compression + token-softmax gate (spec §3.2, D24).
+the seed is just that: norm + linear compression + token-softmax gate.
 
 Two modes:
 
-* functional (default, spec D3/D4): the bank is a per-sample *state* ``(B, S, dim)``, initialised
+* functional (default): the bank is a per-sample *state* ``(B, S, dim)``, initialised
   from the learned tokens at the start of every forward and carried through the blocks. A write is a
   gated convex update ``state <- (1 - g) * state + g * LN(pooled)`` with a learned gate ``g`` per slot
   (``sigmoid``, initialised at ``write_rate``). Everything is differentiable, nothing is mutated,
@@ -20,7 +20,7 @@ Two modes:
   overwritten during the training forward with ``+ write_rate * clamp(batch-mean update, +-update_clamp)``,
   outside autograd (so the gateway never gets a gradient: it is frozen here, and counted). Its outputs
   depend on the rest of the batch and on every earlier step, and its norm grows without bound
-  (spec §9.1). Under DDP the update is averaged over ranks, so ranks keep the same bank.
+ . Under DDP the update is averaged over ranks, so ranks keep the same bank.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class TokenBank(nn.Module):
         writes: the larger of the learned tokens' norms and the update LayerNorms' largest output norm
         (``max|gain| * sqrt(dim) + |bias|``)."""
         if self.faithful:
-            raise ValueError("the faithful bank has no norm bound (spec §9.1)")
+            raise ValueError("the faithful bank has no norm bound")
         with torch.no_grad():
             learned = torch.cat((self.keys, self.values), dim=1).norm(dim=-1).max().item()
             written = max(

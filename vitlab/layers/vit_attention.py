@@ -1,4 +1,4 @@
-"""Pluggable self-attention for the clear-vit ViT backbone (``specs/clear_vit.md`` §2-3).
+"""Pluggable self-attention for the clear-vit ViT backbone (``docs/seeds/clear_vit.md``).
 
 Every module takes the LN output ``x`` of shape ``(B, N, dim)`` (``num_prefix`` CLS tokens first, then
 the patches of a ``grid_h x grid_w`` grid in raster order) and returns ``(output, weights or None)``, as
@@ -245,7 +245,7 @@ class SuppressionAttention(ViTAttention):
       ``(2r+1)^2`` parameters, the centre one unused.
 
     Kernels start U(-1/(2r+1), 1/(2r+1)), PyTorch's default for such a depthwise conv. Attention
-    dropout is ``attn_drop`` (the seed used the block dropout, defect 9).
+    dropout is ``attn_drop`` (the seed used the block dropout).
     """
 
     def __init__(

@@ -3,7 +3,7 @@
 The token grid is cut into non-overlapping ``window x window`` windows, which are folded into the
 batch dimension, so one SDPA call attends inside every window of every image. A grid that the window
 does not divide is zero-padded at the bottom/right; the padded positions are hidden from the keys by
-a mask and cropped off again after the reverse (spec D10: the seed padded in the partition, forgot
+a mask and cropped off again after the reverse (the seed padded in the partition, forgot
 the padding in the reverse, and let queries attend to the zeros).
 """
 
@@ -54,13 +54,13 @@ def window_valid_mask(grid: tuple[int, int], window: int) -> torch.Tensor:
 
 class WindowBankAttention(nn.Module):
     """Multi-head attention inside each window; every window also sees the bank's ``S`` tokens as
-    extra keys/values (raw bank tokens split into heads, as the seed: spec §3.5, D9).
+    extra keys/values (raw bank tokens split into heads, as the seed: docs/seeds/qavit.md).
 
     Args:
         grid: the token grid ``(H, W)`` the module is used on (fixes the padding mask).
         window_size: side of the square windows.
         compress_k: Linformer projection of each window's keys/values to ``compress_k`` rows; ``None``
-            = none. The seed maps 49 -> 64, an expansion (D5); with padding, the padded rows are
+            = none. The seed maps 49 -> 64, an expansion; with padding, the padded rows are
             zeroed before the projection since a mask cannot follow it.
         mask_padding: hide padded positions from the keys (off only for the seed's behaviour).
     """

@@ -1,7 +1,7 @@
 """timm baselines adapted to 32x32 inputs, as in the OutGridViT seed's comparison table.
 
 Each entrypoint builds a timm model from scratch (no pretrained weights: nothing is downloaded)
-and applies the seed's changes for small images (specs/outgrid.md section 5). Two models were
+and applies the seed's changes for small images (docs/seeds/outgrid.md). Two models were
 broken by those changes, and default to a corrected build here; ``faithful=True`` gives the seed's:
 
 * Swin-Tiny/2: the seed built Swin for patch 4 (an 8x8 token grid) and then swapped in a 2x2

@@ -1,7 +1,7 @@
 """OutGridViT: dynamic 3x3 kernels -> MBConv -> grid attention -> MLP, in four stages.
 
 Re-implementation of github.com/pablo-reyes8/outgrid-vision-transformer following vitlab's spec
-``specs/outgrid.md`` (parameter counts verified against every size the seed logs).
+``docs/seeds/outgrid.md`` (parameter counts verified against every size the seed logs).
 
 Model A puts a dynamic-kernel sub-block at the start of every block. Model B runs ``front_depth``
 dynamic-kernel blocks once, at stage-0 width, and its stage blocks are MBConv + grid attention + MLP

@@ -1,7 +1,7 @@
 """QAViT, the "Quad-Attention ViT": four attention branches fused per block, and a global token bank.
 
 Re-implementation of github.com/cujoramirez/QA-ViT (the v1 model its README and scripts use) after
-vitlab's spec ``specs/qavit.md``. A patch stem (conv + LayerNorm) and a learnable position table
+vitlab's spec ``docs/seeds/qavit.md``. A patch stem (conv + LayerNorm) and a learnable position table
 feed ``depth`` pre-norm blocks; each block runs four branches on the normalised tokens,
 
 * spatial window attention (:class:`~vitlab.layers.window_attention.WindowBankAttention`),
@@ -15,8 +15,8 @@ then a feed-forward with a depthwise 3x3 conv. Mean pooling over the tokens and 
 
 The first three branches read the bank as extra keys and write their outputs into it (see
 :mod:`vitlab.layers.token_bank`). ``faithful=False`` (default) fixes the seed's defects: a
-functional per-sample bank (D3/D4), masked and cropped window padding without the expanding window
-Linformer (D5/D10), multi-scale pooling on each scale's own grid (D6). ``faithful=True`` builds the
+functional per-sample bank, masked and cropped window padding without the expanding window
+Linformer, multi-scale pooling on each scale's own grid. ``faithful=True`` builds the
 seed's model exactly (13,054,564 / 38,125,636 parameters for tiny / small at 100 classes) with its
 in-place bank, for comparison only.
 
@@ -87,7 +87,7 @@ class QuadAttentionBlock(nn.Module):
         # Normalise each writing branch's output before it goes into the bank.
         self.write_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
         if faithful:
-            self.write_norms.requires_grad_(False)  # the seed's writes are outside autograd (D4)
+            self.write_norms.requires_grad_(False)  # the seed's writes are outside autograd
         self.fusion = HybridFusion(dim, dim // compress_ratio, num_branches=len(BRANCHES))
         fused = (dim // compress_ratio) * len(BRANCHES)
         self.bottleneck = Mlp(fused, hidden_features=dim // bottleneck_ratio, out_features=dim, drop=drop)
@@ -120,7 +120,7 @@ class QAViT(nn.Module):
         compress_ratio: each branch is compressed to ``embed_dim / compress_ratio`` before fusion.
         bottleneck_ratio: the bottleneck MLP's hidden width is ``embed_dim / bottleneck_ratio``.
         mlp_ratio: the conv FFN's hidden width over ``embed_dim`` (the seed's 0.5).
-        bank_size: bank tokens ``S`` (tiny 16, small 32 as the seed's code; its README says 16: D2).
+        bank_size: bank tokens ``S`` (tiny 16, small 32 as the seed's code; its README says 16:).
         window_size, dilations, num_groups: of the window, dilated and channel-group branches.
         linformer_k: keys/values the dilated branch compresses its pooled tokens to (``None`` = no
             compression); in ``faithful`` mode also the window branch's (49 -> 64).
@@ -195,7 +195,7 @@ class QAViT(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """The seed's init (spec §3.1): every Linear truncated-normal(0.02) with zero bias, LayerNorm
+        """The seed's init: every Linear truncated-normal(0.02) with zero bias, LayerNorm
         1/0, convolutions PyTorch's default, position table and bank tokens truncated-normal(0.02),
         Linformer matrices Xavier-uniform, fusion logits ones (the last three set by their modules)."""
         trunc_normal_(self.pos_embed, std=0.02)

@@ -1,7 +1,7 @@
 """One ViT backbone with pluggable attention and positional encodings: the clear-vit study.
 
 Re-implementation of the ImageNet-100 models of github.com/4adex/clear-vit following vitlab's spec
-``specs/clear_vit.md``. The backbone (B0) is a ViT-Ti/16 with CLS pooling at 256 px: patch conv 3->192
+``docs/seeds/clear_vit.md``. The backbone (B0) is a ViT-Ti/16 with CLS pooling at 256 px: patch conv 3->192
 (16x16 grid), a learnable position table added to the patch tokens only, a CLS token without
 position, input dropout, 12 pre-norm blocks (3 heads of 64, MLP 768, LayerNorm eps 1e-6), a final
 LayerNorm and a zero-initialised linear head on the CLS output: 5,555,044 parameters at 100 classes.
@@ -85,7 +85,7 @@ class ViT(nn.Module):
         cpe: insert a PEG (depthwise ``cpe_kernel_size`` conv, residual on the patches) after block
             ``cpe_after`` (0 = after the first block, as CPVT); ``cpe_zero_init`` starts it as identity.
         legacy_init: the seed's per-variant attention init (V4: uniform weights with default biases;
-            RoPE: PyTorch's default) instead of B0's for all (defect 7).
+            RoPE: PyTorch's default) instead of B0's for all.
         qkv_bias, proj_bias: biases of the attention projections (the differential variant has none).
         num_prefix_tokens: CLS tokens in front of the patches (Mini-ViT: 2), none with a position.
         sincos_pe: a fixed 2D sin-cos table on the patches instead of the learnable one (``ape``).
@@ -261,7 +261,7 @@ class ViT(nn.Module):
     # ----------------------------------------------------------------------------- init
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """B0's init (spec §1): LeCun truncated-normal stem, N(0, 0.02^2) CLS and position table,
+        """B0's init: LeCun truncated-normal stem, N(0, 0.02^2) CLS and position table,
         attention projections U(-sqrt(3/dim), sqrt(3/dim)) with zero biases, PyTorch's default for the
         MLP, zero head. ``legacy_init`` keeps the seed's per-variant attention init instead."""
         fan_in = self.patch_embed.in_channels * self.patch_embed.kernel_size[0] * self.patch_embed.kernel_size[1]
