@@ -236,21 +236,25 @@ def test_cli_flags_and_one_line_errors(hand_made, capsys):
 
 
 def test_against_seed_puts_the_published_figure_beside_each_group(tmp_path):
-    common = {"test/top5": 0.9, "params": 7_518_102, "macs_per_image": 443_000_000, "epochs": 100, "data": "cifar100"}
+    common = {"test/top5": 0.9, "params": 7_518_102, "macs_per_image": 443_000_000, "epochs": 100, "data": "cifar100",
+              "macs_per_image_without_sdpa": 441_000_000, "protocol": "seed"}
     for seed, top1 in (("0", 0.795), ("1", 0.80), ("2", 0.805)):
         fake_run(tmp_path, f"{seed}_model=outgrid_7m,seed={seed}", ["model=outgrid_7m", f"seed={seed}"],
                  {**common, "model": "outgrid_7m", "test/top1": top1})
-    fake_run(tmp_path, "3_model=resnet18,seed=0", ["model=resnet18", "seed=0"], {**common, "model": "resnet18_cifar", "test/top1": 0.7})
+    fake_run(tmp_path, "3_model=resnet18,seed=0", ["model=resnet18", "seed=0"], {**common, "model": "resnet18", "test/top1": 0.7})
     fake_run(tmp_path, "4_model=deit_tiny,seed=0", ["model=deit_tiny", "seed=0"], None)  # still running
     table = report(tmp_path, against="seed")
-    assert table["label_keys"] == ["model"] and [r["network"] for r in table["rows"]] == ["outgrid_7m", "resnet18_cifar"]
+    assert table["label_keys"] == ["model"] and [r["network"] for r in table["rows"]] == ["outgrid_7m", "resnet18"]
     first, second = table["rows"]
     assert first["seed_top1"] == 79.72 and first["seed_delta"] == pytest.approx(80.0 - 79.72)
     assert first["seed_inside"] is True  # 79.72 is within 80.0 ± 0.5
+    # The seeds counted with fvcore (no SDPA): that count sits beside theirs, with the protocol.
+    assert (first["macs_no_sdpa"], first["protocol"]) == (441_000_000, "seed")
     assert (second["seed_top1"], second["seed_inside"]) == (73.25, None) and second["seed_delta"] == pytest.approx(-3.25)
     markdown = (tmp_path / "report" / "report.md").read_text()
     header = markdown.splitlines()[0]
-    assert header.startswith("| model | network | data | n | seeds |")  # registry names differ from the config names here
+    assert header.startswith("| model | data | n | seeds |")  # the registry names are the config names: no network column
+    assert "| protocol |" in header and "| MACs/image without SDPA | seed MACs |" in header
     assert "| 79.72 | +0.28 | yes |" in markdown and "| 73.25 | -3.25 | - |" in markdown
     assert "- 4 (model=deit_tiny seed=0): no metrics.json" in markdown
     assert table["curves_drawn"] == 0  # no TensorBoard events in hand-made runs: an empty plot, no error

@@ -324,7 +324,8 @@ def _group_row(group: Group, label_keys: list[str], over: list[str]) -> dict[str
     row["test_images"] = f"{min(images)}-{max(images)}" if len(images) > 1 else (images[0] if images else None)
     partial = [m.get("test/partial") for m in metrics if "test/partial" in m]
     row["test_partial"] = any(partial) if partial else None
-    for key, metric in (("params", "params"), ("macs", "macs_per_image"), ("epochs", "epochs")):
+    for key, metric in (("params", "params"), ("macs", "macs_per_image"), ("macs_no_sdpa", "macs_per_image_without_sdpa"),
+                        ("epochs", "epochs"), ("protocol", "protocol")):
         values = _distinct([m.get(metric) for m in metrics])
         row[key] = values[0] if len(values) == 1 else (f"{min(values)}-{max(values)}" if values else None)
     return row
@@ -442,10 +443,14 @@ COLUMNS = [  # (header, cell from the row)
     ("epochs", lambda r: "-" if r["epochs"] is None else str(r["epochs"])),
 ]
 SEED_COLUMNS = [
+    # heldout: the best val checkpoint tested once; seed: the original's own protocol (docs/seeds/README.md).
+    ("protocol", lambda r: r.get("protocol") or "heldout"),
     ("seed top-1 (%)", lambda r: _plain(2)(r["seed_top1"])),
     ("mean - seed", lambda r: "-" if r["seed_delta"] is None else f"{r['seed_delta']:+.2f}"),
     ("seed within mean ± std", lambda r: "-" if r["seed_inside"] is None else ("yes" if r["seed_inside"] else "no")),
     ("seed params", lambda r: _count(r["seed_params"])),
+    # The originals counted with fvcore, which leaves SDPA out: that count stands beside theirs.
+    ("MACs/image without SDPA", lambda r: _count(r.get("macs_no_sdpa"))),
     ("seed MACs", lambda r: _count(r["seed_macs"])),
     ("seed figure", lambda r: r["seed_note"] or ""),
 ]
@@ -494,9 +499,9 @@ def write_csv(path: Path, report: dict[str, Any], against: str | None) -> None:
     keys = [*report["label_keys"], "group", "network", "data", "n", replicate_column(report["over"]), "runs"]
     keys += [f"{key}_{part}" for key, _, _ in METRICS for part in ("mean", "std", "n")]
     keys += ["delta_top1", "ci_low", "ci_high", "ci_method", "ci_excludes_0", "test_images", "test_partial",
-             "params", "macs", "epochs"]
+             "params", "macs", "macs_no_sdpa", "epochs"]
     if against == "seed":
-        keys += ["seed_top1", "seed_delta", "seed_inside", "seed_params", "seed_macs", "seed_note"]
+        keys += ["protocol", "seed_top1", "seed_delta", "seed_inside", "seed_params", "seed_macs", "seed_note"]
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(keys)), extrasaction="ignore")
         writer.writeheader()
@@ -593,24 +598,17 @@ def plot_convergence(path: Path, report: dict[str, Any]) -> int:
     return drawn
 
 
-def prepare_out_dir(path: Path, overwrite: bool) -> Path:
-    """``path`` created; an earlier report there is replaced only with ``--overwrite``."""
-    present = [n for n in REPORT_FILES if (path / n).exists()]
-    if present and not overwrite:
-        raise ConfigError(
-            f"--out: {path.resolve()} already holds {present[0]}; give another --out <folder> or add --overwrite"
-        )
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def report(root: Path, against: str | None = None, out: Path | None = None, overwrite: bool = False,
            baseline: list[str] | None = None, over: list[str] | None = None) -> dict[str, Any]:
     if against not in (None, "seed"):
         raise ConfigError(f"--against: unknown reference {against!r}; use --against seed")
     table = collect(root, against, baseline, over)
     # Only folders with .hydra/overrides.yaml are runs, so a report folder inside the sweep is never one.
-    out_dir = prepare_out_dir(out or root / "report", overwrite)
+    from vitlab.runs import prepare_output_dir  # late: it imports torch, which the table does not need
+
+    out_dir = prepare_output_dir(
+        out or root / "report", REPORT_FILES, overwrite, key="--out", how="give another --out <folder> or add --overwrite"
+    )
     markdown = render_markdown(table, against)
     (out_dir / "report.md").write_text(markdown)
     write_csv(out_dir / "report.csv", table, against)

@@ -81,15 +81,16 @@ def load_run(ckpt_path: str | Path | None, model_node: DictConfig | None = None)
     return LoadedRun(module=module, ckpt_path=path, run_dir=run_dir, config=config, model_name=wanted)
 
 
-def prepare_output_dir(path: Path, names: list[str], overwrite: bool) -> Path:
-    """``path`` created; if it already holds one of ``names`` and ``overwrite`` is off, a ConfigError:
-    results already written are never replaced silently."""
-    path.mkdir(parents=True, exist_ok=True)
+def prepare_output_dir(
+    path: Path, names: list[str], overwrite: bool, key: str = "out_dir", how: str = "give another out_dir=<folder> or overwrite=true"
+) -> Path:
+    """``path`` created; if it already holds one of ``names`` and ``overwrite`` is off, a ConfigError
+    naming ``key`` and ``how`` to get past it (a Hydra command's keys by default; vitlab.report passes
+    its flags): results already written are never replaced silently."""
     present = [n for n in names if (path / n).exists()]
     if present and not overwrite:
-        raise ConfigError(
-            f"out_dir: {path.resolve()} already holds {present[0]}; give another out_dir=<folder> or overwrite=true"
-        )
+        raise ConfigError(f"{key}: {path.resolve()} already holds {present[0]}; {how}")
+    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
