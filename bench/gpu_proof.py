@@ -229,7 +229,7 @@ def bench_table(out: Path, tiny: bool) -> dict[str, Any]:
 def mini_vit_run(data_root: Path, run_dir: Path, tiny: bool) -> dict[str, Any]:
     overrides = [
         "experiment=cifar10_mini_vit", "data=cifar10_jpg", "protocol=seed", f"data.root={data_root}",
-        "trainer.max_epochs=10", "trainer.check_val_every_n_epoch=1", "+data.cache=true",
+        "trainer.max_epochs=10", "trainer.check_val_every_n_epoch=1", "data.cache=true",
         "callbacks.progress_bar.kind=tqdm", "trainer.num_sanity_val_steps=0", f"hydra.run.dir={run_dir}",
     ]
     if tiny:

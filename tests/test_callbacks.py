@@ -56,7 +56,7 @@ def test_a_ten_step_run_logs_lr_and_grad_norm_once_per_step(smoke_cfg, tmp_path,
     original = torch.nn.utils.get_total_norm
     monkeypatch.setattr(torch.nn.utils, "get_total_norm", lambda *a, **k: norms.append(1) or original(*a, **k))
     # 10 steps in one epoch with Lightning's default interval of 50 steps: clamped to the epoch's 10.
-    train(smoke_cfg("+model.net.depth=1", "data.train_size=352", "trainer.limit_train_batches=10", "trainer.limit_val_batches=1",
+    train(smoke_cfg("model.net.depth=1", "data.train_size=352", "trainer.limit_train_batches=10", "trainer.limit_val_batches=1",
                     "trainer.log_every_n_steps=50", "test=false"))
     acc = events(tmp_path / "run")
     scalars = set(acc.Tags()["scalars"])

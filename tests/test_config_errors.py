@@ -35,7 +35,7 @@ CASES = [
     (["data=imagenet1k"], "error: data=imagenet1k: no such data config; choose one of: "),
     (["recipe=deit"], "error: recipe=deit: no such recipe config"),
     (["hardware=tpu"], "error: hardware=tpu: no such hardware config"),
-    (["logger=wandb"], "error: logger=wandb: no such logger config"),
+    (["logger=neptune"], "error: logger=neptune: no such logger config"),
     (["hydra/launcher=no_such_launcher"], "error: hydra/launcher=no_such_launcher: no such hydra/launcher config; choose one of: "),
     # mistyped keys and unparsable overrides
     (["recipe.lr=0.1"], "error: recipe.lr: no such key in the config; did you mean recipe.optimizer.lr?"),
@@ -101,7 +101,7 @@ CASES = [
     (["trainer.precision=fp8"], "error: trainer.precision: unknown precision 'fp8'"),
     (["trainer.limit_train_batches=abc"], "error: trainer.limit_train_batches: expected a number of batches"),
     (["trainer.limit_val_batches=2.5"], "error: trainer.limit_val_batches: expected a number of batches"),
-    (["+model.net.depth=0"], "error: model.net: depth must be >= 1, got 0"),
+    (["model.net.depth=0"], "error: model.net: depth must be >= 1, got 0"),
     # where the run folder would go
     (["paths.log_dir=a_file/logs"], "error: paths.log_dir: cannot create run folders under a_file/logs"),
     pytest.param(["paths.log_dir=read_only/logs"], "error: paths.log_dir: cannot create run folders under read_only/logs",

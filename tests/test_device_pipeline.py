@@ -443,7 +443,7 @@ def test_an_op_applied_to_a_group_gives_the_pixels_the_workers_pipeline_gives_ea
 # ----------------------------------------------------------------------------------- exact resume
 RESUME = ["experiment=cifar10_mini_vit", "data=cifar10_jpg", "data.pipeline=device", "hardware=cpu",
           "hardware.num_workers=0", "data.val_size=10", "recipe.batch_size=16", "recipe.epochs=3",
-          "recipe.schedule.warmup_epochs=1", "recipe.repeated_aug=1", "+model.net.depth=1",
+          "recipe.schedule.warmup_epochs=1", "recipe.repeated_aug=1", "model.net.depth=1",
           "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=1", "trainer.log_every_n_steps=1",
           "trainer.deterministic=true", "test=false", "callbacks.progress_bar.kind=tqdm", "logger=csv"]
 

@@ -164,5 +164,5 @@ def test_cli_one_line_for_a_checkpoint_of_another_model(trained_run, tmp_path):
     )
     assert done.returncode == 2, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert lines == [f"error: ckpt_path: {ckpt} holds weights of mini_vit, not of model outgrid_7m; "
-                     "use model=mini_vit or the checkpoint of a outgrid_7m run"], done.stderr[-2000:]
+    assert lines == [f"error: ckpt_path: {ckpt} holds weights of mini_vit, not of model outgrid; "
+                     "use model=mini_vit or the checkpoint of a outgrid run"], done.stderr[-2000:]

@@ -52,7 +52,7 @@ def finished_run(tmp_path_factory):
     from vitlab.train import train
 
     out = tmp_path_factory.mktemp("run")
-    cfg = compose_config([*SMOKE, "model=mini_vit", "+model.net.depth=1", "recipe.epochs=1", "logger=csv",
+    cfg = compose_config([*SMOKE, "model=mini_vit", "model.net.depth=1", "recipe.epochs=1", "logger=csv",
                           "~callbacks.attention_dump", "~callbacks.flops", "~callbacks.throughput"], output_dir=out)
     train(cfg)
     return out

@@ -13,7 +13,7 @@ from vitlab.errors import ConfigError
 pytest.importorskip("wandb")
 pytest.importorskip("mlflow")
 
-TINY = [*SMOKE, "+model.net.depth=1", "~callbacks.attention_dump", "~callbacks.flops", "~callbacks.throughput"]
+TINY = [*SMOKE, "model.net.depth=1", "~callbacks.attention_dump", "~callbacks.flops", "~callbacks.throughput"]
 
 
 def test_many_loggers_each_write_the_run_locally(tmp_path, monkeypatch):

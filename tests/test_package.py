@@ -21,7 +21,7 @@ from vitlab.errors import ConfigError
 
 TINY_TRAIN = [
     "data=synthetic", "data.train_size=64", "data.val_size=16", "data.test_size=16", "hardware=cpu",
-    "hardware.num_workers=0", "recipe.batch_size=16", "recipe.epochs=1", "recipe.repeated_aug=1", "+model.net.depth=1",
+    "hardware.num_workers=0", "recipe.batch_size=16", "recipe.epochs=1", "recipe.repeated_aug=1", "model.net.depth=1",
     "callbacks.progress_bar.kind=tqdm", "trainer.num_sanity_val_steps=0", "logger=csv",
 ]
 

@@ -30,7 +30,7 @@ from vitlab.runs import LOCK_NAME, lock_holder, run_lock
 # Three epochs of 3 steps (96 images - 16 held out = 80 = 5 batches of 16; 3 per epoch with the limit)
 # with the seed recipe's randomness on: CutMix (numpy), AutoAugment and erasing (torch), dropout.
 FAST = ("data.train_size=96", "data.val_size=16", "recipe.batch_size=16", "recipe.epochs=3", "recipe.schedule.warmup_epochs=1",
-        "+model.net.depth=1", "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=1", "test=false",
+        "model.net.depth=1", "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=1", "test=false",
         "trainer.deterministic=true")
 STEPS_PER_EPOCH = 5
 
@@ -58,7 +58,7 @@ def test_preempted_mid_epoch_with_two_persistent_workers_resumes_bit_identically
     ends with the weights and RNG state of the uninterrupted run."""
     from vitlab import train as train_module
 
-    workers = ("hardware.num_workers=2", "+data.persistent_workers=true")
+    workers = ("hardware.num_workers=2", "data.persistent_workers=true")
     handler_before = signal.getsignal(signal.SIGTERM)
     train_module.train(smoke_cfg(*FAST, *workers, out="straight"))
 
@@ -91,7 +91,7 @@ def test_augmentations_do_not_depend_on_the_number_of_workers(smoke_cfg, tmp_pat
 
     short = (*FAST, "trainer.max_epochs=1")
     train(smoke_cfg(*short, "hardware.num_workers=0", out="w0"))
-    train(smoke_cfg(*short, "hardware.num_workers=2", "+data.persistent_workers=false", out="w2"))
+    train(smoke_cfg(*short, "hardware.num_workers=2", "data.persistent_workers=false", out="w2"))
     _weights_equal(load_checkpoint(tmp_path / "w0" / "checkpoints" / "last.ckpt"),
                    load_checkpoint(tmp_path / "w2" / "checkpoints" / "last.ckpt"))
 
@@ -239,7 +239,7 @@ def test_resume_overrides_apply_persist_or_are_refused_in_one_line(tmp_path, mon
     assert code == 0, stderr[-2000:]
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
 
-    code, stderr = run_in_process([f"run_dir={run_dir}", "+model.net.embed_dim=48"])
+    code, stderr = run_in_process([f"run_dir={run_dir}", "model.net.embed_dim=48"])
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert code == 2 and len(errors) == 1, stderr[-2000:]
     assert errors[0].startswith(f"error: model.net.embed_dim: cannot change when continuing run_dir={run_dir} ("), errors
@@ -288,7 +288,7 @@ def test_a_live_lock_refuses_a_second_run_and_a_stale_one_is_taken_over(tmp_path
 
 # ----------------------------------------------------------------------------------- command line
 def test_an_unknown_plus_group_gets_a_warning_naming_the_groups(capsys):
-    warn_unknown_groups(["+nonexistent_group=foo", "+model.net.depth=2", "+experiment=cifar10_mini_vit", "seed=1"], CONF_DIR)
+    warn_unknown_groups(["+nonexistent_group=foo", "model.net.depth=2", "+experiment=cifar10_mini_vit", "seed=1"], CONF_DIR)
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: +nonexistent_group=foo: 'nonexistent_group' is not a config group")
     assert "callbacks, data, experiment, hardware, hydra, logger, model, paths, recipe, sweep" in lines[0]
@@ -306,9 +306,9 @@ def test_a_run_dir_that_is_not_a_run_is_refused_before_anything_is_written(tmp_p
 # ----------------------------------------------------------------------------------- real processes
 # Three epochs of 6 steps, 2 persistent loader workers, deterministic kernels, one thread.
 PROCESS_RUN = [
-    "data=synthetic", "hardware=cpu", "hardware.num_workers=2", "+data.persistent_workers=true", "data.train_size=208",
+    "data=synthetic", "hardware=cpu", "hardware.num_workers=2", "data.persistent_workers=true", "data.train_size=208",
     "data.val_size=16", "data.test_size=32", "recipe.batch_size=32", "recipe.epochs=3", "recipe.repeated_aug=1",
-    "recipe.schedule.warmup_epochs=1", "+model.net.depth=2", "trainer.deterministic=true", "trainer.log_every_n_steps=2",
+    "recipe.schedule.warmup_epochs=1", "model.net.depth=2", "trainer.deterministic=true", "trainer.log_every_n_steps=2",
     "trainer.limit_val_batches=1", "callbacks.progress_bar.kind=tqdm", "logger=csv", "paths.log_dir=logs",
 ]
 PROCESS_STEPS_PER_EPOCH = 6

@@ -505,8 +505,8 @@ def test_clear_vit_recipe_is_the_seeds_with_fixes():
     assert recipe.label_smoothing == 0.1
     mixing = recipe.mixing
     assert (mixing.mixup_alpha, mixing.cutmix_alpha, mixing.prob, mixing.switch_prob) == (0.8, 1.0, 1.0, 0.5)
-    assert recipe.augment["random_resized_crop"] == [0.08, 1.0] and recipe.augment["random_erasing"] == 0.25
-    assert recipe.augment["randaug_legacy"] is True
+    assert list(recipe.augment.random_resized_crop) == [0.08, 1.0] and recipe.augment.random_erasing == 0.25
+    assert recipe.augment.randaug_legacy is True
 
 
 def test_imagenet100_pipeline_is_the_seeds():

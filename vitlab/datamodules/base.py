@@ -569,14 +569,12 @@ class ImageDataModule(lightning.LightningDataModule):
         """Where the training stream stands: the epoch and how many of its samples (per rank) have
         been trained on, for a resume in the middle of an epoch; with data.pipeline=device also each
         rank's augmentation generators."""
+        state: dict[str, Any] = {}
         trainer = self.trainer
-        if trainer is None or trainer.state.fn != "fit":
-            return {}
-        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        epoch_done = batches >= trainer.num_training_batches
-        state: dict[str, Any] = {
-            "epoch": trainer.current_epoch, "samples_done": batches * self.batch_size, "epoch_done": epoch_done
-        }
+        if trainer is not None and trainer.state.fn == "fit":
+            batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            epoch_done = batches >= trainer.num_training_batches
+            state.update(epoch=trainer.current_epoch, samples_done=batches * self.batch_size, epoch_done=epoch_done)
         if self._device_pipeline is not None:
             state["device_pipeline"] = _gather_ranks(self._device_pipeline.state_dict())
         return state

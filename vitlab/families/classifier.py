@@ -19,7 +19,6 @@ import random
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_info
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -246,13 +245,6 @@ class ImageClassifier(L.LightningModule):
         for metric in (self.test_acc, self.test_loss, self.test_loss_smoothed):
             metric.reset()
 
-    def on_train_start(self) -> None:
-        # A run with fewer optimizer steps per epoch than log_every_n_steps would log no step metrics
-        # (train/lr, train/grad_norm, train/loss_step) at all.
-        steps = self.trainer.num_training_batches // max(1, self.trainer.accumulate_grad_batches)
-        if 0 < steps < self.trainer.log_every_n_steps:
-            self.trainer.log_every_n_steps = steps
-
     def on_after_backward(self) -> None:
         self._grad_norm = None  # new gradients: this step's norm is computed afresh
 
@@ -287,6 +279,11 @@ class ImageClassifier(L.LightningModule):
             self._rng_state_to_restore = None
         if self._resumed:
             self._apply_recipe_after_resume()
+        # A run with fewer optimizer steps per epoch than log_every_n_steps would log no step metrics
+        # (train/lr, train/grad_norm, train/loss_step) at all.
+        steps = self.trainer.num_training_batches // max(1, self.trainer.accumulate_grad_batches)
+        if 0 < steps < self.trainer.log_every_n_steps:
+            self.trainer.log_every_n_steps = steps
 
     def _apply_recipe_after_resume(self) -> None:
         """Resuming restores the optimizer's and the schedule's state from the checkpoint, settings
