@@ -51,7 +51,7 @@ def test_seed_protocol_composes_for_every_experiment(experiment):
 
 def test_seed_protocol_restores_clear_vit_erasing_and_outgrid_svhn_flip():
     for experiment in ("imagenet100_vit", "imagenet100_vit_rope_mixed"):
-        assert compose_config([f"experiment={experiment}"]).recipe.augment.get("random_erasing_style") is None
+        assert compose_config([f"experiment={experiment}"]).recipe.augment.random_erasing_style == "torchvision"
         seed = compose_config([f"experiment={experiment}", "protocol=seed"])
         assert seed.recipe.augment.random_erasing_style == "clear_vit"
     assert compose_config(["experiment=svhn_outgrid"]).recipe.augment.hflip is False

@@ -118,6 +118,9 @@ class AugmentConfig:
     random_erasing: float = 0.0  # probability; erased pixels get N(0, 1) noise
     random_erasing_scale: list[float] = field(default_factory=lambda: [0.02, 0.4])
     random_erasing_ratio: list[float] = field(default_factory=lambda: [0.3, 3.3])
+    # torchvision (per-pixel N(0, 1), log-uniform aspect) or clear_vit (the original's: one U(0, 1)
+    # constant per channel, uniform aspect; protocol=seed picks it for clear-vit)
+    random_erasing_style: str = "torchvision"
     # null | [min_scale, max_scale]: RandomResizedCrop first, replacing the resize and the padded crop
     random_resized_crop: Optional[list[float]] = None
     randaug_legacy: bool = False  # the clear-vit seed's own RandAugment; excludes the other two

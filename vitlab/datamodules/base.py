@@ -392,6 +392,11 @@ class ImageDataModule(lightning.LightningDataModule):
         self.cache = cache
         self.subset = subset
         self.pipeline = pipeline
+        if pipeline == "device" and self.augment["random_erasing"] > 0 and self.augment["random_erasing_style"] != "torchvision":
+            raise ConfigError(
+                f"data.pipeline: device erases as torchvision does, not in the {self.augment['random_erasing_style']!r} "
+                "style; use data.pipeline=workers, or recipe.augment.random_erasing_style=torchvision"
+            )
         if pipeline == "device" and self.augment["random_resized_crop"] is not None:
             raise ConfigError(
                 "data.pipeline: device does not support recipe.augment.random_resized_crop (it crops the full-size "
