@@ -647,6 +647,7 @@ def e2e_config(tmp_path: Path, *overrides: str):
     return compose_config([*common, *short, *overrides], output_dir=tmp_path / "run")
 
 
+@pytest.mark.slow  # the 22M OutGrid at 64 px: tens of seconds on 2 cores
 def test_train_outgrid_tin22m_on_tinyimagenet(tmp_path):
     from vitlab.train import train
 

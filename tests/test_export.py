@@ -27,7 +27,11 @@ FAMILIES = {
 }
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+# OutGrid's and QAViT's exports take the longest (tens of seconds on 2 cores): they run with -m slow.
+HEAVY_EXPORTS = {"outgrid", "qavit"}
+
+
+@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f in HEAVY_EXPORTS else f for f in FAMILIES])
 def test_every_family_exports_and_onnxruntime_matches_pytorch(family, tmp_path, one_thread):
     name, kwargs = FAMILIES[family]
     torch.manual_seed(0)
