@@ -11,6 +11,8 @@ Regenerate (only when a change of the numbers is intended and explained in the c
 
 from __future__ import annotations
 
+import json
+
 import sys
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import torch
 
 from vitlab.models import create_model, list_models
 
-FIXTURE = Path(__file__).parent / "fixtures" / "golden_logits.pt"
+FIXTURE = Path(__file__).parent / "fixtures" / "golden_logits.json"  # text: float32 values round-trip exactly
 BATCH = 2
 IMG_SIZE = 32
 
@@ -53,7 +55,11 @@ def compute(name: str) -> dict[str, torch.Tensor | int]:
 
 
 def _golden() -> dict[str, dict]:
-    return torch.load(FIXTURE, weights_only=True) if FIXTURE.exists() else {}
+    if not FIXTURE.exists():
+        return {}
+    raw = json.loads(FIXTURE.read_text())
+    return {name: {k: (torch.tensor(v, dtype=torch.float32) if isinstance(v, list) else v) for k, v in entry.items()}
+            for name, entry in raw.items()}
 
 
 @pytest.fixture(autouse=True)
@@ -95,4 +101,5 @@ if __name__ == "__main__":
         golden[name] = compute(name)
         print(name, golden[name]["params"], tuple(golden[name]["logits"].shape), file=sys.stderr)
     FIXTURE.parent.mkdir(exist_ok=True)
-    torch.save(golden, FIXTURE)
+    FIXTURE.write_text(json.dumps({name: {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in entry.items()}
+                                   for name, entry in golden.items()}))
