@@ -13,7 +13,7 @@ with constructor settings after a colon (``name:key=value,key=value``, values re
 registry entry defaults to (``--img-size`` / ``--num-classes`` override). On synthetic tensors, so
 no data loading is timed.
 
-A train step is forward + cross-entropy + backward + AdamW step (fused on CUDA); an inference step is
+A train step is forward + cross-entropy + backward + AdamW step (fused, as training uses it); an inference step is
 a forward under ``inference_mode``. Images/s is the batch over the median of ``--iters`` timed steps
 after ``--warmup`` untimed ones (:func:`vitlab.measure.time_in_turn`). ``--against timm`` adds, after
 each network that names one (``net.timm_reference()``), its timm counterpart at the same shape, and
@@ -60,6 +60,7 @@ from vitlab.errors import ConfigError, VitlabError
 from vitlab.inference import INFERENCE_MODES, prepare_for_inference
 from vitlab.layers.attention import SDPA_BACKENDS, sdpa_backend
 from vitlab.models import create_model, get_model_config, list_models
+from vitlab.optim import FUSED_DEVICES
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # --precision: fp32, or bf16 / fp16 autocast
 FALLBACK_IMG_SIZE = 32
@@ -179,7 +180,7 @@ def make_steps(subject: Subject, sw: Switches) -> dict[str, Callable[[], None]]:
     x = torch.randn(sw.batch_size, 3, subject.img_size, subject.img_size, device=sw.device)
     x = x.contiguous(memory_format=layout)
     y = torch.randint(0, subject.num_classes, (sw.batch_size,), device=sw.device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=sw.device.type == "cuda")
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=sw.device.type in FUSED_DEVICES)
     scaler = torch.amp.GradScaler(sw.device.type, enabled=sw.precision == "fp16")
 
     def train() -> None:

@@ -47,7 +47,7 @@ class OptimizerConfig:
     # No weight decay on biases, norm weights, position tables and CLS tokens (the network's
     # no_weight_decay()); false decays every parameter, as the Mini-ViT seed did.
     exclude_from_decay: bool = True
-    # The fused (one-kernel) Adam/AdamW step: null = on when the parameters are on a CUDA GPU.
+    # The fused (one-kernel) Adam/AdamW step: null = on where torch has it (CUDA GPUs and the CPU).
     fused: Optional[bool] = None
     # timm's layer-wise LR decay: the head at lr, each group below it (the network's group_matcher:
     # blocks, then the stem) at layer_decay times the one above; null = one LR for all.
