@@ -27,7 +27,47 @@ def test_fit_writes_checkpoints_metrics_and_tensorboard(smoke_cfg, tmp_path):
     assert saved["test/loss"] > 0 and saved["wall_time_s"] > 0
 
 
-@pytest.mark.parametrize("model", MODELS)
+# One model config per network design and family runs by default; the others run with -m slow, each
+# covered by a faster run of the same code: its sibling here at another width or depth, or a test that
+# trains that very config (test_vit's tiny runs of every variant, test_outgrid's full-size 32 and 64 px runs).
+COVERED_ELSEWHERE = {
+    **{name: "mini_vit" for name in ("mini_vit_d192", "mini_vit_d192_l12")},
+    **{name: f"test_vit.py::test_trains_a_few_steps_on_synthetic_data[{name}]" for name in (
+        "vit_alibi", "vit_cpe", "vit_diff_entropy", "vit_diffsim", "vit_pe_dropout", "vit_rope", "vit_rope_axial",
+        "vit_rope_mixed", "vit_suppress")},
+    "outgrid": "test_outgrid.py::test_trains_on_synthetic_data[32-outgrid]",
+    "outgrid_7m": "test_outgrid.py::test_trains_on_synthetic_data[32-outgrid]",  # the same network
+    "outgrid_tinc": "test_outgrid.py::test_trains_on_synthetic_data[64-outgrid_tinc]",
+    **{name: "test_outgrid.py::test_trains_on_synthetic_data[32-outgrid]" for name in (
+        "outgrid_14m", "outgrid_33m", "outgrid_svhn", "outgrid_tin22m")},
+    "qavit_small": "qavit_tiny",
+    "qavit_small_32": "qavit_tiny_32",
+    "resnet50": "resnet18",
+    "deit_small": "deit_tiny",
+    "maxvit_tiny": "maxvit_nano",
+}
+
+
+def _parametrize_ids(test) -> set[str]:
+    (mark,) = [m for m in test.pytestmark if m.name == "parametrize"]
+    return {"-".join(map(str, v)) if isinstance(v, tuple) else str(v) for v in mark.args[1]}
+
+
+def test_each_model_config_trains_by_default_or_has_its_cover():
+    import importlib
+
+    assert set(COVERED_ELSEWHERE) < set(MODELS)
+    for name, cover in COVERED_ELSEWHERE.items():
+        if "::" not in cover:  # a sibling that runs here by default
+            assert cover in MODELS and cover not in COVERED_ELSEWHERE, (name, cover)
+            continue
+        path, test = cover.split("::")
+        function, param = test.rstrip("]").split("[")
+        test = getattr(importlib.import_module(path.removesuffix(".py")), function)
+        assert param in _parametrize_ids(test) and not any(m.name == "slow" for m in test.pytestmark), (name, cover)
+
+
+@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.slow) if m in COVERED_ELSEWHERE else m for m in MODELS])
 def test_every_model_trains_a_step(model, smoke_cfg):
     """One optimizer step, a validation batch (with the attention check) and a test batch per model
     config. Checkpointing is off: writing the large baselines' optimizer state would dominate."""
