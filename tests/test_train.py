@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import CONF_DIR, ROOT, run_cli, train_help
+from conftest import CONF_DIR, ROOT, train_help
 from vitlab.train import train
 
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
@@ -141,19 +141,25 @@ def test_resume_continues_step_lr_and_epoch_exactly(smoke_cfg, tmp_path):
     assert (tmp_path / "first" / "checkpoints" / "last.ckpt").stat().st_size > 0  # the first run is untouched
 
 
-def test_cli_trains_then_continues_in_the_same_run_dir(tmp_path):
+def test_cli_trains_then_continues_in_the_same_run_dir(tmp_path, monkeypatch, one_thread):
+    """The command line's path (``python -m vitlab.train``, run in this process: a real process, which
+    costs seconds of imports, is test_scale's DDP run and test_package's wheel)."""
+    from test_config_errors import run_in_process
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
     args = ["data=synthetic", "hardware=cpu", "hardware.num_workers=0", "data.train_size=64", "data.val_size=32",
             "data.test_size=32", "recipe.batch_size=32", "recipe.repeated_aug=1", "recipe.epochs=2",
             "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0", "paths.log_dir=logs"]
-    done = run_cli(*args, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
+    code, stderr = run_in_process(args)
+    assert code == 0, stderr[-2000:]
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 1
     first_overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
 
     # Only the run dir and the new stopping epoch: the run's own overrides are reused.
-    done = run_cli(f"run_dir={run_dir}", "trainer.max_epochs=2", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
+    code, stderr = run_in_process([f"run_dir={run_dir}", "trainer.max_epochs=2"])
+    assert code == 0, stderr[-2000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["global_step"] == 2 * 1  # 64 - 32 held out = 1 batch per epoch
     assert metrics["data"] == "synthetic"
