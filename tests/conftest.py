@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
+import tempfile
 import sys
 import zipfile
 from collections.abc import Callable, Sequence
@@ -89,6 +91,17 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "vitlab.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
+
+
+@functools.cache
+def train_help() -> str:
+    """The stdout of ``python -m vitlab.train --help``, run once per session (a process start costs
+    seconds) in an empty folder, which must stay empty."""
+    with tempfile.TemporaryDirectory() as cwd:
+        done = run_cli("--help", cwd=Path(cwd))
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert not os.listdir(cwd), "--help wrote into its working folder"
+    return done.stdout
 
 
 def flip_tensor_byte(path: Path, offset: int = 5) -> None:

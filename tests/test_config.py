@@ -37,12 +37,42 @@ def _builds(model: str, img_size: int) -> tuple[int, int]:
         return net(torch.randn(1, 3, img_size, img_size)).shape[-1], cfg.model.net.num_classes
 
 
-@pytest.mark.parametrize("data", DATA)
-@pytest.mark.parametrize("model", MODELS)
+# The data configs by the image size the network is built at (imagenet100 at its MANDATORY 64 px).
+DATA_64 = {"cifar100_64", "imagenet100", "tinyimagenet", "tinyimagenet_c"}
+DATA_32 = [d for d in DATA if d not in DATA_64]
+# Models whose config reads more of the data node than its size and class count.
+READS_DATA = {"vit_diff_entropy"}  # entropy_mean / entropy_std: ${data.mean} / ${data.std}
+
+
+def _covering_pairs() -> set[tuple[str, str]]:
+    """Every model at one 32 px and one 64 px data config (so each network is built at both sizes),
+    the data configs taken in turn so each is used several times, and the models that read the data
+    node with every data config."""
+    pairs = set()
+    for i, model in enumerate(MODELS):
+        pairs |= {(model, DATA_32[i % len(DATA_32)]), (model, sorted(DATA_64)[i % len(DATA_64)])}
+    pairs |= {(model, data) for model in READS_DATA for data in DATA}
+    return pairs
+
+
+COVERING = _covering_pairs()
+# The default run composes the covering pairs; the whole model x data product runs with -m slow.
+PAIRS = [pytest.param(m, d, marks=() if (m, d) in COVERING else pytest.mark.slow) for m in MODELS for d in DATA]
+
+
+def test_the_covering_pairs_use_every_model_and_every_data_config():
+    assert {m for m, _ in COVERING} == set(MODELS) and {d for _, d in COVERING} == set(DATA)
+    assert DATA_64 <= set(DATA) and READS_DATA <= set(MODELS)
+    for model in MODELS:  # each network is built at both image sizes
+        assert {d in DATA_64 for m, d in COVERING if m == model} == {True, False}, model
+
+
+@pytest.mark.parametrize("model, data", PAIRS)
 def test_every_model_data_hardware_combination_composes(model, data, tmp_path):
     """Each model x data pair is composed by Hydra; each hardware profile's node is then swapped in
     (the hardware group only fills ``hardware``) and everything resolved and checked."""
     cfg = compose_config([f"model={model}", f"data={data}", *MANDATORY.get(data, [])], tmp_path)
+    assert cfg.data.img_size == (64 if data in DATA_64 else 32), "update DATA_64 for this data config's size"
     for hardware, node in _hardware_nodes().items():
         cfg.hardware = node
         resolved = OmegaConf.to_container(cfg, resolve=True)

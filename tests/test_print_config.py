@@ -8,15 +8,18 @@ import logging
 import pytest
 import yaml
 
-from conftest import CONF_DIR, run_cli
+from conftest import CONF_DIR
 from vitlab.cli import print_resolved_config
 from vitlab.train import warn_if_past_schedule
 
 
-def test_cfg_hydra_resolve_prints_the_run_dir_and_creates_nothing(tmp_path):
-    result = run_cli("--cfg", "hydra", "--resolve", f"paths.log_dir={tmp_path / 'logs'}", "task_name=probe", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    printed = yaml.safe_load(result.stdout)
+def test_cfg_hydra_resolve_prints_the_run_dir_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    from test_config_errors import run_in_process  # python -m vitlab.train, in this process
+
+    monkeypatch.chdir(tmp_path)
+    code, stderr = run_in_process(["--cfg", "hydra", "--resolve", f"paths.log_dir={tmp_path / 'logs'}", "task_name=probe"])
+    assert code == 0, stderr
+    printed = yaml.safe_load(capsys.readouterr().out)
     assert list(printed) == ["hydra"] and "help" not in printed["hydra"]
     assert printed["hydra"]["run"]["dir"].startswith(f"{tmp_path / 'logs'}/probe/runs/")
     assert printed["hydra"]["job"]["chdir"] is False

@@ -105,12 +105,17 @@ def test_optuna_sweep_composes(tmp_path):
     assert cfg.optimized_metric == "val/top1_best" and str(cfg.hydra.mode) == "RunMode.MULTIRUN"
 
 
-def test_optuna_runs_two_trials_and_records_the_best(tmp_path):
+def test_optuna_runs_two_trials_and_records_the_best(tmp_path, monkeypatch, one_thread):
+    """The sweep through the command line in this process (runpy); the DDP test above is the real process."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    done = _run(["sweep=optuna_mini_vit", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
-                 *SMALL, "hardware=cpu", "recipe.epochs=1", "trainer.limit_val_batches=1", "test=false",
-                 "~logger", "hydra.sweep.dir=sweep"], cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-4000:]
+    from test_config_errors import run_in_process
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    code, stderr = run_in_process(["sweep=optuna_mini_vit", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
+                                   *SMALL, "hardware=cpu", "recipe.epochs=1", "trainer.limit_val_batches=1", "test=false",
+                                   "~logger", "hydra.sweep.dir=sweep"])
+    assert code == 0, stderr[-4000:]
     trials = sorted((tmp_path / "sweep").glob("*/metrics.json"))
     assert len(trials) == 2
     scores = [json.loads(t.read_text())["val/top1_best"] for t in trials]
