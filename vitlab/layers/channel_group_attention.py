@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from vitlab.layers.branch_attention import branch_attend
+from vitlab.layers.dropout import Dropout
 
 
 class ChannelGroupTokenAttention(nn.Module):
@@ -48,7 +49,7 @@ class ChannelGroupTokenAttention(nn.Module):
         self.bank_k = nn.Linear(dim, inner)
         self.bank_v = nn.Linear(dim, inner)
         self.proj = nn.Linear(inner * num_groups, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
         self.attn_drop = attn_drop
         self.use_flash = use_flash
 

@@ -38,6 +38,7 @@ from vitlab.layers.attention_maps import AttentionMap
 from vitlab.layers.channel_group_attention import ChannelGroupTokenAttention
 from vitlab.layers.conv_ffn import DepthwiseConvFFN
 from vitlab.layers.dilated_attention import MultiScaleDilatedAttention
+from vitlab.layers.dropout import Dropout
 from vitlab.layers.fusion import HybridFusion
 from vitlab.layers.token_bank import BankCrossAttention, BankState, TokenBank
 from vitlab.layers.window_attention import WindowBankAttention
@@ -91,6 +92,7 @@ class QuadAttentionBlock(nn.Module):
         self.fusion = HybridFusion(dim, dim // compress_ratio, num_branches=len(BRANCHES))
         fused = (dim // compress_ratio) * len(BRANCHES)
         self.bottleneck = Mlp(fused, hidden_features=dim // bottleneck_ratio, out_features=dim, drop=drop)
+        self.bottleneck.drop1, self.bottleneck.drop2 = Dropout(drop), Dropout(drop)  # the cheaper CPU mask
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = DepthwiseConvFFN(dim, int(dim * mlp_ratio), grid, drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -176,7 +178,7 @@ class QAViT(nn.Module):
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.patch_norm = nn.LayerNorm(embed_dim)
         self.pos_embed = nn.Parameter(torch.empty(1, self.grid[0] * self.grid[1], embed_dim))
-        self.pos_drop = nn.Dropout(drop_rate)
+        self.pos_drop = Dropout(drop_rate)
         self.token_bank = TokenBank(embed_dim, bank_size, faithful=faithful, write_rate=bank_write_rate)
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # 0 ... drop_path_rate
         self.blocks = nn.ModuleList(
