@@ -126,3 +126,27 @@ def test_window_bank_concatenation_equals_per_window_copies(one_thread):
     old = grads_of(old_window_forward(m, x, bank_k, bank_v)[0], inputs)
     for a, b in zip(new, old):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("faithful", [False, True])
+def test_fused_inference_copy_gives_the_eager_logits(faithful, one_thread):
+    """``prepare_for_inference(net, "fused")`` folds the fusion's weights and LayerNorm affines, and
+    ``norm2``'s, into the Linear each feeds; the logits stay those of the eager network."""
+    from vitlab.inference import prepare_for_inference
+
+    torch.manual_seed(0)
+    net = create_model("qavit_tiny_32", faithful=faithful, **SMALL).eval()
+    with torch.no_grad():  # affines and fusion logits away from their init, so the folding shows
+        for name, p in net.named_parameters():
+            if "norm" in name or name.endswith("alpha"):
+                p.add_(0.5 * torch.randn_like(p))
+    x = torch.randn(3, 3, 32, 32)
+    fused = prepare_for_inference(net, "fused")
+    block, original = fused.blocks[0], net.blocks[0]
+    assert block.fusion.folded and not block.norm2.elementwise_affine
+    assert not any(n.elementwise_affine for n in block.fusion.norms)
+    assert original.norm2.elementwise_affine and not original.fusion.folded  # the network itself is untouched
+    torch.testing.assert_close(fused.fusion_weights(), net.fusion_weights())
+    with torch.inference_mode():
+        eager_logits, fused_logits = net(x), fused(x)
+    torch.testing.assert_close(fused_logits, eager_logits, rtol=1e-4, atol=1e-4)

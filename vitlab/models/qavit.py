@@ -39,7 +39,7 @@ from vitlab.layers.channel_group_attention import ChannelGroupTokenAttention
 from vitlab.layers.conv_ffn import DepthwiseConvFFN
 from vitlab.layers.dilated_attention import MultiScaleDilatedAttention
 from vitlab.layers.dropout import Dropout
-from vitlab.layers.fusion import HybridFusion
+from vitlab.layers.fusion import HybridFusion, fold_layernorm_affine
 from vitlab.layers.token_bank import BankCrossAttention, BankState, TokenBank
 from vitlab.layers.window_attention import WindowBankAttention
 from vitlab.models._registry import build_from_config, config_dataclass, register_model
@@ -112,6 +112,15 @@ class QuadAttentionBlock(nn.Module):
         x = x + self.drop_path(self.bottleneck(self.fusion(outputs)))
         x = x + self.drop_path(self.ffn(self.norm2(x)))
         return x, state, maps
+
+    @torch.no_grad()
+    def fuse_for_inference(self) -> None:
+        """Fold the LayerNorm affines that feed a Linear alone (the fusion's, and ``norm2`` into the
+        FFN's first Linear) into that Linear, in place (for an inference copy)."""
+        self.fusion.fuse_for_inference()
+        if self.norm2.elementwise_affine:
+            fold_layernorm_affine(self.norm2, self.ffn.fc1)
+            self.norm2 = nn.LayerNorm(self.norm2.normalized_shape, eps=self.norm2.eps, elementwise_affine=False)
 
 
 class QAViT(nn.Module):
@@ -314,6 +323,14 @@ class QAViT(nn.Module):
             for i, block_maps in enumerate(maps)
             for name, m in block_maps.items()
         }
+
+    @torch.no_grad()
+    def fuse_for_inference(self) -> None:
+        """For :func:`vitlab.inference.prepare_for_inference`'s ``fused`` mode: every block folds its
+        LayerNorm affines into the Linear they feed (:meth:`QuadAttentionBlock.fuse_for_inference`).
+        Edits this network in place: call it on an inference copy, never on one that trains."""
+        for block in self.blocks:
+            block.fuse_for_inference()
 
     def fusion_weights(self) -> torch.Tensor:
         """``softmax(alpha)`` of every block, ``(depth, 4)`` in :data:`BRANCHES` order (detached)."""
