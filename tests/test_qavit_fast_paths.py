@@ -14,6 +14,7 @@ import vitlab.layers.attention as attention_module
 import vitlab.layers.branch_attention as branch_module
 from vitlab.layers.attention import attend
 from vitlab.layers.branch_attention import branch_attend
+from vitlab.layers.channel_group_attention import ChannelGroupTokenAttention
 from vitlab.layers.token_bank import TokenBank
 from vitlab.layers.window_attention import WindowBankAttention, window_partition, window_reverse
 from vitlab.models import create_model
@@ -150,3 +151,47 @@ def test_fused_inference_copy_gives_the_eager_logits(faithful, one_thread):
     with torch.inference_mode():
         eager_logits, fused_logits = net(x), fused(x)
     torch.testing.assert_close(fused_logits, eager_logits, rtol=1e-4, atol=1e-4)
+
+
+def old_channel_group_forward(m: ChannelGroupTokenAttention, x, bank_k, bank_v, dropout_p):
+    """The channel-group branch as first written: keys and values folded, the bank copied per group."""
+    B, N, _ = x.shape
+    G, heads = m.num_groups, m.num_heads
+    hd = m.inner_dim // heads
+    groups = x.view(B, N, G, m.group_dim)
+
+    def fold(t):
+        return t.view(B, N, G, heads, hd).permute(0, 2, 3, 1, 4).reshape(B * G, heads, N, hd)
+
+    def bank_heads(t):
+        t = t.view(B, 1, t.shape[1], heads, hd).expand(-1, G, -1, -1, -1)
+        return t.reshape(B * G, -1, heads, hd).transpose(1, 2)
+
+    q, k, v = fold(m.q(groups)), fold(m.k(groups)), fold(m.v(groups))
+    k = torch.cat((k, bank_heads(m.bank_k(bank_k))), dim=2)
+    v = torch.cat((v, bank_heads(m.bank_v(bank_v))), dim=2)
+    out, _ = attend(q, k, v, dropout_p=dropout_p)
+    out = out.view(B, G, heads, N, hd).permute(0, 3, 1, 2, 4).reshape(B, N, G * m.inner_dim)
+    return m.proj(out)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_channel_group_layouts_equal_the_folded_copies(training, monkeypatch, one_thread):
+    """Training on CPU (plain ops) stores each head's keys and values transposed; evaluation (SDPA)
+    keeps them as they are. Both give the first version's values and gradients (a deterministic
+    stand-in for the dropout mask, so the two sides can be compared)."""
+    monkeypatch.setattr(attention_module, "dropout", lambda x, p: x * torch.linspace(0, 2, x.shape[-1]))
+    torch.manual_seed(0)
+    m = ChannelGroupTokenAttention(32, 2, num_groups=4, attn_drop=0.1).train(training)
+    x, bank_k, bank_v = leaves((2, 9, 32), (2, 4, 32), (2, 4, 32))
+    inputs = [x, bank_k, bank_v, *m.parameters()]
+    dropout_p = 0.1 if training else 0.0
+    torch.manual_seed(2)
+    new_out = m(x, bank_k, bank_v)[0]
+    new = grads_of(new_out, inputs)
+    torch.manual_seed(2)
+    old_out = old_channel_group_forward(m, x, bank_k, bank_v, dropout_p)
+    old = grads_of(old_out, inputs)
+    torch.testing.assert_close(new_out, old_out, rtol=1e-5, atol=1e-6)
+    for a, b in zip(new, old):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -81,9 +81,14 @@ def branch_attend(
     return out, torch.cat([p for _, p in results]) if need_weights else None
 
 
+def cpu_plain_ops(x: torch.Tensor, dropout_p: float, need_weights: bool) -> bool:
+    """Whether :func:`attend` computes a call on tensors like ``x`` in plain ops on CPU (module docstring)."""
+    return x.device.type == "cpu" and (need_weights or dropout_p > 0) and not torch.compiler.is_compiling()
+
+
 def _cpu_piece_size(q: torch.Tensor, k: torch.Tensor, dropout_p: float, need_weights: bool) -> int:
     """Samples per piece of a :func:`branch_attend` call (the whole batch: no split)."""
-    if q.device.type != "cpu" or not (need_weights or dropout_p > 0) or torch.compiler.is_compiling():
+    if not cpu_plain_ops(q, dropout_p, need_weights):
         return q.shape[0]
     scores_per_sample = q[0].numel() // q.shape[-1] * k.shape[-2]  # heads * N_q * N_k
     return min(q.shape[0], max(1, CPU_SCORE_CHUNK // scores_per_sample))
