@@ -47,9 +47,9 @@ class HybridFusion(nn.Module):
 
 @torch.no_grad()
 def fold_layernorm_affine(norm: nn.LayerNorm, linear: nn.Linear, scale: torch.Tensor | float = 1.0) -> None:
-    """Rewrite ``linear`` in place so that ``scale * linear(norm(x))`` equals ``linear(n(x))`` for ``n``
-    the same normalisation without its affine: ``W <- scale W diag(g)``, ``c <- scale (W b + c)``. The
-    caller replaces ``norm`` by its affine-free twin."""
+    """Rewrite ``linear`` in place so that, applied to ``n(x)`` (the same normalisation without its
+    affine), it gives what ``scale * linear(norm(x))`` gave: ``W <- scale W diag(g)``,
+    ``c <- scale (W b + c)``. The caller replaces ``norm`` by its affine-free twin."""
     bias = linear.weight @ norm.bias + (linear.bias if linear.bias is not None else 0.0)
     linear.weight.mul_(norm.weight).mul_(scale)
     if linear.bias is None:
