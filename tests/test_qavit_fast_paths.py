@@ -5,7 +5,6 @@ cannot change the math."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
