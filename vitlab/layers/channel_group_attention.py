@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vitlab.layers.branch_attention import branch_attend
+from vitlab.layers.branch_attention import branch_attend, cpu_plain_ops
+from vitlab.layers.dropout import Dropout
 
 
 class ChannelGroupTokenAttention(nn.Module):
@@ -48,7 +49,7 @@ class ChannelGroupTokenAttention(nn.Module):
         self.bank_k = nn.Linear(dim, inner)
         self.bank_v = nn.Linear(dim, inner)
         self.proj = nn.Linear(inner * num_groups, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
         self.attn_drop = attn_drop
         self.use_flash = use_flash
 
@@ -62,18 +63,26 @@ class ChannelGroupTokenAttention(nn.Module):
         hd = self.inner_dim // heads
         groups = x.view(B, N, G, self.group_dim)
 
-        def fold(t: torch.Tensor) -> torch.Tensor:  # (B, N, G, inner) -> (B * G, heads, N, hd)
-            return t.view(B, N, G, heads, hd).permute(0, 2, 3, 1, 4).reshape(B * G, heads, N, hd)
-
-        def bank_heads(t: torch.Tensor) -> torch.Tensor:  # (B, S, inner) -> (B * G, heads, S, hd)
-            S = t.shape[1]
-            t = t.view(B, 1, S, heads, hd).expand(-1, G, -1, -1, -1)
-            return t.reshape(B * G, S, heads, hd).transpose(1, 2)
-
-        q, k, v = fold(self.q(groups)), fold(self.k(groups)), fold(self.v(groups))
-        k = torch.cat((k, bank_heads(self.bank_k(bank_k)).to(k.dtype)), dim=2)
-        v = torch.cat((v, bank_heads(self.bank_v(bank_v)).to(v.dtype)), dim=2)
         dropout_p = self.attn_drop if self.training else 0.0
+        # With a head dim this small (4 at the seed's sizes), the plain-ops path's matmuls against the
+        # keys and values run several times faster when each head's keys are stored transposed
+        # (hd, N + S); SDPA's kernels want them as they are.
+        transposed = cpu_plain_ops(x, dropout_p, need_weights)
+
+        def heads_of(t: torch.Tensor) -> torch.Tensor:  # (B, N, G, inner) -> (B, G, heads, N, hd), a view
+            return t.view(B, N, G, heads, hd).permute(0, 2, 3, 1, 4)
+
+        def with_bank(t: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+            # (B, G, heads, N, hd) and the bank's (B, S, inner), shared by the groups -> (B * G, heads, N + S, hd),
+            # in one copy: the bank is broadcast over the groups inside the concatenation.
+            bank = bank.view(B, 1, -1, heads, hd).transpose(2, 3).to(t.dtype).expand(-1, G, -1, -1, -1)
+            if transposed:
+                return torch.cat((t.transpose(-2, -1), bank.transpose(-2, -1)), dim=-1).flatten(0, 1).transpose(-2, -1)
+            return torch.cat((t, bank), dim=3).flatten(0, 1)
+
+        q = heads_of(self.q(groups)).reshape(B * G, heads, N, hd)
+        k = with_bank(heads_of(self.k(groups)), self.bank_k(bank_k))
+        v = with_bank(heads_of(self.v(groups)), self.bank_v(bank_v))
         out, probs = branch_attend(q, k, v, dropout_p=dropout_p, need_weights=need_weights, use_flash=self.use_flash)
         out = out.view(B, G, heads, N, hd).permute(0, 3, 1, 2, 4).reshape(B, N, G * self.inner_dim)
         if probs is not None:

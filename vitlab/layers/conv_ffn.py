@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vitlab.layers.dropout import Dropout
+
 
 class DepthwiseConvFFN(nn.Module):
     """``Linear(dim -> hidden) -> GELU -> depthwise 3x3 conv on the grid -> Linear(hidden -> dim) ->
@@ -17,7 +19,7 @@ class DepthwiseConvFFN(nn.Module):
         self.act = nn.GELU()
         self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, dim)
-        self.drop = nn.Dropout(drop)
+        self.drop = Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape

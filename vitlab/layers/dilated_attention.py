@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from vitlab.layers.branch_attention import SequenceCompression, branch_attend
+from vitlab.layers.dropout import Dropout
 
 POOLINGS = ("grid", "faithful")
 
@@ -106,7 +107,7 @@ class MultiScaleDilatedAttention(nn.Module):
             self.compress = SequenceCompression(pool.shape[0], min(compress_k, pool.shape[0])) if compress_k else None
         self.register_buffer("pool", pool, persistent=False)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
         self.attn_drop = attn_drop
         self.use_flash = use_flash
 

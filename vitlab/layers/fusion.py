@@ -19,12 +19,40 @@ class HybridFusion(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(num_branches))
         self.projs = nn.ModuleList(nn.Linear(dim, out_dim) for _ in range(num_branches))
         self.alpha = nn.Parameter(torch.ones(num_branches))
+        self.folded = False  # set by fuse_for_inference: the weights and the norms' affines live in projs
 
     def weights(self) -> torch.Tensor:
         return self.alpha.softmax(dim=0)
 
     def forward(self, branches: list[torch.Tensor]) -> torch.Tensor:
+        z = [proj(norm(o)) for norm, proj, o in zip(self.norms, self.projs, branches)]
+        if not self.folded:
+            w = self.weights()
+            z = [w[i] * zi for i, zi in enumerate(z)]
+        return torch.cat(z, dim=-1)
+
+    @torch.no_grad()
+    def fuse_for_inference(self) -> None:
+        """Fold each branch's weight and its LayerNorm's affine into its projection, in place (for an
+        inference copy): ``w (W (g * n + b) + c) = (w W diag(g)) n + w (W b + c)``, ``n`` the bare
+        normalisation. ``alpha`` stays, for :meth:`weights`."""
+        if self.folded:
+            return
         w = self.weights()
-        return torch.cat(
-            [w[i] * proj(norm(o)) for i, (norm, proj, o) in enumerate(zip(self.norms, self.projs, branches))], dim=-1
-        )
+        for i, (norm, proj) in enumerate(zip(self.norms, self.projs)):
+            fold_layernorm_affine(norm, proj, scale=w[i])
+            self.norms[i] = nn.LayerNorm(norm.normalized_shape, eps=norm.eps, elementwise_affine=False)
+        self.folded = True
+
+
+@torch.no_grad()
+def fold_layernorm_affine(norm: nn.LayerNorm, linear: nn.Linear, scale: torch.Tensor | float = 1.0) -> None:
+    """Rewrite ``linear`` in place so that, applied to ``n(x)`` (the same normalisation without its
+    affine), it gives what ``scale * linear(norm(x))`` gave: ``W <- scale W diag(g)``,
+    ``c <- scale (W b + c)``. The caller replaces ``norm`` by its affine-free twin."""
+    bias = linear.weight @ norm.bias + (linear.bias if linear.bias is not None else 0.0)
+    linear.weight.mul_(norm.weight).mul_(scale)
+    if linear.bias is None:
+        linear.bias = nn.Parameter(bias.mul_(scale), requires_grad=False)
+    else:
+        linear.bias.copy_(bias.mul_(scale))

@@ -34,6 +34,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from vitlab.layers.branch_attention import branch_attend
+from vitlab.layers.dropout import Dropout
 
 
 class BankState(NamedTuple):
@@ -84,7 +85,10 @@ class TokenBank(nn.Module):
         """Tokens ``(B, N, dim)`` -> per-sample slot updates for keys and values, each ``(B, S, dim)``."""
         normed = self.gateway_norm(tokens)
         gate = self.gateway_gate(normed).softmax(dim=1)  # (B, N, S): each slot's distribution over tokens
-        return gate.transpose(1, 2) @ self.gateway_compress(normed), gate.transpose(1, 2) @ normed
+        pooled = gate.transpose(1, 2) @ normed
+        # Pooling the compressed tokens is compressing the pooled ones (the Linear commutes with a
+        # weighted mean whose weights sum to 1, bias included): S rows to project instead of N.
+        return self.gateway_compress(pooled), pooled
 
     def write(self, state: BankState, tokens: torch.Tensor) -> BankState:
         """The bank after writing ``tokens`` (a branch's normalised output) into ``state``."""
@@ -140,7 +144,7 @@ class BankCrossAttention(nn.Module):
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
         self.attn_drop = attn_drop
         self.use_flash = use_flash
 

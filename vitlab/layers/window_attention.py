@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from vitlab.layers.branch_attention import SequenceCompression, branch_attend
+from vitlab.layers.dropout import Dropout
 
 
 def padded_grid(grid: tuple[int, int], window: int) -> tuple[int, int]:
@@ -85,7 +86,7 @@ class WindowBankAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.compress = SequenceCompression(window_size * window_size, compress_k) if compress_k else None
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
         self.attn_drop = attn_drop
         self.use_flash = use_flash
         valid = window_valid_mask(self.grid, window_size)
@@ -114,13 +115,14 @@ class WindowBankAttention(nn.Module):
             bank_keys = valid.new_ones(valid.shape[0], 1, 1, bank_k.shape[1])
             mask = torch.cat((valid.transpose(-2, -1), bank_keys), dim=-1)  # (B * windows, 1, 1, L + S)
 
-        # Every window of an image sees that image's bank: (B, S, C) -> (B * windows, heads, S, hd).
-        def per_window(t: torch.Tensor) -> torch.Tensor:
-            t = t.view(B, 1, -1, heads, hd).expand(-1, num_windows, -1, -1, -1)
-            return t.reshape(B * num_windows, -1, heads, hd).transpose(1, 2)
+        # Every window of an image sees that image's bank: the bank's heads (B, 1, heads, S, hd), broadcast
+        # over the windows inside the concatenation, so the bank is copied once, into the result.
+        def with_bank(t: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+            t = t.reshape(B, num_windows, heads, -1, hd)
+            bank = bank.view(B, 1, -1, heads, hd).transpose(2, 3).to(t.dtype)
+            return torch.cat((t, bank.expand(-1, num_windows, -1, -1, -1)), dim=3).flatten(0, 1)
 
-        k = torch.cat((k, per_window(bank_k).to(k.dtype)), dim=2)
-        v = torch.cat((v, per_window(bank_v).to(v.dtype)), dim=2)
+        k, v = with_bank(k, bank_k), with_bank(v, bank_v)
         dropout_p = self.attn_drop if self.training else 0.0
         out, probs = branch_attend(
             q, k, v, dropout_p=dropout_p, need_weights=need_weights, attn_mask=mask, use_flash=self.use_flash

@@ -38,7 +38,8 @@ from vitlab.layers.attention_maps import AttentionMap
 from vitlab.layers.channel_group_attention import ChannelGroupTokenAttention
 from vitlab.layers.conv_ffn import DepthwiseConvFFN
 from vitlab.layers.dilated_attention import MultiScaleDilatedAttention
-from vitlab.layers.fusion import HybridFusion
+from vitlab.layers.dropout import Dropout
+from vitlab.layers.fusion import HybridFusion, fold_layernorm_affine
 from vitlab.layers.token_bank import BankCrossAttention, BankState, TokenBank
 from vitlab.layers.window_attention import WindowBankAttention
 from vitlab.models._registry import build_from_config, config_dataclass, register_model
@@ -91,6 +92,7 @@ class QuadAttentionBlock(nn.Module):
         self.fusion = HybridFusion(dim, dim // compress_ratio, num_branches=len(BRANCHES))
         fused = (dim // compress_ratio) * len(BRANCHES)
         self.bottleneck = Mlp(fused, hidden_features=dim // bottleneck_ratio, out_features=dim, drop=drop)
+        self.bottleneck.drop1, self.bottleneck.drop2 = Dropout(drop), Dropout(drop)  # the cheaper CPU mask
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = DepthwiseConvFFN(dim, int(dim * mlp_ratio), grid, drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -110,6 +112,15 @@ class QuadAttentionBlock(nn.Module):
         x = x + self.drop_path(self.bottleneck(self.fusion(outputs)))
         x = x + self.drop_path(self.ffn(self.norm2(x)))
         return x, state, maps
+
+    @torch.no_grad()
+    def fuse_for_inference(self) -> None:
+        """Fold the LayerNorm affines that feed a Linear alone (the fusion's, and ``norm2`` into the
+        FFN's first Linear) into that Linear, in place (for an inference copy)."""
+        self.fusion.fuse_for_inference()
+        if self.norm2.elementwise_affine:
+            fold_layernorm_affine(self.norm2, self.ffn.fc1)
+            self.norm2 = nn.LayerNorm(self.norm2.normalized_shape, eps=self.norm2.eps, elementwise_affine=False)
 
 
 class QAViT(nn.Module):
@@ -176,7 +187,7 @@ class QAViT(nn.Module):
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.patch_norm = nn.LayerNorm(embed_dim)
         self.pos_embed = nn.Parameter(torch.empty(1, self.grid[0] * self.grid[1], embed_dim))
-        self.pos_drop = nn.Dropout(drop_rate)
+        self.pos_drop = Dropout(drop_rate)
         self.token_bank = TokenBank(embed_dim, bank_size, faithful=faithful, write_rate=bank_write_rate)
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # 0 ... drop_path_rate
         self.blocks = nn.ModuleList(
@@ -312,6 +323,14 @@ class QAViT(nn.Module):
             for i, block_maps in enumerate(maps)
             for name, m in block_maps.items()
         }
+
+    @torch.no_grad()
+    def fuse_for_inference(self) -> None:
+        """For :func:`vitlab.inference.prepare_for_inference`'s ``fused`` mode: every block folds its
+        LayerNorm affines into the Linear they feed (:meth:`QuadAttentionBlock.fuse_for_inference`).
+        Edits this network in place: call it on an inference copy, never on one that trains."""
+        for block in self.blocks:
+            block.fuse_for_inference()
 
     def fusion_weights(self) -> torch.Tensor:
         """``softmax(alpha)`` of every block, ``(depth, 4)`` in :data:`BRANCHES` order (detached)."""
