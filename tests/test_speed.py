@@ -80,6 +80,18 @@ def test_tap_mix_without_padding_equals_the_padded_sum_with_its_gradients(kernel
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_tap_mix_under_compile_takes_the_plain_ops_and_gives_the_same_sum(monkeypatch, one_thread):
+    from vitlab.layers.dynamic_kernel import tap_mix
+
+    torch.manual_seed(0)
+    weights, values = torch.randn(1, 2, 9, 5, 4).softmax(2), torch.randn(1, 2, 3, 5, 4)
+    eager = tap_mix(weights, values, 3)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    torch.testing.assert_close(tap_mix(weights, values, 3), eager, atol=1e-6, rtol=1e-5)
+    values.requires_grad_()
+    assert tap_mix(weights, values, 3).grad_fn.name() != "_TapMixBackward"  # plain ops, traceable
+
+
 def test_outgrid_runs_channels_last_inside_and_gives_the_same_logits_for_either_input_layout(one_thread):
     torch.manual_seed(0)
     net = create_model("outgrid_7m", dims=(8, 16, 16, 16), num_heads=(2, 2, 2, 2), outlook_heads=(2, 2, 2, 2),
