@@ -151,6 +151,7 @@ class DynamicKernelBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         out, weights = self.mixer(self.norm1(x), need_weights)
-        x = x + self.drop_path1(out)
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        # Residual adds in place on the fresh branch outputs, not on x (LayerNorm's backward reads x).
+        x = self.drop_path1(out).add_(x)
+        x = self.drop_path2(self.mlp(self.norm2(x))).add_(x)
         return x, weights

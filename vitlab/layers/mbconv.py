@@ -12,14 +12,17 @@ class MBConv(nn.Module):
 
     def __init__(self, dim: int, expand_ratio: float = 4.0, se_ratio: float = 0.25):
         super().__init__()
+        # In-place SiLUs and residual adds: BatchNorm's and the convolutions' backward read their
+        # inputs, never their outputs, so overwriting those saves a feature-map allocation each (on
+        # the CPU a fresh large tensor costs its page faults, more than the element-wise op itself).
         hidden = round(dim * expand_ratio)
-        self.expand = nn.Sequential(nn.Conv2d(dim, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.SiLU())
+        self.expand = nn.Sequential(nn.Conv2d(dim, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.SiLU(inplace=True))
         self.depthwise = nn.Sequential(
-            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.SiLU()
+            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.SiLU(inplace=True)
         )
         # The SE bottleneck is a fraction of the expanded width.
         self.se = SEModule(hidden, rd_channels=round(hidden * se_ratio), act_layer=nn.SiLU)
         self.project = nn.Sequential(nn.Conv2d(hidden, dim, 1, bias=False), nn.BatchNorm2d(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.project(self.se(self.depthwise(self.expand(x))))
+        return self.project(self.se(self.depthwise(self.expand(x)))).add_(x)

@@ -37,7 +37,7 @@ class MlpBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.drop_path(self.mlp(self.norm(x)))
+        return self.drop_path(self.mlp(self.norm(x))).add_(x)  # in place on the fresh branch output
 
 
 class OutGridBlock(nn.Module):
@@ -82,7 +82,7 @@ class OutGridBlock(nn.Module):
 
 def _conv_bn_act(in_chs: int, out_chs: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out_chs), nn.SiLU()
+        nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out_chs), nn.SiLU(inplace=True)
     )
 
 
