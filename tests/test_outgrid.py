@@ -179,7 +179,9 @@ def test_fused_inference_copy_gives_the_eager_logits_with_every_batchnorm_folded
         torch.testing.assert_close(fused(x), net(x), atol=1e-4, rtol=1e-4)
     assert not [m for m in fused.modules() if isinstance(m, torch.nn.BatchNorm2d)]  # the last one into the head
     assert len(_working_modules(fused)) < len(_working_modules(net))
+    assert all(m.inplace for m in fused.modules() if isinstance(m, torch.nn.SiLU))
     assert isinstance(net.norm, torch.nn.BatchNorm2d)  # the network itself is left as it was
+    assert not net.stages[0].blocks[0].mbconv.expand[2].inplace  # in training autograd would clone its input
 
 
 def test_fuse_for_inference_refuses_training_mode_and_keeps_the_norm_without_a_head():

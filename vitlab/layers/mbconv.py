@@ -12,13 +12,13 @@ class MBConv(nn.Module):
 
     def __init__(self, dim: int, expand_ratio: float = 4.0, se_ratio: float = 0.25):
         super().__init__()
-        # In-place SiLUs and residual adds: BatchNorm's and the convolutions' backward read their
-        # inputs, never their outputs, so overwriting those saves a feature-map allocation each (on
-        # the CPU a fresh large tensor costs its page faults, more than the element-wise op itself).
+        # The residual add runs in place on the projection's output, which BatchNorm's backward does
+        # not read: one feature-map allocation fewer (on the CPU a fresh large tensor costs its page
+        # faults, more than the add). The SiLUs stay out of place: autograd would clone their input.
         hidden = round(dim * expand_ratio)
-        self.expand = nn.Sequential(nn.Conv2d(dim, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.SiLU(inplace=True))
+        self.expand = nn.Sequential(nn.Conv2d(dim, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.SiLU())
         self.depthwise = nn.Sequential(
-            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.SiLU(inplace=True)
+            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.SiLU()
         )
         # The SE bottleneck is a fraction of the expanded width.
         self.se = SEModule(hidden, rd_channels=round(hidden * se_ratio), act_layer=nn.SiLU)

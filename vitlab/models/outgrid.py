@@ -82,7 +82,7 @@ class OutGridBlock(nn.Module):
 
 def _conv_bn_act(in_chs: int, out_chs: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out_chs), nn.SiLU(inplace=True)
+        nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out_chs), nn.SiLU()
     )
 
 
@@ -237,9 +237,15 @@ class OutGridViT(nn.Module):
         pool is linear, so ``head(mean(BN(x))) == head'(mean(x))`` with the scale on the head's input
         columns and the shift in its bias. Afterwards ``forward_features`` returns the map before that
         norm; the logits are unchanged. A network without a head (``num_classes=0``) keeps its norm,
-        since there its pooled features are the output."""
+        since there its pooled features are the output.
+
+        The SiLUs then run in place: without autograd nothing reads their inputs again (with it,
+        autograd would clone each input, which is why the training network keeps them out of place)."""
         if self.training:
             raise RuntimeError("fuse_for_inference folds BatchNorm's running statistics: call it in eval mode")
+        for module in self.modules():
+            if isinstance(module, nn.SiLU):
+                module.inplace = True
         norm, head = self.norm, self.head
         if not (isinstance(norm, nn.BatchNorm2d) and norm.track_running_stats and isinstance(head, nn.Linear)
                 and head.out_features > 0):
