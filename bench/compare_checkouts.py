@@ -18,7 +18,8 @@ same weights (the reference's state dict loaded into the new one, strictly) and 
 script checks that their eval logits agree before timing anything, so a speed-up cannot come from
 computing something else.
 
-A train step is forward + cross-entropy + backward + AdamW step; an inference step is a forward under
+A train step is forward + cross-entropy + backward + optimizer step, the optimizer built by each
+checkout's own ``vitlab.optim.build_optimizer`` with the default recipe settings; an inference step is a forward under
 ``inference_mode``. Prints a markdown table (img/s = batch / median seconds per step, and each side's
 ratio to ``ref``) with the command, machine, threads, date and load average.
 """
@@ -45,9 +46,9 @@ def _vitlab_modules() -> dict[str, ModuleType]:
     return {name: mod for name, mod in sys.modules.items() if name == "vitlab" or name.startswith("vitlab.")}
 
 
-def import_checkout(root: Path) -> ModuleType:
-    """``vitlab.models`` of the checkout at ``root``, imported beside the current ``vitlab``: the
-    current package's modules are set aside while the other one imports, then put back."""
+def import_checkout(root: Path) -> dict[str, ModuleType]:
+    """The ``vitlab`` modules of the checkout at ``root`` by name, imported beside the current
+    ``vitlab``: the current package's modules are set aside while the other one imports, then put back."""
     current = _vitlab_modules()
     for name in current:
         del sys.modules[name]
@@ -56,6 +57,7 @@ def import_checkout(root: Path) -> ModuleType:
     try:
         models = importlib.import_module("vitlab.models")
         importlib.import_module("vitlab.layers.attention")
+        importlib.import_module("vitlab.optim")
         if not Path(models.__file__).resolve().is_relative_to(root.resolve()):
             raise SystemExit(f"--reference {root}: imported vitlab from {models.__file__}, not from that checkout")
         other = _vitlab_modules()
@@ -65,7 +67,7 @@ def import_checkout(root: Path) -> ModuleType:
             del sys.modules[name]
         sys.modules.update(current)
         importlib.invalidate_caches()
-    return other["vitlab.models"]
+    return other
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
@@ -78,12 +80,14 @@ class Side:
     """One column: a network of one checkout with one switch, and its two step closures."""
 
     def __init__(self, label: str, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, compiled: bool,
-                 inference_mode: str | None = None):
+                 optim: ModuleType, inference_mode: str | None = None):
         self.label = label
         self.net = net
         self.x, self.y = x, y
         self.model = torch.compile(net) if compiled else net
-        self.optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+        # Each checkout's own optimizer factory with the recipe's default optimizer settings: the
+        # step as that checkout's training takes it.
+        self.optimizer = optim.build_optimizer(net, optim.OptimizerConfig())
         self.inference_mode = inference_mode
         self._infer_model = None
 
@@ -108,11 +112,13 @@ class Side:
             self._infer_model(self.x)
 
 
-def build_sides(spec: str, tokens: list[str], ref_models: ModuleType, batch: int, img_size: int | None,
+def build_sides(spec: str, tokens: list[str], ref: dict[str, ModuleType], batch: int, img_size: int | None,
                 channels_last: bool) -> list[Side]:
     from vitlab import bench
+    from vitlab import optim as new_optim
     from vitlab.models import create_model
 
+    ref_models = ref["vitlab.models"]
     name, kwargs = parse_spec(spec)
     if img_size is not None:
         kwargs["img_size"] = img_size
@@ -139,7 +145,7 @@ def build_sides(spec: str, tokens: list[str], ref_models: ModuleType, batch: int
         mode = switch if switch and not compiled else None
         if mode is not None and checkout == "ref":
             raise SystemExit(f"side {token!r}: inference modes are this checkout's (new+{switch})")
-        sides.append(Side(token, net, x, y, compiled, mode))
+        sides.append(Side(token, net, x, y, compiled, ref["vitlab.optim"] if checkout == "ref" else new_optim, mode))
     return sides
 
 
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     from vitlab import measure
 
-    ref_models = import_checkout(args.reference)
+    ref = import_checkout(args.reference)
     started = datetime.now(timezone.utc)
     print(f"# {' '.join(sys.argv)}")
     print(f"# {started:%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -177,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         for mode, tokens in (("train", args.train), ("infer", args.infer)):
             if not tokens:
                 continue
-            sides = build_sides(spec, tokens, ref_models, args.batch_size, args.img_size, args.channels_last)
+            sides = build_sides(spec, tokens, ref, args.batch_size, args.img_size, args.channels_last)
             seconds = measure.time_in_turn([getattr(s, mode) for s in sides], args.warmup, args.iters)
             ref_sec = dict(zip(tokens, seconds)).get("ref")
             for side, sec in zip(sides, seconds):

@@ -11,6 +11,9 @@
     flash kernel.
 (b) **bench**: ``python -m vitlab.bench`` for every family against its timm peer in bf16, MFU
     against the bf16 matmul peak measured on the device.
+(d) **inference**: every family's network in each ``hardware.inference`` mode (eager, fused,
+    compiled; ``vitlab.inference``), timed in turn in bf16 autocast, with each mode's largest logit
+    difference from eager.
 (c) **mini_vit**: Mini-ViT on the CIFAR-10 JPEG copy with the seed's recipe under protocol=seed,
     10 of its 250 epochs, the test top-1 after every epoch beside the seed's log (59.40 % at
     epoch 5, 69.78 % at epoch 10).
@@ -225,6 +228,49 @@ def bench_table(out: Path, tiny: bool) -> dict[str, Any]:
     return {"table": (out / "bench.md").read_text(), "command": "python -m vitlab.bench " + " ".join(args)}
 
 
+# ----------------------------------------------------------------------------------------- (d)
+def inference_modes(tiny: bool) -> dict[str, Any]:
+    import torch
+
+    from vitlab import measure
+    from vitlab.inference import INFERENCE_MODES, prepare_for_inference
+    from vitlab.models import create_model
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    # --tiny: the CPU would spend minutes in inductor's C++ build; dynamo's eager backend stands in.
+    backend, modes = ("inductor", INFERENCE_MODES) if cuda else ("eager", ("eager", "fused"))
+    batch, warmup, iters = (2, 0, 1) if tiny else (256, 3, 10)
+    rows = []
+    for family, name, channels_last, _ in FAMILIES:
+        if tiny and name not in TINY_MODELS:
+            continue
+        torch.manual_seed(0)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        kwargs = {"img_size": 32} if tiny and name == "vit" else {}
+        net = create_model(name, **kwargs).to(device, memory_format=layout).eval()
+        size = getattr(net, "img_size", 32)
+        size = size[0] if isinstance(size, (tuple, list)) else int(size or 32)
+        x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=layout)
+        runners = [prepare_for_inference(net, mode, compile_backend=backend) for mode in modes]
+        autocast = measure.resolve_precision("bf16" if cuda else "fp32").autocast_context(device)
+
+        def step(runner):
+            def go():
+                with torch.inference_mode(), autocast:
+                    return runner(x)
+            return go
+
+        with torch.inference_mode():
+            reference = step(runners[0])().float()
+            diffs = [(step(r)().float() - reference).abs().max().item() for r in runners]
+        seconds = measure.time_in_turn([step(r) for r in runners], warmup, iters, device)
+        rows.append({"family": family, "model": name, "batch": batch,
+                     **{f"{m}_img_s": round(batch / s, 1) for m, s in zip(modes, seconds)},
+                     **{f"{m}_max_abs_diff": d for m, d in zip(modes, diffs)}})
+    return {"modes": list(modes), "precision": "bf16 autocast" if cuda else "fp32", "rows": rows}
+
+
 # ----------------------------------------------------------------------------------------- (c)
 def mini_vit_run(data_root: Path, run_dir: Path, tiny: bool) -> dict[str, Any]:
     overrides = [
@@ -278,6 +324,16 @@ def summary(results: dict) -> str:
               f"    {run.get('command', '')}", "", "| epoch | test top-1 % | the seed's log % |", "|---|---|---|"]
     for epoch, top1 in sorted((run.get("test_top1_per_epoch") or {}).items(), key=lambda kv: int(kv[0])):
         lines.append(f"| {epoch} | {top1:.2f} | {SEED_LOG.get(int(epoch), '')} |")
+    inference = results.get("inference", {})
+    modes = inference.get("modes", [])
+    lines += ["", f"## (d) inference modes, {inference.get('precision', '')} ({inference.get('status')}, "
+              f"{inference.get('seconds')} s)", "",
+              "| family | model | batch | " + " | ".join(f"{m} img/s" for m in modes) + " | "
+              + " | ".join(f"{m} max abs diff" for m in modes[1:]) + " |",
+              "|---|---|---|" + "---|" * (2 * len(modes) - 1)]
+    for r in inference.get("rows", []):
+        lines.append(f"| {r['family']} | {r['model']} | {r['batch']} | " + " | ".join(str(r[f"{m}_img_s"]) for m in modes)
+                     + " | " + " | ".join(f"{r[f'{m}_max_abs_diff']:.2e}" for m in modes[1:]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -314,6 +370,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _write(out, results, started)
     if "bench" in parts:
         _timed(results, "bench", bench_table, out, args.tiny)
+        _write(out, results, started)
+    if "inference" in parts:
+        _timed(results, "inference", inference_modes, args.tiny)
     _write(out, results, started)
     print(summary(results))
     return results
@@ -329,7 +388,8 @@ def main(argv: list[str] | None = None) -> None:
     go.add_argument("--out", type=Path, required=True)
     go.add_argument("--data", type=Path, default=ROOT / "bench/out/gpu_proof_data/cifar10_jpg.npz")
     go.add_argument("--tiny", action="store_true", help="end to end on CPU with tiny sizes (measures nothing)")
-    go.add_argument("--parts", default="mini_vit,steps,bench", help="comma-separated: mini_vit, steps, bench")
+    go.add_argument("--parts", default="mini_vit,steps,bench,inference",
+                    help="comma-separated: mini_vit, steps, bench, inference")
     go.add_argument("--steps-budget", type=float, default=150.0, help="seconds for part (a); later networks are skipped")
     args = parser.parse_args(argv)
     if args.command == "pack-data":

@@ -53,6 +53,7 @@ def test_tiny_mode_runs_end_to_end_on_cpu(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["mini_vit"]["status"] == results["steps"]["status"] == results["bench"]["status"] == "ok"
+    assert results["inference"]["status"] == "ok"
     assert sorted(int(e) for e in results["mini_vit"]["test_top1_per_epoch"]) == [1, 2]
     assert results["mini_vit"]["metrics"]["protocol"] == "seed"
     rows = results["steps"]["rows"]
@@ -60,3 +61,15 @@ def test_tiny_mode_runs_end_to_end_on_cpu(tmp_path):
     assert any(r["channels_last"] for r in rows) and any(r.get("flash_ops") for r in rows)
     assert all(r["status"] == "ok" for r in rows)
     assert "mini_vit" in (out / "bench.md").read_text() and (out / "summary.md").is_file() and (out / "log.txt").is_file()
+
+
+def test_inference_part_times_every_mode_and_each_agrees_with_eager(one_thread):
+    result = gpu_proof.inference_modes(tiny=True)
+    assert result["modes"] == ["eager", "fused"]  # compiled needs inductor: GPU only
+    assert [r["model"] for r in result["rows"]] == ["mini_vit", "deit_tiny", "resnet18"]
+    for row in result["rows"]:
+        assert row["eager_img_s"] > 0 and row["fused_img_s"] > 0
+        assert row["eager_max_abs_diff"] == 0.0 and row["fused_max_abs_diff"] < 1e-4
+    text = gpu_proof.summary({"started": "now", "device": "cpu", "torch": "x", "tiny": True,
+                              "inference": {"status": "ok", **result}})
+    assert "(d) inference modes" in text and "| baseline | resnet18 | 2 |" in text

@@ -128,13 +128,13 @@ def test_precision_names_map_to_dtypes_and_autocast():
         measure.resolve_precision("fp8")
 
 
-def test_time_in_turn_skips_the_warm_up_and_takes_the_median():
+def test_time_in_turn_skips_the_warm_up_alternates_the_order_and_takes_the_median():
     ticks = iter(range(1000))
     clock = lambda: float(next(ticks))  # noqa: E731 - every read advances one second
     calls = []
     seconds = measure.time_in_turn([lambda: calls.append("a"), lambda: calls.append("b")], warmup=2, iters=3, clock=clock)
     assert seconds == [1.0, 1.0]
-    assert calls == ["a", "b"] * 5  # in turn, warm-up rounds included
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b"]  # in turn, the order flipped every round
 
 
 def test_stopwatch_sums_its_intervals():

@@ -187,12 +187,27 @@ def test_sdpa_backend_math_trains_through_the_cli_config(smoke_cfg, tmp_path, on
     assert torch.backends.cuda.flash_sdp_enabled()  # restored after the fit
 
 
-def test_fused_adamw_is_automatic_on_cuda_only():
+def test_fused_adamw_is_automatic_on_cpu_and_cuda_and_steps_as_the_foreach_default():
     net = create_model("mini_vit", depth=1)
-    assert build_optimizer(net, OptimizerConfig()).defaults["fused"] is False
-    assert build_optimizer(net, OptimizerConfig(fused=True)).defaults["fused"] is True
+    assert build_optimizer(net, OptimizerConfig()).defaults["fused"] is True
+    assert build_optimizer(net, OptimizerConfig(fused=False)).defaults["fused"] is False
     if torch.cuda.is_available():
         assert build_optimizer(net.cuda(), OptimizerConfig()).defaults["fused"] is True
+    # The same updates as torch's foreach step over a few steps, weight decay groups included.
+    torch.manual_seed(0)
+    nets = [create_model("mini_vit", depth=1, num_classes=3).eval() for _ in range(2)]  # eval: no dropout masks
+    nets[1].load_state_dict(nets[0].state_dict())
+    optimizers = [build_optimizer(n, OptimizerConfig(fused=f, weight_decay=0.05)) for n, f in zip(nets, (None, False))]
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    start = [p.detach().clone() for p in nets[0].parameters()]
+    for _ in range(3):
+        for n, o in zip(nets, optimizers):
+            F.cross_entropy(n(x), y).backward()
+            o.step()
+            o.zero_grad()
+    assert all(not torch.equal(a, b) for a, b in zip(nets[0].parameters(), start))
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------- compile

@@ -17,7 +17,7 @@ docs/python.md walks through it. Everything here reuses what the command-line en
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab.config import register_configs, split_batch, to_hardware, to_recipe
 from vitlab.errors import ConfigError
+from vitlab.inference import inference_network
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -71,11 +72,15 @@ class Run:
     config: DictConfig  # the run's resolved config.yaml
     classes: list[str]  # class names in label order (indices as text when the data does not name them)
     ckpt_path: Path
+    _network: tuple[str, Any] | None = field(default=None, repr=False, compare=False)  # (mode, what predict calls)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-        """(top-k probabilities, top-k class indices) for a batch of transformed images."""
-        probs = self.module(images).float().softmax(dim=-1)
+    def predict(self, images: torch.Tensor, k: int = 5, inference: str = "eager") -> tuple[torch.Tensor, torch.Tensor]:
+        """(top-k probabilities, top-k class indices) for a batch of transformed images; ``inference``
+        as ``hardware.inference`` (:mod:`vitlab.inference`; the fast copy is made once and kept)."""
+        if self._network is None or self._network[0] != inference:
+            self._network = (inference, inference_network(self.module, inference))
+        probs = self._network[1](images).float().softmax(dim=-1)
         return probs.topk(min(k, probs.shape[-1]), dim=-1)
 
 

@@ -13,7 +13,7 @@ with constructor settings after a colon (``name:key=value,key=value``, values re
 registry entry defaults to (``--img-size`` / ``--num-classes`` override). On synthetic tensors, so
 no data loading is timed.
 
-A train step is forward + cross-entropy + backward + AdamW step (fused on CUDA); an inference step is
+A train step is forward + cross-entropy + backward + AdamW step (fused, as training uses it); an inference step is
 a forward under ``inference_mode``. Images/s is the batch over the median of ``--iters`` timed steps
 after ``--warmup`` untimed ones (:func:`vitlab.measure.time_in_turn`). ``--against timm`` adds, after
 each network that names one (``net.timm_reference()``), its timm counterpart at the same shape, and
@@ -57,8 +57,10 @@ from torch import nn
 from vitlab import measure
 from vitlab.cli import exit_with_error
 from vitlab.errors import ConfigError, VitlabError
+from vitlab.inference import INFERENCE_MODES, prepare_for_inference
 from vitlab.layers.attention import SDPA_BACKENDS, sdpa_backend
 from vitlab.models import create_model, get_model_config, list_models
+from vitlab.optim import FUSED_DEVICES
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # --precision: fp32, or bf16 / fp16 autocast
 FALLBACK_IMG_SIZE = 32
@@ -164,6 +166,7 @@ class Switches:
     batch_size: int = 128
     sdpa_backend: str = "auto"
     timer: str = "wall"
+    inference: str = "eager"  # the inference step's vitlab.inference mode
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return measure.resolve_precision(self.precision).autocast_context(self.device)
@@ -177,7 +180,7 @@ def make_steps(subject: Subject, sw: Switches) -> dict[str, Callable[[], None]]:
     x = torch.randn(sw.batch_size, 3, subject.img_size, subject.img_size, device=sw.device)
     x = x.contiguous(memory_format=layout)
     y = torch.randint(0, subject.num_classes, (sw.batch_size,), device=sw.device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=sw.device.type == "cuda")
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=sw.device.type in FUSED_DEVICES)
     scaler = torch.amp.GradScaler(sw.device.type, enabled=sw.precision == "fp16")
 
     def train() -> None:
@@ -189,10 +192,18 @@ def make_steps(subject: Subject, sw: Switches) -> dict[str, Callable[[], None]]:
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
+    fast: list[nn.Module] = []  # the inference copy, made on the first inference step
+
     def infer() -> None:
-        net.eval()
+        if sw.inference == "eager":
+            net.eval()
+            runner = model
+        else:
+            if not fast:
+                fast.append(prepare_for_inference(net, sw.inference))
+            runner = fast[0]
         with torch.inference_mode(), sw.autocast():
-            model(x)
+            runner(x)
 
     return {"train": train, "infer": infer}
 
@@ -332,6 +343,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (compile time falls in the warm-up)")
     parser.add_argument("--sdpa-backend", choices=SDPA_BACKENDS, default="auto")
+    parser.add_argument("--inference", choices=INFERENCE_MODES, default="eager",
+                        help="the inference step's mode (vitlab.inference): eager, fused or compiled")
     parser.add_argument("--mode", choices=["train", "infer", "both", "flops"], default="both",
                         help="flops: params and FLOPs/MACs only (with and without SDPA), nothing timed")
     parser.add_argument("--relative-to", metavar="MODEL",
@@ -392,7 +405,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, str]], str]:
             reference = reference_subject(subject)
             if reference is not None:
                 subjects.append(reference)
-    sw = Switches(device, args.precision, args.channels_last, args.compile, args.batch_size, args.sdpa_backend, args.timer)
+    sw = Switches(device, args.precision, args.channels_last, args.compile, args.batch_size, args.sdpa_backend, args.timer, args.inference)
     started = datetime.now()
     write = partial(write_results, subjects, args, device, started, csv_path, md_path)
     if args.mode == "flops":
@@ -427,7 +440,7 @@ def write_results(subjects: list[Subject], args: argparse.Namespace, device: tor
     else:
         header += [
             f"batch {args.batch_size} | {args.precision} | channels_last {'on' if args.channels_last else 'off'} | "
-            f"compile {'on' if args.compile else 'off'} | sdpa {args.sdpa_backend} | warm-up {args.warmup}, median of "
+            f"compile {'on' if args.compile else 'off'} | inference {args.inference} | sdpa {args.sdpa_backend} | warm-up {args.warmup}, median of "
             f"{args.iters} | {args.timer} time",
             f"peak {args.precision} matmul {peak / 1e9:.1f} GFLOP/s (measured here) | load average at the end {load}",
         ]

@@ -25,6 +25,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vitlab.errors import ConfigError
+from vitlab.inference import INFERENCE_MODES
 from vitlab.layers.attention import SDPA_BACKENDS
 
 PRECISIONS = ("32-true", "32", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine")
@@ -46,7 +47,7 @@ class OptimizerConfig:
     # No weight decay on biases, norm weights, position tables and CLS tokens (the network's
     # no_weight_decay()); false decays every parameter, as the Mini-ViT seed did.
     exclude_from_decay: bool = True
-    # The fused (one-kernel) Adam/AdamW step: null = on when the parameters are on a CUDA GPU.
+    # The fused (one-kernel) Adam/AdamW step: null = on where torch has it (CUDA GPUs and the CPU).
     fused: Optional[bool] = None
     # timm's layer-wise LR decay: the head at lr, each group below it (the network's group_matcher:
     # blocks, then the stem) at layer_decay times the one above; null = one LR for all.
@@ -164,6 +165,10 @@ class HardwareConfig:
     # Which kernel scaled_dot_product_attention may use: auto (torch picks), flash, efficient, math,
     # cudnn. The CPU has flash and math only.
     sdpa_backend: str = "auto"
+    # How vitlab.evaluate and vitlab-predict run the network: eager (as it trains), fused (an
+    # inference-only copy, BatchNorm folded into its convolution and the network's own folds) or
+    # compiled (fused, then torch.compile). vitlab.inference says what each does.
+    inference: str = "eager"
     peak_tflops: Optional[float] = None  # the device's peak for MFU; null = unknown
 
     def __post_init__(self) -> None:
@@ -173,6 +178,7 @@ class HardwareConfig:
         _check(self.batch_per_device is None or self.batch_per_device > 0, "hardware.batch_per_device", "must be positive or null")
         _check(self.num_workers >= 0, "hardware.num_workers", "must be >= 0")
         _check(self.sdpa_backend in SDPA_BACKENDS, "hardware.sdpa_backend", f"unknown backend {self.sdpa_backend!r}; use one of {', '.join(SDPA_BACKENDS)}")
+        _check(self.inference in INFERENCE_MODES, "hardware.inference", f"unknown mode {self.inference!r}; use one of {', '.join(INFERENCE_MODES)}")
         if self.resolved_accelerator() == "cpu":
             _check(
                 self.precision not in ("16-mixed", "16-true"),

@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from vitlab.cli import check_group_choices, one_line_errors, print_resolved_config, run_entry_point
 from vitlab.config import register_configs, to_hardware
 from vitlab.errors import ConfigError
+from vitlab.inference import inference_network
 from vitlab.measure import Stopwatch, human, image_flops, resolve_precision
 from vitlab.runs import load_run, prepare_output_dir, write_json
 
@@ -68,8 +69,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build(data_node, **loader_args)
     img_size = getattr(datamodule, "img_size", None)
     flops = image_flops(getattr(module, "net", module), img_size) if img_size else None  # before any dtype cast
-    scorer = Scorer(module, device, hardware.precision, module.recipe.label_smoothing, cfg.warmup_iters, cfg.limit_batches)
-    print(f"evaluating {run.model_name} from {run.ckpt_path} on {device} ({hardware.precision}); results in {out_dir}")
+    scorer = Scorer(module, device, hardware.precision, module.recipe.label_smoothing, cfg.warmup_iters, cfg.limit_batches,
+                    inference=hardware.inference)
+    print(f"evaluating {run.model_name} from {run.ckpt_path} on {device} ({hardware.precision}, {hardware.inference}); "
+          f"results in {out_dir}")
     if flops is not None:
         print(f"{human(flops.macs)} MACs per {img_size}x{img_size} image ({human(flops.macs_without_sdpa)} without SDPA, as fvcore counts)")
 
@@ -81,6 +84,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "split": cfg.split,
         "device": str(device),
         "precision": hardware.precision,
+        "inference": hardware.inference,
         "batch_size": cfg.batch_size,
         "warmup_iters": cfg.warmup_iters,
         **(flops.as_record() if flops is not None else {}),
@@ -112,7 +116,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 class Scorer:
     """Loss, top-1/top-5 and timing of a module over data loaders (see the module docstring)."""
 
-    def __init__(self, module, device: torch.device, precision: str, label_smoothing: float, warmup_iters: int = 5, limit_batches: int | None = None):
+    def __init__(self, module, device: torch.device, precision: str, label_smoothing: float, warmup_iters: int = 5,
+                 limit_batches: int | None = None, inference: str = "eager"):
         self.module, self.device = module, device
         self.label_smoothing = label_smoothing
         self.warmup_iters, self.limit_batches = warmup_iters, limit_batches
@@ -121,10 +126,13 @@ class Scorer:
         self.input_dtype = self.precision.cast_dtype
         if self.input_dtype is not None:
             module.to(self.input_dtype)
+        # hardware.inference other than eager scores an inference-only copy of the network; the module
+        # (and so the checkpoint) stays as it is.
+        self.network = inference_network(module, inference)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with self.precision.autocast_context(self.device):
-            return self.module(x)
+            return self.network(x)
 
     @torch.no_grad()
     def score(self, loader) -> dict[str, float]:

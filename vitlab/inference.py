@@ -42,9 +42,10 @@ def fold_batchnorm(net: nn.Module) -> int:
 
 
 @torch.no_grad()
-def prepare_for_inference(net: nn.Module, mode: str = "fused") -> nn.Module:
+def prepare_for_inference(net: nn.Module, mode: str = "fused", compile_backend: str = "inductor") -> nn.Module:
     """An eval-mode network for inference in ``mode`` (module docstring); ``eager`` returns ``net``
-    itself in eval mode, the other modes a copy (``net`` is left as it was)."""
+    itself in eval mode, the other modes a copy (``net`` is left as it was). ``compile_backend`` is
+    ``torch.compile``'s backend in ``compiled`` mode."""
     if mode not in INFERENCE_MODES:
         raise ValueError(f"inference mode {mode!r}: use one of {', '.join(INFERENCE_MODES)}")
     if mode == "eager":
@@ -57,5 +58,27 @@ def prepare_for_inference(net: nn.Module, mode: str = "fused") -> nn.Module:
     for p in fast.parameters():
         p.requires_grad_(False)
     if mode == "compiled":
-        fast = torch.compile(fast)
+        fast = torch.compile(fast, backend=compile_backend)
     return fast
+
+
+class _RecipeLayout(nn.Module):
+    """Feeds the network its inputs in the memory layout its recipe trains with."""
+
+    def __init__(self, net: nn.Module, memory_format: torch.memory_format) -> None:
+        super().__init__()
+        self.net, self.memory_format = net, memory_format
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.contiguous(memory_format=self.memory_format))
+
+
+def inference_network(module: nn.Module, mode: str = "eager") -> nn.Module:
+    """What ``vitlab.evaluate`` and ``vitlab-predict`` call on image batches: a family module itself
+    (``eager``), or the :func:`prepare_for_inference` copy of its network, fed in the layout of the
+    module's ``recipe.channels_last`` as the module's own forward does."""
+    if mode == "eager":
+        return module.eval()
+    recipe = getattr(module, "recipe", None)
+    layout = torch.channels_last if getattr(recipe, "channels_last", False) else torch.contiguous_format
+    return _RecipeLayout(prepare_for_inference(getattr(module, "net", module), mode), layout).eval()

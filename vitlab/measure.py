@@ -140,11 +140,15 @@ def time_in_turn(steps: Sequence[Callable[[], Any]], warmup: int, iters: int, de
                  clock: Callable[[], float] = time.perf_counter) -> list[float]:
     """Median seconds per call of each closure over ``iters`` timed rounds after ``warmup`` untimed
     ones (compilation, allocator and cache warm-up fall there); in every round the closures run one
-    after another, so a change of load on a shared machine hits all of them alike."""
+    after another, so a change of load on a shared machine hits all of them alike. Every other round
+    runs them in reverse order (A B, B A, ...): whichever runs first after the other's step can find
+    the caches cold or the load just changed, and that position then falls to each alike."""
     watch = Stopwatch(device, clock)
     times: list[list[float]] = [[] for _ in steps]
     for round_ in range(warmup + iters):
-        for i, step in enumerate(steps):
+        order = range(len(steps)) if round_ % 2 == 0 else reversed(range(len(steps)))
+        for i in order:
+            step = steps[i]
             watch.start()
             step()
             elapsed = watch.stop()

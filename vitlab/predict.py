@@ -21,17 +21,19 @@ from typing import Any
 import torch
 
 from vitlab.errors import VitlabError
+from vitlab.inference import INFERENCE_MODES
 
 
-def predict(run: Any, images: list[Path], top_k: int = 5, batch_size: int = 64) -> list[dict[str, Any]]:
-    """Top-k predictions of ``run`` (a :class:`vitlab.api.Run`) for each image file."""
+def predict(run: Any, images: list[Path], top_k: int = 5, batch_size: int = 64, inference: str = "eager") -> list[dict[str, Any]]:
+    """Top-k predictions of ``run`` (a :class:`vitlab.api.Run`) for each image file; ``inference`` as
+    ``hardware.inference`` (:mod:`vitlab.inference`)."""
     from vitlab.datamodules.base import load_image
 
     rows: list[dict[str, Any]] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         batch = torch.stack([run.transform(load_image(path)) for path in chunk])
-        probs, indices = run.predict(batch, k=top_k)
+        probs, indices = run.predict(batch, k=top_k, inference=inference)
         for path, p, i in zip(chunk, probs.tolist(), indices.tolist(), strict=True):
             rows.append({"path": str(path), "top": [
                 {"rank": r + 1, "index": c, "class": run.classes[c], "prob": round(q, 6)} for r, (q, c) in enumerate(zip(p, i))
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
     parser.add_argument("--out", type=Path, default=None, help="also write the predictions: .csv, or JSON lines")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--inference", choices=INFERENCE_MODES, default="eager",
+                        help="eager, fused (BatchNorm folded, an inference-only copy) or compiled (fused + torch.compile)")
     args = parser.parse_args(argv)
     from vitlab.api import load_images, load_run
 
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.out is not None and args.out.exists() and not args.overwrite:
             raise VitlabError(f"--out: {args.out.resolve()} exists; give another file or --overwrite")
         run = load_run(args.run)
-        rows = predict(run, load_images(args.images), args.top_k)
+        rows = predict(run, load_images(args.images), args.top_k, inference=args.inference)
     except VitlabError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
