@@ -144,3 +144,49 @@ def test_trains_on_synthetic_data(img_size, model, smoke_cfg, tmp_path):
     )
     assert metrics["global_step"] == 2 and metrics["params"] > 6e6
     assert 0.0 <= metrics["test/top1"] <= 1.0
+
+
+def _small_outgrid(**kwargs):
+    return create_model("outgrid_7m", dims=(8, 16, 16, 16), num_heads=(2, 2, 2, 2), outlook_heads=(2, 2, 2, 2),
+                        depths=(1, 1, 1, 1), stem_dim=8, **kwargs)
+
+
+def _randomise_batchnorms(net):
+    generator = torch.Generator().manual_seed(3)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=generator))
+            m.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
+            m.weight.data.copy_(torch.randn(c, generator=generator))
+            m.bias.data.copy_(torch.randn(c, generator=generator))
+
+
+def _working_modules(net):
+    return [m for m in net.modules() if not isinstance(m, torch.nn.Identity)]
+
+
+def test_fused_inference_copy_gives_the_eager_logits_with_every_batchnorm_folded(one_thread):
+    from vitlab.inference import prepare_for_inference
+
+    torch.manual_seed(0)
+    net = _small_outgrid(num_classes=7)
+    _randomise_batchnorms(net)
+    net.eval()
+    fused = prepare_for_inference(net, "fused")
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), net(x), atol=1e-4, rtol=1e-4)
+    assert not [m for m in fused.modules() if isinstance(m, torch.nn.BatchNorm2d)]  # the last one into the head
+    assert len(_working_modules(fused)) < len(_working_modules(net))
+    assert all(m.inplace for m in fused.modules() if isinstance(m, torch.nn.SiLU))
+    assert isinstance(net.norm, torch.nn.BatchNorm2d)  # the network itself is left as it was
+    assert not net.stages[0].blocks[0].mbconv.expand[2].inplace  # in training autograd would clone its input
+
+
+def test_fuse_for_inference_refuses_training_mode_and_keeps_the_norm_without_a_head():
+    net = _small_outgrid(num_classes=0)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        net.fuse_for_inference()
+    net.eval().fuse_for_inference()
+    assert isinstance(net.norm, torch.nn.BatchNorm2d)  # its pooled features are the output

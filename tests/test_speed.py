@@ -48,10 +48,48 @@ def test_tap_mix_backward_passes_gradcheck_in_both_layouts():
 
     torch.manual_seed(0)
     weights = torch.rand(1, 2, 9, 4, 3, dtype=torch.float64).requires_grad_()
-    padded = torch.randn(1, 6, 6, 5, dtype=torch.float64)
+    plain = torch.randn(1, 6, 4, 3, dtype=torch.float64)
     for layout in (torch.contiguous_format, torch.channels_last):
-        values = padded.contiguous(memory_format=layout).view(1, 2, 3, 6, 5).requires_grad_()
+        values = plain.contiguous(memory_format=layout).view(1, 2, 3, 4, 3).requires_grad_()
         assert torch.autograd.gradcheck(_TapMix.apply, (weights, values, 3))
+    # A kernel wider than the map: the border taps see nothing but zeros.
+    weights = torch.rand(1, 2, 25, 2, 3, dtype=torch.float64).requires_grad_()
+    values = torch.randn(1, 2, 3, 2, 3, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(_TapMix.apply, (weights, values, 5))
+
+
+def _padded_tap_mix(weights: torch.Tensor, values: torch.Tensor, k: int) -> torch.Tensor:
+    """The tap sum as it was before issue 18: on an explicitly zero-padded copy of the values."""
+    H, W = values.shape[-2:]
+    padded = F.pad(values, (k // 2,) * 4)
+    return sum(weights[:, :, t : t + 1] * padded[..., t // k : t // k + H, t % k : t % k + W] for t in range(k * k))
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_tap_mix_without_padding_equals_the_padded_sum_with_its_gradients(kernel_size, one_thread):
+    from vitlab.layers.dynamic_kernel import tap_mix
+
+    torch.manual_seed(0)
+    k2 = kernel_size**2
+    weights = torch.randn(2, 3, k2, 8, 8).contiguous(memory_format=torch.channels_last_3d).softmax(2).requires_grad_()
+    values = torch.randn(2, 12, 8, 8).contiguous(memory_format=torch.channels_last).view(2, 3, 4, 8, 8).requires_grad_()
+    grad = torch.randn(2, 3, 4, 8, 8)
+    new, old = tap_mix(weights, values, kernel_size), _padded_tap_mix(weights, values, kernel_size)
+    torch.testing.assert_close(new, old, atol=1e-6, rtol=1e-5)
+    for a, b in zip(torch.autograd.grad(new, (weights, values), grad), torch.autograd.grad(old, (weights, values), grad)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_tap_mix_under_compile_takes_the_plain_ops_and_gives_the_same_sum(monkeypatch, one_thread):
+    from vitlab.layers.dynamic_kernel import tap_mix
+
+    torch.manual_seed(0)
+    weights, values = torch.randn(1, 2, 9, 5, 4).softmax(2), torch.randn(1, 2, 3, 5, 4)
+    eager = tap_mix(weights, values, 3)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    torch.testing.assert_close(tap_mix(weights, values, 3), eager, atol=1e-6, rtol=1e-5)
+    values.requires_grad_()
+    assert tap_mix(weights, values, 3).grad_fn.name() != "_TapMixBackward"  # plain ops, traceable
 
 
 def test_outgrid_runs_channels_last_inside_and_gives_the_same_logits_for_either_input_layout(one_thread):

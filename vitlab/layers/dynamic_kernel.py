@@ -19,58 +19,76 @@ from torch import nn
 from vitlab.measure import register_module_flops
 
 
+def _tap_regions(kernel_size: int, height: int, width: int):
+    """For every tap but the centre: ``(tap, target, source)``, index tuples of the output pixels whose
+    neighbour at the tap's offset lies inside the ``height x width`` map, and of those neighbours."""
+    r = kernel_size // 2
+    for tap in range(kernel_size**2):
+        dy, dx = tap // kernel_size - r, tap % kernel_size - r
+        if dy == dx == 0:
+            continue
+        rows, cols = max(0, height - abs(dy)), max(0, width - abs(dx))
+        target = (..., slice(max(0, -dy), max(0, -dy) + rows), slice(max(0, -dx), max(0, -dx) + cols))
+        source = (..., slice(max(0, dy), max(0, dy) + rows), slice(max(0, dx), max(0, dx) + cols))
+        yield tap, target, source
+
+
 class _TapMix(torch.autograd.Function):
     """``out[b, h, c, y, x] = sum_t weights[b, h, t, y, x] * values[b, h, c, y + dy_t, x + dx_t]`` over
-    the k x k taps ``t`` of zero-padded ``values``, as one multiply-add per tap on shifted views.
+    the k x k taps ``t`` (offsets ``dy_t, dx_t`` in ``[-k//2, k//2]``), values outside the map being zero.
 
-    Written out with its backward because autograd's own would materialise a zero-filled copy of the
-    padded values for every tap's slice (9 fills and copies per call, a third of the block's time in
-    the profile); here both gradients are accumulated tap by tap in place."""
+    Each tap is one multiply-add between the part of the map whose neighbour at that offset lies
+    inside it and the shifted values there, so the zero border is never materialised: no padded copy
+    of the values in the forward, no padded gradient buffer in the backward. Written out with its
+    backward because autograd's own would allocate a zero-filled, values-sized gradient for every
+    tap's slice; here both gradients are accumulated tap by tap in place."""
 
     @staticmethod
-    def forward(ctx, weights: torch.Tensor, padded: torch.Tensor, kernel_size: int) -> torch.Tensor:
-        H, W = weights.shape[-2:]
-        out = weights[:, :, :1] * padded[..., :H, :W]
-        for tap in range(1, kernel_size**2):
-            dy, dx = divmod(tap, kernel_size)
-            out.addcmul_(weights[:, :, tap : tap + 1], padded[..., dy : dy + H, dx : dx + W])
-        ctx.save_for_backward(weights, padded)
+    def forward(ctx, weights: torch.Tensor, values: torch.Tensor, kernel_size: int) -> torch.Tensor:
+        centre = kernel_size**2 // 2
+        out = torch.mul(weights[:, :, centre : centre + 1], values, out=torch.empty_like(values))
+        for tap, target, source in _tap_regions(kernel_size, *values.shape[-2:]):
+            out[target].addcmul_(weights[:, :, tap : tap + 1][target], values[source])
+        ctx.save_for_backward(weights, values)
         ctx.kernel_size = kernel_size
-        ctx.out_stride = out.stride()
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        weights, padded = ctx.saved_tensors
+        weights, values = ctx.saved_tensors
         k = ctx.kernel_size
-        H, W = weights.shape[-2:]
-        if grad.stride() != ctx.out_stride:
+        centre = k**2 // 2
+        if grad.stride() != values.stride():
             # The in-place accumulations below are several times slower when the gradient's memory
-            # layout differs from the padded values' (e.g. NCHW against channels-last).
-            grad = torch.empty_strided(grad.shape, ctx.out_stride, dtype=grad.dtype, device=grad.device).copy_(grad)
-        grad_weights = torch.empty_like(weights) if ctx.needs_input_grad[0] else None
-        grad_padded = torch.zeros_like(padded) if ctx.needs_input_grad[1] else None
-        for tap in range(k * k):
-            dy, dx = divmod(tap, k)
-            window = (..., slice(dy, dy + H), slice(dx, dx + W))
-            if grad_weights is not None:
-                torch.sum(grad * padded[window], dim=2, out=grad_weights[:, :, tap])
-            if grad_padded is not None:
-                grad_padded[window].addcmul_(grad, weights[:, :, tap : tap + 1])
-        return grad_weights, grad_padded, None
+            # layout differs from the values' (e.g. NCHW against channels-last).
+            grad = torch.empty_like(values).copy_(grad)
+        grad_weights = grad_values = None
+        if ctx.needs_input_grad[0]:
+            # Zero where a tap's neighbour falls outside the map: that weight multiplied a zero.
+            grad_weights = torch.zeros_like(weights)
+            product = torch.empty_like(values)  # one scratch buffer for every tap's products
+            torch.sum(torch.mul(grad, values, out=product), dim=2, out=grad_weights[:, :, centre])
+            for tap, target, source in _tap_regions(k, *values.shape[-2:]):
+                products = torch.mul(grad[target], values[source], out=product[target])
+                torch.sum(products, dim=2, out=grad_weights[:, :, tap][target])
+        if ctx.needs_input_grad[1]:
+            grad_values = torch.mul(grad, weights[:, :, centre : centre + 1], out=torch.empty_like(values))
+            for tap, target, source in _tap_regions(k, *values.shape[-2:]):
+                grad_values[source].addcmul_(grad[target], weights[:, :, tap : tap + 1][target])
+        return grad_weights, grad_values, None
 
 
-def tap_mix(weights: torch.Tensor, padded: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """:class:`_TapMix` for training and eager inference; the same sum in plain ops while
-    ``torch.export`` / ``torch.onnx.export`` / tracing record the graph, which cannot hold a custom
-    autograd function (its in-place ``out=`` accumulations have no export form)."""
-    if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
-        H, W = weights.shape[-2:]
-        return sum(
-            weights[:, :, tap : tap + 1] * padded[..., tap // kernel_size : tap // kernel_size + H, tap % kernel_size : tap % kernel_size + W]
-            for tap in range(kernel_size**2)
-        )
-    return _TapMix.apply(weights, padded, kernel_size)
+def tap_mix(weights: torch.Tensor, values: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """:class:`_TapMix` for training and eager inference; the same sum in plain ops on zero-padded
+    values while ``torch.export`` / ``torch.onnx.export`` / tracing record the graph, which cannot
+    hold a custom autograd function (its in-place ``out=`` accumulations have no export form), and
+    under ``torch.compile``, whose inductor fuses the k*k shifted multiply-adds into one loop."""
+    if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+        H, W = values.shape[-2:]
+        k, pad = kernel_size, kernel_size // 2
+        padded = F.pad(values, (pad, pad, pad, pad))
+        return sum(weights[:, :, t : t + 1] * padded[..., t // k : t // k + H, t % k : t % k + W] for t in range(k * k))
+    return _TapMix.apply(weights, values, kernel_size)
 
 
 class DynamicKernelMixer(nn.Module):
@@ -96,9 +114,8 @@ class DynamicKernelMixer(nn.Module):
         h, k = self.num_heads, self.kernel_size
         weights = self.kernel_logits(x).view(B, h, k * k, H, W).softmax(dim=2)
         mixing = self.attn_drop(weights)
-        pad = k // 2
-        values = F.pad(self.value(x), (pad, pad, pad, pad)).view(B, h, C // h, H + 2 * pad, W + 2 * pad)
-        # One multiply-add per tap on shifted views of the padded values: no k*k-times unfolded copy
+        values = self.value(x).view(B, h, C // h, H, W)
+        # One multiply-add per tap on shifted views of the values: no k*k-times unfolded copy
         # (im2col / col2im), and no per-pixel batched matmul in the backward (the profile's hot spots).
         out = tap_mix(mixing, values, k)
         return self.proj_drop(self.proj(out.reshape(B, C, H, W))), weights if need_weights else None
@@ -134,6 +151,7 @@ class DynamicKernelBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         out, weights = self.mixer(self.norm1(x), need_weights)
-        x = x + self.drop_path1(out)
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        # Residual adds in place on the fresh branch outputs, not on x (LayerNorm's backward reads x).
+        x = self.drop_path1(out).add_(x)
+        x = self.drop_path2(self.mlp(self.norm2(x))).add_(x)
         return x, weights

@@ -52,7 +52,7 @@ class GridAttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, H, W, C = x.shape
         out, probs = self.attn(grid_partition(self.norm(x), self.grid_size), need_weights)
-        x = x + self.drop_path(grid_unpartition(out, self.grid_size, H, W))
+        x = self.drop_path(grid_unpartition(out, self.grid_size, H, W)).add_(x)  # in place on the fresh copy
         if probs is not None:
             g2 = self.grid_size**2
             probs = probs.view(B, g2, *probs.shape[1:])  # (B, g^2, heads, N, N)

@@ -12,6 +12,9 @@ class MBConv(nn.Module):
 
     def __init__(self, dim: int, expand_ratio: float = 4.0, se_ratio: float = 0.25):
         super().__init__()
+        # The residual add runs in place on the projection's output, which BatchNorm's backward does
+        # not read: one feature-map allocation fewer (on the CPU a fresh large tensor costs its page
+        # faults, more than the add). The SiLUs stay out of place: autograd would clone their input.
         hidden = round(dim * expand_ratio)
         self.expand = nn.Sequential(nn.Conv2d(dim, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.SiLU())
         self.depthwise = nn.Sequential(
@@ -22,4 +25,4 @@ class MBConv(nn.Module):
         self.project = nn.Sequential(nn.Conv2d(hidden, dim, 1, bias=False), nn.BatchNorm2d(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.project(self.se(self.depthwise(self.expand(x))))
+        return self.project(self.se(self.depthwise(self.expand(x)))).add_(x)

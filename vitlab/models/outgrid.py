@@ -37,7 +37,7 @@ class MlpBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.drop_path(self.mlp(self.norm(x)))
+        return self.drop_path(self.mlp(self.norm(x))).add_(x)  # in place on the fresh branch output
 
 
 class OutGridBlock(nn.Module):
@@ -229,6 +229,35 @@ class OutGridViT(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of storing them."""
         self.grad_checkpointing = enable
+
+    @torch.no_grad()
+    def fuse_for_inference(self) -> None:
+        """Fold what :func:`vitlab.inference.prepare_for_inference` cannot see, in place, on an eval
+        copy: the last BatchNorm into the head. In eval it is a per-channel affine map and the mean
+        pool is linear, so ``head(mean(BN(x))) == head'(mean(x))`` with the scale on the head's input
+        columns and the shift in its bias. Afterwards ``forward_features`` returns the map before that
+        norm; the logits are unchanged. A network without a head (``num_classes=0``) keeps its norm,
+        since there its pooled features are the output.
+
+        The SiLUs then run in place: without autograd nothing reads their inputs again (with it,
+        autograd would clone each input, which is why the training network keeps them out of place)."""
+        if self.training:
+            raise RuntimeError("fuse_for_inference folds BatchNorm's running statistics: call it in eval mode")
+        for module in self.modules():
+            if isinstance(module, nn.SiLU):
+                module.inplace = True
+        norm, head = self.norm, self.head
+        if not (isinstance(norm, nn.BatchNorm2d) and norm.track_running_stats and isinstance(head, nn.Linear)
+                and head.out_features > 0):
+            return
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        shift = -norm.running_mean * scale
+        if norm.affine:
+            scale, shift = scale * norm.weight, shift * norm.weight + norm.bias
+        fused = nn.Linear(head.in_features, head.out_features, device=head.weight.device, dtype=head.weight.dtype)
+        fused.weight.copy_(head.weight * scale)
+        fused.bias.copy_(head.weight @ shift + (head.bias if head.bias is not None else 0))
+        self.head, self.norm = fused, nn.Identity()
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
