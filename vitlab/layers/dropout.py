@@ -30,8 +30,10 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     n = x.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_()  # uniform on [0, 2^63)
     lanes = words.view(torch.int16)[:n].view(x.shape) & (_LEVELS - 1)
-    keep = lanes >= threshold
-    return (x * keep).mul_(_LEVELS / (_LEVELS - threshold))
+    # The mask holds 0 or the keep-rate's inverse in x's dtype: one multiply forward and one
+    # backward, where a boolean mask is cast to float in both and the scale is a second pass.
+    scale = x.new_full((), _LEVELS / (_LEVELS - threshold))
+    return x * torch.where(lanes >= threshold, scale, x.new_zeros(()))
 
 
 class Dropout(nn.Dropout):
