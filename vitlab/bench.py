@@ -61,6 +61,7 @@ from vitlab.inference import INFERENCE_MODES, prepare_for_inference
 from vitlab.layers.attention import SDPA_BACKENDS, sdpa_backend
 from vitlab.models import create_model, get_model_config, list_models
 from vitlab.optim import FUSED_DEVICES
+from vitlab.utils import reuse_freed_memory
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # --precision: fp32, or bf16 / fp16 autocast
 FALLBACK_IMG_SIZE = 32
@@ -343,6 +344,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (compile time falls in the warm-up)")
     parser.add_argument("--sdpa-backend", choices=SDPA_BACKENDS, default="auto")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave glibc's allocator as it is (default: reuse freed memory, as training does)")
     parser.add_argument("--inference", choices=INFERENCE_MODES, default="eager",
                         help="the inference step's mode (vitlab.inference): eager, fused or compiled")
     parser.add_argument("--mode", choices=["train", "infer", "both", "flops"], default="both",
@@ -441,7 +444,7 @@ def write_results(subjects: list[Subject], args: argparse.Namespace, device: tor
         header += [
             f"batch {args.batch_size} | {args.precision} | channels_last {'on' if args.channels_last else 'off'} | "
             f"compile {'on' if args.compile else 'off'} | inference {args.inference} | sdpa {args.sdpa_backend} | warm-up {args.warmup}, median of "
-            f"{args.iters} | {args.timer} time",
+            f"{args.iters} | {args.timer} time | malloc {'system' if args.system_malloc else 'reuse freed'}",
             f"peak {args.precision} matmul {peak / 1e9:.1f} GFLOP/s (measured here) | load average at the end {load}",
         ]
     table = rows(subjects, peak, args.relative_to)
@@ -469,6 +472,8 @@ def write_results(subjects: list[Subject], args: argparse.Namespace, device: tor
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if not args.system_malloc:
+        reuse_freed_memory()
     try:
         _, text = run(args)
     except VitlabError as err:

@@ -169,6 +169,9 @@ class HardwareConfig:
     # inference-only copy, BatchNorm folded into its convolution and the network's own folds) or
     # compiled (fused, then torch.compile). vitlab.inference says what each does.
     inference: str = "eager"
+    # Keep freed tensor memory in the process for the next step instead of returning it to the
+    # system (glibc; vitlab.utils.reuse_freed_memory): fewer page faults, the peak memory stays held.
+    reuse_freed_memory: bool = True
     peak_tflops: Optional[float] = None  # the device's peak for MFU; null = unknown
 
     def __post_init__(self) -> None:

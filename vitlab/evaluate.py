@@ -41,6 +41,7 @@ from vitlab.errors import ConfigError
 from vitlab.inference import inference_network
 from vitlab.measure import Stopwatch, human, image_flops, resolve_precision
 from vitlab.runs import load_run, prepare_output_dir, write_json
+from vitlab.utils import reuse_freed_memory
 
 register_configs()
 
@@ -60,6 +61,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         model_node = OmegaConf.create(OmegaConf.to_container(model_node, resolve=True))
     run = load_run(cfg.ckpt_path, model_node)
     hardware = to_hardware(cfg.hardware)
+    if hardware.reuse_freed_memory:
+        reuse_freed_memory()
     device = torch.device("cuda" if hardware.resolved_accelerator() == "gpu" else "cpu")
     module = run.module.to(device)
     out_dir = prepare_output_dir(Path(cfg.out_dir or cfg.paths.output_dir), ["eval_metrics.json", *ROBUSTNESS_FILES], cfg.overwrite)

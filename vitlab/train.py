@@ -52,6 +52,7 @@ from vitlab.config import PRECISIONS, HardwareConfig, register_configs, split_ba
 from vitlab.errors import ConfigError, VitlabError
 from vitlab.instantiate import build  # noqa: F401  (also vitlab.train.build, as before)
 from vitlab.runs import check_not_held, remove_orphaned_temp_files, run_lock
+from vitlab.utils import reuse_freed_memory
 
 register_configs()
 
@@ -72,6 +73,8 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
     choices = choices or {}
     started = time.perf_counter()
     recipe, hardware = to_recipe(cfg.recipe), to_hardware(cfg.hardware)
+    if hardware.reuse_freed_memory:
+        reuse_freed_memory()
     batch_per_device, accumulate = split_batch(recipe, hardware)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
