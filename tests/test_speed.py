@@ -4,6 +4,9 @@ and ``python -m vitlab.bench`` measures and writes its table."""
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -18,6 +21,8 @@ from vitlab.layers.dropout import Dropout, dropout
 from vitlab.layers.dynamic_kernel import DynamicKernelMixer
 from vitlab.models import create_model
 from vitlab.optim import build_optimizer
+
+from conftest import ROOT
 
 
 def _unfold_mixer(mixer: DynamicKernelMixer, x: torch.Tensor) -> torch.Tensor:
@@ -326,3 +331,45 @@ def test_bench_relative_to_times_variants_together_against_the_baseline(tmp_path
     assert table[1][f"train vs {base}"].endswith("x") and int(table[1]["params vs base"].replace(",", "")) < 0
     with pytest.raises(ConfigError, match="--relative-to vit: not among the models"):
         bench.run(bench.parse_args([variant, "--relative-to", "vit", "--out", str(tmp_path / "x")]))
+
+
+# ----------------------------------------------------------------------------------------- allocator
+_PAGE_FAULTS = """
+import resource, sys, torch
+from vitlab.utils import reuse_freed_memory
+if sys.argv[1] == "reuse":
+    assert reuse_freed_memory()
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.ones(48 << 18)  # 48 MiB of float32, allocated, written and freed
+before = faults()
+for _ in range(5):
+    torch.ones(48 << 18)
+print(faults() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_reuse_freed_memory_stops_the_page_faults_of_reallocated_activations(tmp_path):
+    """glibc maps a 48 MiB block afresh for every allocation (one page fault per 4 KiB written);
+    with the setting the freed block is reused. Each in its own process: the setting is process-wide."""
+    script = tmp_path / "faults.py"
+    script.write_text(_PAGE_FAULTS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    counts = {mode: int(subprocess.run([sys.executable, str(script), mode], env=env, capture_output=True, text=True,
+                                       check=True).stdout.split()[-1]) for mode in ("system", "reuse")}
+    pages = (48 << 20) // 4096
+    assert counts["system"] >= 4 * pages  # every allocation faulted its pages in again
+    assert counts["reuse"] <= 2 * pages < counts["system"] / 2
+
+
+def test_training_and_bench_set_the_allocator_unless_told_not_to(monkeypatch, capsys):
+    from vitlab.config import to_hardware
+
+    assert to_hardware({}).reuse_freed_memory is True
+    assert to_hardware({"reuse_freed_memory": False}).reuse_freed_memory is False
+    calls = []
+    monkeypatch.setattr(bench, "reuse_freed_memory", lambda: calls.append("set") or True)
+    monkeypatch.setattr(bench, "run", lambda args: ([], "table\n"))
+    bench.main(["mini_vit"])
+    bench.main(["mini_vit", "--system-malloc"])
+    assert calls == ["set"] and capsys.readouterr().out == "table\ntable\n"
