@@ -21,6 +21,12 @@ from vitlab.config import register_configs
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "vitlab" / "conf"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The default run spreads test files over one worker per core (-n auto): one torch thread per
+    # worker, and per process it starts, or the workers' thread pools fight over the same cores.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 # A run of a few seconds: synthetic data, tiny splits, CPU, no workers, plain progress output.
 SMOKE = [
     "data=synthetic",
