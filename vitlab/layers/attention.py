@@ -55,8 +55,7 @@ def attend(
     # With dropout on CPU, SDPA falls back to its math path, whose Bernoulli mask and masked softmax
     # cost more than the attention itself; the explicit path with vitlab's cheaper mask is 1.6x
     # faster there (forward + backward at Mini-ViT's shape, bench/RESULTS.md).
-    cpu_dropout = dropout_p > 0 and q.device.type == "cpu" and not torch.compiler.is_compiling()
-    if not need_weights and not cpu_dropout:
+    if not need_weights and not takes_cpu_dropout_path(q, dropout_p):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale), None
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = (q * scale) @ k.transpose(-2, -1)
@@ -64,6 +63,12 @@ def attend(
         scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
     out, probs = attend_scores(scores, v, dropout_p=dropout_p)
     return out, probs if need_weights else None
+
+
+def takes_cpu_dropout_path(q: torch.Tensor, dropout_p: float) -> bool:
+    """Whether :func:`attend` computes a call with attention dropout in plain ops (on the CPU,
+    outside ``torch.compile``; see the comment in :func:`attend`)."""
+    return dropout_p > 0 and q.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def attend_scores(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vitlab.layers.attention import attend
+from vitlab.layers.attention import attend, takes_cpu_dropout_path
 
 #: Score elements per piece of a CPU plain-ops attention call (module docstring): 4 MiB in fp32, a
 #: few times a core's L2 and well under glibc's largest mmap threshold (32 MiB).
@@ -83,7 +83,7 @@ def branch_attend(
 
 def cpu_plain_ops(x: torch.Tensor, dropout_p: float, need_weights: bool) -> bool:
     """Whether :func:`attend` computes a call on tensors like ``x`` in plain ops on CPU (module docstring)."""
-    return x.device.type == "cpu" and (need_weights or dropout_p > 0) and not torch.compiler.is_compiling()
+    return x.device.type == "cpu" and (need_weights or takes_cpu_dropout_path(x, dropout_p))
 
 
 def _cpu_piece_size(q: torch.Tensor, k: torch.Tensor, dropout_p: float, need_weights: bool) -> int:
