@@ -18,7 +18,7 @@ GROUPS = {
     "model": "the network (`model.net.*`) and its family LightningModule; selects its seed recipe",
     "data": "the DataModule: files, normalisation, validation split, `subset`, `cache`, workers",
     "recipe": "epochs, global batch, optimizer, schedule, label smoothing, mixing, augmentation",
-    "hardware": "accelerator, devices, precision, micro-batch per device, workers, compile, peak TFLOPS",
+    "hardware": "accelerator, devices, precision, micro-batch per device, workers, compile, inference mode, allocator, peak TFLOPS",
     "callbacks": "checkpointing, progress bar, FLOPs, throughput/MFU, attention dumps, NaN guard, the test-score curve",
     "protocol": "how numbers are measured: `heldout` (held-out selection) or `seed` (each original's own protocol)",
     "logger": "where scalars go; a list picks several (`logger=[tensorboard,wandb]`), `~logger` none",
