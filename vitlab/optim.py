@@ -26,8 +26,7 @@ def build_optimizer(net: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimiz
         fused = cfg.fused
         if fused is None:
             # auto: the fused step where torch has it. On the CPU too: it updates the same values as
-            # the foreach default (within float32 rounding) 3-5x faster, a tenth of an OutGrid 7M
-            # train step on 2 cores (bench/RESULTS.md).
+            # the foreach default (within float32 rounding) 3-5x faster (bench/RESULTS.md).
             fused = all(p.device.type in FUSED_DEVICES for p in net.parameters())
         kwargs["fused"] = fused
     if cfg.layer_decay is not None:
