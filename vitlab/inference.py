@@ -42,6 +42,19 @@ def fold_batchnorm(net: nn.Module) -> int:
 
 
 @torch.no_grad()
+def fold_affine_into_linear(linear: nn.Linear, scale: torch.Tensor, shift: torch.Tensor) -> None:
+    """Rewrite ``linear`` in place so that on ``x`` it gives what it gave on ``scale * x + shift``, the
+    per-feature affine map in front of it (a LayerNorm's affine, an eval BatchNorm):
+    ``W <- W diag(scale)``, ``c <- W shift + c``. The caller then drops that affine map."""
+    bias = linear.weight @ shift + (linear.bias if linear.bias is not None else 0.0)
+    linear.weight.mul_(scale)
+    if linear.bias is None:
+        linear.bias = nn.Parameter(bias, requires_grad=False)
+    else:
+        linear.bias.copy_(bias)
+
+
+@torch.no_grad()
 def prepare_for_inference(net: nn.Module, mode: str = "fused", compile_backend: str = "inductor") -> nn.Module:
     """An eval-mode network for inference in ``mode`` (module docstring); ``eager`` returns ``net``
     itself in eval mode, the other modes a copy (``net`` is left as it was). ``compile_backend`` is

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vitlab.inference import fold_affine_into_linear
+
 
 class HybridFusion(nn.Module):
     """``[w_1 z_1 | ... | w_n z_n]`` with ``z_i = Linear(dim -> out_dim)(LN_i(o_i))`` and
@@ -40,19 +42,9 @@ class HybridFusion(nn.Module):
             return
         w = self.weights()
         for i, (norm, proj) in enumerate(zip(self.norms, self.projs)):
-            fold_layernorm_affine(norm, proj, scale=w[i])
+            fold_affine_into_linear(proj, norm.weight, norm.bias)
+            proj.weight.mul_(w[i])
+            proj.bias.mul_(w[i])
             self.norms[i] = nn.LayerNorm(norm.normalized_shape, eps=norm.eps, elementwise_affine=False)
         self.folded = True
 
-
-@torch.no_grad()
-def fold_layernorm_affine(norm: nn.LayerNorm, linear: nn.Linear, scale: torch.Tensor | float = 1.0) -> None:
-    """Rewrite ``linear`` in place so that, applied to ``n(x)`` (the same normalisation without its
-    affine), it gives what ``scale * linear(norm(x))`` gave: ``W <- scale W diag(g)``,
-    ``c <- scale (W b + c)``. The caller replaces ``norm`` by its affine-free twin."""
-    bias = linear.weight @ norm.bias + (linear.bias if linear.bias is not None else 0.0)
-    linear.weight.mul_(norm.weight).mul_(scale)
-    if linear.bias is None:
-        linear.bias = nn.Parameter(bias.mul_(scale), requires_grad=False)
-    else:
-        linear.bias.copy_(bias.mul_(scale))

@@ -18,6 +18,7 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vitlab.inference import fold_affine_into_linear
 from vitlab.layers.attention_maps import AttentionMap, GridMap, KernelMap
 from vitlab.layers.dynamic_kernel import DynamicKernelBlock
 from vitlab.layers.grid_attention import GridAttentionBlock
@@ -254,10 +255,8 @@ class OutGridViT(nn.Module):
         shift = -norm.running_mean * scale
         if norm.affine:
             scale, shift = scale * norm.weight, shift * norm.weight + norm.bias
-        fused = nn.Linear(head.in_features, head.out_features, device=head.weight.device, dtype=head.weight.dtype)
-        fused.weight.copy_(head.weight * scale)
-        fused.bias.copy_(head.weight @ shift + (head.bias if head.bias is not None else 0))
-        self.head, self.norm = fused, nn.Identity()
+        fold_affine_into_linear(head, scale, shift)
+        self.norm = nn.Identity()
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:

@@ -34,12 +34,13 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vitlab.inference import fold_affine_into_linear
 from vitlab.layers.attention_maps import AttentionMap
 from vitlab.layers.channel_group_attention import ChannelGroupTokenAttention
 from vitlab.layers.conv_ffn import DepthwiseConvFFN
 from vitlab.layers.dilated_attention import MultiScaleDilatedAttention
 from vitlab.layers.dropout import Dropout
-from vitlab.layers.fusion import HybridFusion, fold_layernorm_affine
+from vitlab.layers.fusion import HybridFusion
 from vitlab.layers.token_bank import BankCrossAttention, BankState, TokenBank
 from vitlab.layers.window_attention import WindowBankAttention
 from vitlab.models._registry import build_from_config, config_dataclass, register_model
@@ -119,7 +120,7 @@ class QuadAttentionBlock(nn.Module):
         FFN's first Linear) into that Linear, in place (for an inference copy)."""
         self.fusion.fuse_for_inference()
         if self.norm2.elementwise_affine:
-            fold_layernorm_affine(self.norm2, self.ffn.fc1)
+            fold_affine_into_linear(self.ffn.fc1, self.norm2.weight, self.norm2.bias)
             self.norm2 = nn.LayerNorm(self.norm2.normalized_shape, eps=self.norm2.eps, elementwise_affine=False)
 
 
