@@ -29,6 +29,7 @@ step, and each side's ratio to ``ref``) with the command, machine, threads, date
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -53,7 +54,7 @@ def serve(args: argparse.Namespace) -> None:
 
     if not Path(vitlab.__file__).resolve().is_relative_to(Path(args.checkout).resolve()):
         raise SystemExit(f"{args.checkout}: imported vitlab from {vitlab.__file__}, not from that checkout")
-    reuse = getattr(__import__("vitlab.utils", fromlist=["x"]), "reuse_freed_memory", None)
+    reuse = getattr(importlib.import_module("vitlab.utils"), "reuse_freed_memory", None)  # absent in older checkouts
     if reuse is not None and not args.system_malloc:
         reuse()
     torch.set_num_threads(args.threads)

@@ -3,9 +3,9 @@
     python bench/profile_step.py outgrid_7m --batch-size 64 --channels-last --mode train --threads 1
     python bench/profile_step.py qavit_tiny --batch-size 16 --mode infer --inference fused --top 15
 
-Steps as :mod:`vitlab.bench` times them (random tensors; a train step is forward + cross-entropy +
-backward + AdamW). ``--inference`` profiles the copy :func:`vitlab.inference.prepare_for_inference`
-makes. Prints the top ops with their share of the step, which is what bench/RESULTS.md quotes as
+The steps :mod:`vitlab.bench` times (``vitlab.bench.make_steps``: random tensors; a train step is
+forward + cross-entropy + backward + AdamW). ``--inference`` profiles the copy
+:func:`vitlab.inference.prepare_for_inference` makes. Prints the top ops with their share of the step, which is what bench/RESULTS.md quotes as
 "what remains"; shares hold up on a loaded machine better than absolute times do.
 """
 
@@ -16,13 +16,12 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's vitlab
 
 from vitlab import bench  # noqa: E402
-from vitlab.inference import INFERENCE_MODES, prepare_for_inference  # noqa: E402
+from vitlab.inference import INFERENCE_MODES  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,22 +39,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     subject = bench.build_subject(args.model, args.img_size)
-    layout = torch.channels_last if args.channels_last else torch.contiguous_format
-    net = subject.net.to(memory_format=layout)
-    x = torch.randn(args.batch_size, 3, subject.img_size, subject.img_size).contiguous(memory_format=layout)
-    y = torch.randint(0, subject.num_classes, (args.batch_size,))
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    fast = prepare_for_inference(net, args.inference) if args.mode == "infer" else None
-
-    def step() -> None:
-        if args.mode == "train":
-            net.train()
-            F.cross_entropy(net(x), y).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        else:
-            with torch.inference_mode():
-                fast(x)
+    # The very steps vitlab.bench times (the inference copy is made in the warm-up step below).
+    switches = bench.Switches(torch.device("cpu"), channels_last=args.channels_last, batch_size=args.batch_size,
+                              inference=args.inference)
+    step = bench.make_steps(subject, switches)[args.mode]
 
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:

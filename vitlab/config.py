@@ -165,8 +165,8 @@ class HardwareConfig:
     # Which kernel scaled_dot_product_attention may use: auto (torch picks), flash, efficient, math,
     # cudnn. The CPU has flash and math only.
     sdpa_backend: str = "auto"
-    # How vitlab.evaluate and vitlab-predict run the network: eager (as it trains), fused (an
-    # inference-only copy, BatchNorm folded into its convolution and the network's own folds) or
+    # How vitlab.evaluate runs the network (vitlab-predict: --inference): eager (as it trains), fused
+    # (an inference-only copy, BatchNorm folded into its convolution and the network's own folds) or
     # compiled (fused, then torch.compile). vitlab.inference says what each does.
     inference: str = "eager"
     # Keep freed tensor memory in the process for the next step instead of returning it to the
