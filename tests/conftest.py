@@ -44,6 +44,19 @@ SMOKE = [
 ]
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """The default run spreads whole test files (module fixtures built once per file) over one worker
+    per core with pytest-xdist. Set here rather than in ``addopts``, so that ``-p no:xdist`` runs the
+    suite in one process instead of failing on an unknown ``-n``; ``-n N`` and ``-n 0`` still choose."""
+    if not config.pluginmanager.hasplugin("xdist") or hasattr(config, "workerinput"):
+        return
+    if config.option.numprocesses is None and not config.option.tx:
+        config.option.numprocesses = "auto"
+        if config.option.dist == "no":
+            config.option.dist = "loadfile"
+
+
 def compose_config(overrides: Sequence[str] = (), output_dir: Path | None = None, hydra: bool = False) -> DictConfig:
     """The composed ``train`` config; ``hydra=True`` includes Hydra's own node (sweeper, mode)."""
     register_configs()

@@ -2,11 +2,14 @@
 (a folder of notes that is not part of the repository), at their sections or at their numbered
 defects. What a user needs to know is in docs/seeds/."""
 
+import os
 import re
+from pathlib import Path
 
 from conftest import ROOT
 
-SKIP_DIRS = {".git", ".whl", "multirun", "logs", "data", "outputs", "lightning_logs", "__pycache__", ".pytest_cache"}
+SKIP_DIRS = {".git", ".whl", "multirun", "logs", "data", "outputs", "lightning_logs", "__pycache__", ".pytest_cache",
+             "build", "dist"}
 TEXT = {".py", ".md", ".yaml", ".yml", ".sh", ".toml", ".txt", ".cfg", ".ini", ""}
 # Built from pieces so that this file does not match itself.
 PATTERNS = {
@@ -16,13 +19,20 @@ PATTERNS = {
 }
 
 
+def _skipped(folder: Path) -> bool:
+    """Run outputs, caches, builds and virtual environments (a ``.venv`` in the checkout, as .ci/run makes)."""
+    rel = folder.relative_to(ROOT)
+    return (folder.name in SKIP_DIRS or folder.name.endswith(".egg-info") or rel.parts[:2] == ("bench", "out")
+            or (folder / "pyvenv.cfg").is_file())
+
+
 def _files():
-    for path in sorted(ROOT.rglob("*")):
-        rel = path.relative_to(ROOT)
-        if any(part in SKIP_DIRS or part.endswith(".egg-info") for part in rel.parts) or rel.parts[:2] == ("bench", "out"):
-            continue
-        if path.is_file() and path.suffix in TEXT:
-            yield rel, path
+    for top, dirs, names in os.walk(ROOT):
+        dirs[:] = sorted(d for d in dirs if not _skipped(Path(top) / d))
+        for name in sorted(names):
+            path = Path(top) / name
+            if path.suffix in TEXT:
+                yield path.relative_to(ROOT), path
 
 
 def test_no_file_refers_to_the_spec_notes():

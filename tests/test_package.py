@@ -33,10 +33,28 @@ def python_example(path: Path) -> str:
     return found.group(1)
 
 
+def _site_dirs() -> list[str]:
+    """The site-packages folders of the interpreter running the tests: a venv's own, or the system's
+    (and the user's) where the tests run outside one."""
+    import site
+
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return [d for d in dirs if Path(d).is_dir()]
+
+
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory) -> dict:
     """A wheel built from this checkout, installed with --no-deps into a fresh virtualenv that sees the
-    already installed torch/Lightning (system site-packages), used from a folder outside the checkout."""
+    packages of the environment running the tests (torch, Lightning, ...), used from a folder outside
+    the checkout.
+
+    ``venv --system-site-packages`` would not do: from inside a virtualenv it exposes the *base*
+    interpreter's packages, not the virtualenv's. A ``.pth`` file naming the running environment's
+    site-packages folders works for a venv, a conda env and the system Python alike; it lists them as
+    plain paths, so their own ``.pth`` files (an editable vitlab among them) are not run and the only
+    vitlab the new environment imports is the wheel's."""
     base = tmp_path_factory.mktemp("wheel")
     source = base / "source"  # a copy: a build in the checkout would leave build/ and a stale build/lib
     source.mkdir()
@@ -48,10 +66,15 @@ def venv(tmp_path_factory) -> dict:
                     "-w", str(dist), str(source)], check=True, capture_output=True, text=True, timeout=300)
     (wheel,) = dist.glob("vitlab-*.whl")
     env_dir = base / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(env_dir)], check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=300)
     bin_dir = env_dir / ("Scripts" if os.name == "nt" else "bin")
-    subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)],
-                   check=True, capture_output=True, text=True, timeout=300)
+    probe = "import site; print(site.getsitepackages()[0])"
+    own_site = subprocess.run([str(bin_dir / "python"), "-c", probe], check=True, capture_output=True, text=True,
+                              timeout=60).stdout.strip()
+    (Path(own_site) / "_tested_environment.pth").write_text("\n".join(_site_dirs()) + "\n")
+    # The running environment's pip installs into the new one (the venv has none of its own).
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(bin_dir / "python"), "install", "--no-deps",
+                    "--no-index", "-q", str(wheel)], check=True, capture_output=True, text=True, timeout=300)
     cwd = base / "work"
     cwd.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}

@@ -180,3 +180,6 @@ def test_readme_test_command_is_what_ci_runs():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python -m pytest -q" in ci and "python -m pytest -q" in readme
+    # ... in a new virtual environment, as the README sets one up
+    assert "python -m venv .venv && . .venv/bin/activate" in readme
+    assert "python -m venv --clear .venv" in ci and ". .venv/bin/activate" in ci
