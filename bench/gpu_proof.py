@@ -118,7 +118,8 @@ def family_steps(tiny: bool, budget_s: float) -> list[dict[str, Any]]:
     import torch
 
     from vitlab.layers.attention import sdpa_backend
-    from vitlab.models import create_model
+    from vitlab.layers.vit_attention import attention_config
+    from vitlab.models import create_model, get_model_config
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -140,7 +141,9 @@ def family_steps(tiny: bool, budget_s: float) -> list[dict[str, Any]]:
                 continue
             try:
                 # The CPU's flash kernel has no dropout (CUDA's has): Mini-ViT's attention dropout off there.
-                overrides = {"attn_drop_rate": 0.0} if device.type == "cpu" and name == "mini_vit" else {}
+                overrides = {}
+                if device.type == "cpu" and name == "mini_vit":
+                    overrides["attention"] = attention_config(get_model_config(name).attention, attn_drop=0.0)
                 if tiny and name == "vit":
                     overrides["img_size"] = 32  # its registry size is ImageNet-100's 256 px
                 row.update(_compiled_steps(name, precision, channels_last, flash, batch, steps, device, backend,

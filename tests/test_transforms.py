@@ -9,6 +9,8 @@ from PIL import Image
 from vitlab.datamodules import AUGMENT_DEFAULTS, build_eval_transform, build_train_transform
 from vitlab.errors import ConfigError
 
+from conftest import CONF_DIR, compose_data_config
+
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
 SEED_RECIPE = {  # the Mini-ViT seed's augmentation (mini_vit spec 2.2)
@@ -154,3 +156,32 @@ def test_bad_augment_values_name_the_key(augment, key):
         build_train_transform(augment, 32, MEAN, STD, native_size=32)
     message = str(info.value)
     assert message.startswith(f"{key}:") and "\n" not in message
+
+
+#: Each data config's image size on disk where it is not ``img_size`` (a tuple: images of any size,
+#: here one that is not square).
+NATIVE = {"cifar100_64": 32, "imagenet100": (260, 300), "image_folder": (40, 48)}
+#: The keys a data config leaves for the command line.
+REQUIRED = {"image_folder": ["data.root=photos", "data.num_classes=3"]}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml")))
+def test_predict_and_load_run_preprocess_as_evaluation_does(name, tmp_path):
+    """For every data config: what ``vitlab-predict`` and ``vitlab.load_run`` give the network for an
+    image file is what the DataModule's evaluation gives it for the same image in the dataset, so
+    the two score it with the same logits."""
+    from vitlab.api import eval_transform
+    from vitlab.instantiate import build
+
+    (tmp_path / "tiny-imagenet-200").mkdir()
+    (tmp_path / "tiny-imagenet-200" / "wnids.txt").write_text("".join(f"n{i:08d}\n" for i in range(200)))
+    data = compose_data_config(name, tmp_path, *REQUIRED.get(name, [])).data
+    size = NATIVE.get(name, int(data.img_size))
+    height, width = (size, size) if isinstance(size, int) else size
+    pixels = torch.Generator().manual_seed(0)
+    image = Image.fromarray(torch.randint(0, 256, (height, width, 3), generator=pixels, dtype=torch.uint8).numpy())
+    datamodule = build(data)
+    evaluation = datamodule._eval_transform(datamodule._native_size([(image, 0)]))
+    predicted = eval_transform(data)(image)
+    assert predicted.shape == (3, int(data.img_size), int(data.img_size))
+    assert torch.equal(predicted, evaluation(image))

@@ -92,7 +92,7 @@ def test_each_variant_adds_the_listed_parameters(name):
 
 
 def test_plain_differential_attention_adds_the_lambda_vectors():
-    model = create_model("vit_diff_entropy", lambda_mode="learned")
+    model = create_model("vit_diff_entropy", attention={"_target_": "diff", "lambda_mode": "learned"})
     assert _params(model) == BASELINE_PARAMS + EXTRA_PARAMS["vit_diff_entropy"] + 12 * 4 * 32
 
 
@@ -180,7 +180,7 @@ def _copy(src, dst):
 def test_suppression_with_a_zero_kernel_is_standard_attention(mode):
     torch.manual_seed(0)
     plain = ViTAttention(32, 4).eval()
-    supp = _copy(plain, SuppressionAttention(32, 4, suppression_mode=mode)).eval()
+    supp = _copy(plain, SuppressionAttention(32, 4, mode=mode)).eval()
     ctx = AttentionContext(grid=(3, 3), num_prefix=1)
     x = torch.randn(2, 10, 32)
     ref, ref_w = plain(x, need_weights=True, ctx=ctx)
@@ -195,7 +195,7 @@ def test_suppression_with_a_zero_kernel_is_standard_attention(mode):
 
 def test_token_conv_suppression_matches_the_spec_formula():
     torch.manual_seed(0)
-    attn = SuppressionAttention(8, 2, suppression_mode="token_conv")
+    attn = SuppressionAttention(8, 2, mode="token_conv")
     S = torch.randn(1, 2, 5, 5)
     K = attn.kernel.detach()[:, 0]  # (heads, 3, 3)
     expected = S.clone()
@@ -211,7 +211,7 @@ def test_token_conv_suppression_matches_the_spec_formula():
 
 def test_grid_suppression_uses_patch_grid_neighbours_and_spares_cls():
     torch.manual_seed(0)
-    attn = SuppressionAttention(8, 2, suppression_mode="grid")
+    attn = SuppressionAttention(8, 2, mode="grid")
     S = torch.randn(1, 2, 1 + 6, 7)  # grid 2 x 3
     K = attn.kernel.detach()[0, 0]
     expected = S.clone()
@@ -241,7 +241,7 @@ def test_diffsim_boundary_handling_as_configured():
 @pytest.mark.parametrize("boundary", ["sequence", "patches", "rows"])
 def test_diffsim_attention_scores_use_differenced_queries_and_keys(boundary):
     torch.manual_seed(0)
-    attn = DiffSimAttention(16, 2, diff_boundary=boundary).eval()
+    attn = DiffSimAttention(16, 2, boundary=boundary).eval()
     ctx = AttentionContext(grid=(2, 2), num_prefix=1)
     x = torch.randn(2, 5, 16)
     q, k, v = attn.qkv(x).view(2, 5, 3, 2, 8).permute(2, 0, 3, 1, 4)
@@ -289,11 +289,11 @@ def test_entropy_modulation_replaces_lambda_per_query():
     x = torch.randn(2, 5, 32)
     # a modulation of 0 everywhere = lambda 0
     _zero_lambda(learned)
-    zero = AttentionContext(grid=(2, 2), modulation=torch.zeros(2, 5))
+    zero = AttentionContext(grid=(2, 2), shared={"pixel_entropy": torch.zeros(2, 5)})
     torch.testing.assert_close(replace(x, ctx=zero)[0], learned(x)[0], atol=1e-5, rtol=1e-5)
     # per-query: row i of the map is A1[i] - H_i A2[i]
     h = torch.rand(2, 5)
-    _, maps = replace(x, need_weights=True, ctx=AttentionContext(grid=(2, 2), modulation=h))
+    _, maps = replace(x, need_weights=True, ctx=AttentionContext(grid=(2, 2), shared={"pixel_entropy": h}))
     w, a1, a2 = maps[""], maps["softmax1"], maps["softmax2"]
     torch.testing.assert_close(w, a1 - h[:, None, :, None] * a2)
     torch.testing.assert_close(w.sum(-1), (1 - h)[:, None, :].expand(2, 2, 5), atol=1e-5, rtol=1e-5)
@@ -400,7 +400,7 @@ def test_every_parameter_gets_a_gradient(name):
 
 
 def test_pe_dropout_only_in_training_and_spares_cls():
-    model = _tiny("vit_pe_dropout", pe_drop_rate=0.5)
+    model = _tiny("vit_pe_dropout", position={"table_drop": 0.5})
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(model(x), model(x))
     model.train()
@@ -424,7 +424,7 @@ def test_no_weight_decay_covers_tables_frequencies_kernels_and_lambdas():
     }
     for name, expected in cases.items():
         assert _tiny(name).no_weight_decay() == expected
-    model = _tiny("vit_diff_entropy", lambda_mode="learned")
+    model = _tiny("vit_diff_entropy", attention={"_target_": "diff", "lambda_mode": "learned"})
     names = model.no_weight_decay()
     assert {"blocks.1.attn.lambda_q1", "blocks.1.attn.lambda_k2"} <= names
     assert names <= dict(model.named_parameters()).keys()
@@ -445,7 +445,7 @@ def test_positional_encodings_without_a_table_take_other_sizes():
 
 
 def test_seed_init_is_an_option():
-    legacy = create_model("vit_suppress", legacy_init=True, **TINY)
+    legacy = create_model("vit_suppress", attention={"_target_": "suppress", "seed_init": True}, **TINY)
     assert torch.count_nonzero(legacy.blocks[0].attn.qkv.bias) > 0  # the seed kept default biases
     assert torch.count_nonzero(create_model("vit_suppress", **TINY).blocks[0].attn.qkv.bias) == 0
 
@@ -455,12 +455,16 @@ def test_seed_init_is_an_option():
     [
         ({"img_size": 30, "patch_size": 4}, "img_size 30 is not divisible by patch_size 4"),
         ({"num_heads": 5}, "embed_dim 192 is not divisible by num_heads 5"),
-        ({"attention": "diff", "rope": "mixed"}, "rope=mixed does not combine with attention=diff"),
-        ({"attention": "diffsim", "diff_boundary": "wrap"}, "diff_boundary must be one of"),
-        ({"attention": "nope"}, "attention must be one of"),
-        ({"lambda_mode": "half"}, "lambda_mode must be one of"),
-        ({"ape": False, "pe_drop_rate": 0.1}, "pe_drop_rate needs the position table"),
-        ({"cpe": True, "cpe_after": 12}, "cpe_after 12 must index a block"),
+        ({"attention": {"_target_": "diff", "rope": "mixed"}},
+         r"^model\.net\.attention\.rope: rope=mixed does not combine with differential attention"),
+        ({"attention": {"_target_": "diffsim", "boundary": "wrap"}}, r"^model\.net\.attention\.boundary: must be one of"),
+        ({"attention": {"_target_": "nope"}}, r"^model\.net\.attention\._target_: unknown attention 'nope'"),
+        ({"attention": {"_target_": "mhsa", "rope_thta": 3}},
+         r"^model\.net\.attention\.rope_thta: ViTAttention has no such option; did you mean rope_theta\?"),
+        ({"attention": {"_target_": "diff", "lambda_mode": "half"}}, r"^model\.net\.attention\.lambda_mode: must be one of"),
+        ({"position": {"table": "none", "table_drop": 0.1}}, r"^model\.net\.position\.table_drop: needs the learned table"),
+        ({"position": {"cpe": True, "cpe_after": 12}}, r"^model\.net\.position\.cpe_after: 12 must index a block"),
+        ({"position": {"tabel": "none"}}, r"^model\.net\.position\.tabel: no such setting; did you mean table\?"),
         ({"rope_thta": 3}, "model.net.rope_thta"),
     ],
 )

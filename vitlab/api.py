@@ -50,9 +50,9 @@ def compose(*overrides: str, config_name: str = "train", output_dir: str | Path 
 
 def build_module(cfg: DictConfig) -> Any:
     """The family LightningModule of ``cfg.model``, with the optimizer and schedule of ``cfg.recipe``."""
-    from vitlab.train import build
+    from vitlab.instantiate import build_module
 
-    return build(cfg.model, recipe=OmegaConf.to_container(cfg.recipe, resolve=True))
+    return build_module(cfg.model, recipe=OmegaConf.to_container(cfg.recipe, resolve=True))
 
 
 def build_datamodule(cfg: DictConfig) -> Any:
@@ -118,11 +118,13 @@ def load_run(path: str | Path) -> Run:
 
 
 def eval_transform(data: DictConfig) -> Any:
-    """Resize to the data's ``img_size`` (when needed), then scale and normalise as in evaluation."""
-    from vitlab.datamodules import build_eval_transform
+    """The run's evaluation transform for images of any size: its DataModule's own
+    (:meth:`vitlab.datamodules.base.ImageDataModule.eval_transform`), built from the data config alone."""
+    from hydra.utils import get_class
 
-    interpolation = data.get("resize_interpolation") or "bicubic"
-    return build_eval_transform(int(data.img_size), list(data.mean), list(data.std), None, interpolation=interpolation)
+    datamodule = get_class(data._target_)
+    return datamodule.eval_transform(int(data.img_size), list(data.mean), list(data.std), None,
+                                     data.get("resize_interpolation"))
 
 
 def class_names(data: DictConfig) -> list[str]:

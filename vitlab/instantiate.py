@@ -21,3 +21,11 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         if isinstance(err.__cause__, VitlabError):
             raise err.__cause__ from None
         raise
+
+
+def build_module(node: DictConfig, **kwargs: Any) -> Any:
+    """The family LightningModule of a ``model`` node. Its ``net`` settings reach the module as plain
+    values: a ``_target_`` inside them (an attention layer's class) is the network's to build, not
+    Hydra's, so nothing below the module is instantiated here."""
+    return build(node, _recursive_=False, **kwargs)
+

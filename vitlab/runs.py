@@ -56,7 +56,7 @@ def load_run(ckpt_path: str | Path | None, model_node: DictConfig | None = None)
     used instead of the run's saved one. The checkpoint must hold weights of that model: its recorded
     network name and every tensor's name and shape must match, or the message says which model it is.
     """
-    from vitlab.instantiate import build
+    from vitlab.instantiate import build_module
 
     ckpt = load_checkpoint(ckpt_path)
     path = Path(str(ckpt_path)).expanduser()
@@ -74,7 +74,7 @@ def load_run(ckpt_path: str | Path | None, model_node: DictConfig | None = None)
     check_network_name(ckpt, wanted, path)  # before building a model that could not fit anyway
     recipe = OmegaConf.to_container(config.recipe, resolve=True) if config is not None else saved_hparams.get("recipe")
     node = OmegaConf.merge(model_node, {"compile": False})
-    module = build(node, recipe=recipe)
+    module = build_module(node, recipe=recipe)
     check_weights_fit(ckpt, module, path)
     module.load_state_dict(ckpt["state_dict"])
     module.eval()

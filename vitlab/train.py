@@ -50,7 +50,7 @@ from vitlab.cli import (
 )
 from vitlab.config import PRECISIONS, HardwareConfig, register_configs, split_batch, to_hardware, to_recipe
 from vitlab.errors import ConfigError, VitlabError
-from vitlab.instantiate import build  # noqa: F401  (also vitlab.train.build, as before)
+from vitlab.instantiate import build, build_module  # noqa: F401  (build is also vitlab.train.build)
 from vitlab.runs import check_not_held, remove_orphaned_temp_files, run_lock
 from vitlab.utils import reuse_freed_memory
 
@@ -95,7 +95,7 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
 
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data, batch_size=batch_per_device)
-    module = build(cfg.model, recipe=OmegaConf.to_container(cfg.recipe, resolve=True))
+    module = build_module(cfg.model, recipe=OmegaConf.to_container(cfg.recipe, resolve=True))
     if ckpt_path:
         check_resume_checkpoint(ckpt_path, module)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)

@@ -467,9 +467,24 @@ class ImageDataModule(lightning.LightningDataModule):
         )
 
     def _eval_transform(self, native_size: Any) -> Transform:
-        return build_eval_transform(
-            self.img_size, self.mean, self.std, native_size, interpolation=self.resize_interpolation
-        )
+        return self.eval_transform(self.img_size, self.mean, self.std, native_size, self.resize_interpolation)
+
+    @classmethod
+    def eval_transform(
+        cls,
+        img_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        native_size: tuple[int, int] | None = None,
+        resize_interpolation: str | None = None,
+    ) -> Transform:
+        """The one evaluation transform of this dataset (its val and test splits, ``vitlab-predict``,
+        :func:`vitlab.load_run`): resize to ``img_size`` with the dataset's interpolation unless the
+        images are ``native_size`` already (``None``: images of any size, such as files from
+        elsewhere), then scale and normalise. A classmethod, so that a run's transform needs only its
+        data config, not the dataset's files."""
+        interpolation = resize_interpolation or cls.resize_interpolation
+        return build_eval_transform(img_size, mean, std, native_size, interpolation=interpolation)
 
     def setup(self, stage: str | None = None) -> None:
         """Load both official splits once and build the train/val/test views; later calls do nothing."""

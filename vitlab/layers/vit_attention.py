@@ -1,8 +1,19 @@
-"""Pluggable self-attention for the clear-vit ViT backbone (``docs/seeds/clear_vit.md``).
+"""Pluggable self-attention for the ViT backbone (clear-vit's variants, Mini-ViT, and the user's own).
 
-Every module takes the LN output ``x`` of shape ``(B, N, dim)`` (``num_prefix`` CLS tokens first, then
+An attention layer is one class. The backbone builds block ``i``'s layer as
+``cls(dim=, num_heads=, layer_index=i, proj_drop=, **options)``, where ``options`` are the rest of the
+``model.net.attention`` node; ``_target_`` names the class: a name registered here with
+:func:`register_attention` (``mhsa``, ``diffsim``, ``suppress``, ``diff``, ``alibi``) or the dotted path
+of a class in the user's own package (``mypkg.attn.MyAttention``). The class's constructor is its
+typed config: :func:`attention_config` derives a frozen dataclass from its keyword options (the
+defaults written once, in the constructor), and the constructor checks its own arguments.
+
+Every layer takes the LN output ``x`` of shape ``(B, N, dim)`` (``num_prefix`` CLS tokens first, then
 the patches of a ``grid_h x grid_w`` grid in raster order) and returns ``(output, weights or None)``, as
 :class:`vitlab.layers.Attention` does. The token layout travels in an :class:`AttentionContext`.
+Subclassing :class:`ViTAttention` gives a new layer the rest of the protocol: B0's init
+(:meth:`~ViTAttention.init_weights`), typed attention maps (:meth:`~ViTAttention.attention_maps`) and
+the parameters kept out of weight decay (:meth:`~ViTAttention.no_weight_decay`).
 
 All of them compute their softmax with :func:`vitlab.layers.attend` (SDPA unless the weights are asked
 for) or, when the score matrix itself must be edited, with :func:`vitlab.layers.attention.attend_scores`:
@@ -20,19 +31,33 @@ DifferentialAttention  ``(A1 - lambda A2) V``, two softmax maps of half-width   
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import functools
+import importlib
+import inspect
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitlab.errors import nearest_key_hint
 from vitlab.layers.attention import Attention, attend, attend_scores
+from vitlab.layers.attention_maps import AttentionMap, TokenMap
 from vitlab.layers.rope import RoPE2D, grid_positions
 
 __all__ = [
+    "ATTENTION_LAYERS",
     "ALiBi2DAttention",
     "AttentionContext",
+    "attention_class",
+    "attention_config",
+    "attention_options",
+    "register_attention",
     "DiffSimAttention",
     "DifferentialAttention",
     "SuppressionAttention",
@@ -49,18 +74,134 @@ DIFF_BOUNDARIES = ("sequence", "patches", "rows")
 SUPPRESSION_MODES = ("token_conv", "grid")
 LAMBDA_MODES = ("replace", "scale", "learned")
 ALIBI_DISTANCES = ("euclidean", "manhattan")
+ENTROPY_SOURCES = ("pixels", "tokens", "attention")
+ROPES = (None, "axial", "mixed")
+# Heo et al.'s bases: 100 for the fixed axial frequencies, 10 for the initial mixed ones.
+DEFAULT_ROPE_THETA = {"axial": 100.0, "mixed": 10.0}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: The attention layers of the ViT backbone by name (``model.net.attention._target_``).
+ATTENTION_LAYERS: dict[str, type[nn.Module]] = {}
+#: What the backbone passes every attention layer; the rest of the attention node are its own options.
+BACKBONE_ARGS = ("dim", "num_heads", "layer_index", "proj_drop")
+
+
+def register_attention(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make ``name`` select the class in ``model.net.attention._target_``."""
+
+    def add(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in ATTENTION_LAYERS:
+            raise RuntimeError(f"attention {name!r} is registered twice")
+        ATTENTION_LAYERS[name] = cls
+        return cls
+
+    return add
+
+
+def attention_class(target: str) -> type[nn.Module]:
+    """The class a ``_target_`` names: a registered name, or ``package.module.Class``."""
+    if not isinstance(target, str) or not target:
+        raise ValueError(f"attention._target_: give a registered name ({', '.join(ATTENTION_LAYERS)}) or a class path")
+    if target in ATTENTION_LAYERS:
+        return ATTENTION_LAYERS[target]
+    if "." not in target:
+        close = difflib.get_close_matches(target, ATTENTION_LAYERS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ValueError(
+            f"attention._target_: unknown attention {target!r}; {hint}use one of {', '.join(ATTENTION_LAYERS)} "
+            "or the path of your own class (mypkg.attn.MyAttention)"
+        )
+    module_name, _, class_name = target.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"attention._target_: cannot import {module_name} ({err}); is its package on the Python path?") from None
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"attention._target_: {target} is not an nn.Module class")
+    return cls
+
+
+@functools.cache
+def attention_options(cls: type[nn.Module]) -> dict[str, inspect.Parameter]:
+    """A layer's own options: the keyword arguments of its constructor (and, through ``**kwargs``, of
+    its bases' constructors) beyond :data:`BACKBONE_ARGS`, each with its default."""
+    options: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if klass is nn.Module or "__init__" not in vars(klass):
+            continue
+        forwards = False
+        for p in list(inspect.signature(klass.__init__).parameters.values())[1:]:
+            if p.kind is p.VAR_KEYWORD:
+                forwards = True
+            elif p.kind is not p.VAR_POSITIONAL and p.name not in BACKBONE_ARGS:
+                if p.default is p.empty:
+                    raise TypeError(f"{cls.__name__}.{p.name}: an attention option needs a default")
+                options.setdefault(p.name, p)
+        if not forwards:
+            break
+    return options
+
+
+@functools.cache
+def _config_type(cls: type[nn.Module]) -> type:
+    fields = [("_target_", str, field(default=_target_name(cls)))]
+    fields += [(p.name, p.annotation, field(default=p.default)) for p in attention_options(cls).values()]
+    config = dataclasses.make_dataclass(f"{cls.__name__}Config", fields, frozen=True)
+    config.__doc__ = f"The options of :class:`{cls.__name__}`: its constructor's keyword arguments, same defaults."
+    return config
+
+
+def _target_name(cls: type[nn.Module]) -> str:
+    registered = [name for name, klass in ATTENTION_LAYERS.items() if klass is cls]
+    return registered[0] if registered else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def attention_config(spec: str | Mapping[str, Any] | Any = "mhsa", **options: Any) -> Any:
+    """The typed config of an attention layer: a frozen dataclass with ``_target_`` and every option
+    of the class (its defaults, then ``options``). ``spec`` is a ``_target_`` or a node
+    (``{"_target_": ..., **options}``, e.g. from the command line); an unknown option is one error
+    line with the nearest name."""
+    if dataclasses.is_dataclass(spec):
+        spec = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+    node = dict(spec) if isinstance(spec, Mapping) else {"_target_": spec}
+    node.update(options)
+    if "_target_" not in node:
+        raise ValueError(f"attention._target_: missing; use one of {', '.join(ATTENTION_LAYERS)} or a class path")
+    cls = attention_class(node.pop("_target_"))
+    known = attention_options(cls)
+    for key in node:
+        if key not in known:
+            raise ValueError(f"attention.{key}: {cls.__name__} has no such option; {nearest_key_hint(key, known)}")
+    plain = {k: tuple(v) if isinstance(v, list) else v for k, v in node.items()}
+    return _config_type(cls)(**plain)
+
+
+def build_attention(config: Any, **backbone: Any) -> nn.Module:
+    """Block ``backbone["layer_index"]``'s layer from a config of :func:`attention_config`."""
+    options = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "_target_"}
+    return attention_class(config._target_)(**backbone, **options)
 
 
 @dataclass
 class AttentionContext:
-    """Where the tokens sit: ``grid`` = (rows, columns) of the patch grid, ``num_prefix`` CLS tokens
-    in front; ``modulation`` is the per-query factor ``(B, N)`` of entropy-modulated differential
-    attention; ``positions`` (x, y) replaces the raster positions of the patches for RoPE (tests)."""
+    """What an attention layer may need besides its input, made by the backbone once per forward.
+
+    ``grid`` = (rows, columns) of the patch grid, ``num_prefix`` CLS tokens in front; ``positions``
+    (x, y) replaces the raster positions of the patches for RoPE (tests); ``images`` and
+    ``patch_size`` are the input images and their patch size; ``block_input`` is the residual stream
+    entering the current block (before its norm); ``shared`` holds what one layer computes once per
+    forward for all (:meth:`once`).
+    """
 
     grid: tuple[int, int]
     num_prefix: int = 1
-    modulation: torch.Tensor | None = None
     positions: tuple[torch.Tensor, torch.Tensor] | None = None
+    images: torch.Tensor | None = None
+    patch_size: int = 1
+    block_input: torch.Tensor | None = None
+    shared: dict[str, Any] = field(default_factory=dict)
     #: Per-forward figures the caller asked for (``{name: [one detached scalar per layer]}``), or
     #: None. Created by the caller for one forward and returned by it: no module keeps them.
     stats: dict[str, list[torch.Tensor]] | None = None
@@ -68,6 +209,12 @@ class AttentionContext:
     def record(self, name: str, value: torch.Tensor) -> None:
         if self.stats is not None:
             self.stats.setdefault(name, []).append(value.detach())
+
+    def once(self, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``compute()`` the first time a layer asks for ``key`` in this forward, the same tensor after."""
+        if key not in self.shared:
+            self.shared[key] = compute()
+        return self.shared[key]
 
 
 def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -80,9 +227,18 @@ def _merge_heads(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2).reshape(B, N, H * D)
 
 
+@register_attention("mhsa")
 class ViTAttention(Attention):
     """Standard multi-head attention (fused QKV with bias, output projection), optionally with 2D RoPE
     on the patch tokens' q and k. Runs on SDPA unless the weights are asked for.
+
+    Args (the options of ``model.net.attention``):
+        qkv_bias, proj_bias: biases of the projections.
+        attn_drop: dropout on the attention weights (B0's ``attention_dropout``).
+        rope: ``None`` | ``axial`` (fixed) | ``mixed`` (learnable per layer and head) 2D RoPE;
+            ``rope_theta`` ``None`` = 100 (axial) / 10 (mixed).
+        seed_init: keep the clear-vit seed's per-variant init of this layer instead of B0's
+            (:meth:`init_weights`).
 
     Subclasses change the scores through two hooks: :meth:`_queries_keys` (edit q and k) and
     :meth:`_attend` (compute the attention from q, k, v).
@@ -97,12 +253,20 @@ class ViTAttention(Attention):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         rope: str | None = None,
-        rope_theta: float = 10.0,
+        rope_theta: float | None = None,
+        seed_init: bool = False,
+        layer_index: int = 0,
     ) -> None:
+        if rope not in ROPES:
+            raise ValueError(f"attention.rope: must be null, axial or mixed, got {rope!r}")
+        if rope is not None and dim % num_heads == 0 and (dim // num_heads) % 4 != 0:
+            raise ValueError(f"attention.rope: needs a head dim (embed_dim / num_heads) divisible by 4, got {dim // num_heads}")
         super().__init__(
             dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, attn_drop=attn_drop, proj_drop=proj_drop
         )
-        self.rope = RoPE2D(num_heads, self.head_dim, kind=rope, theta=rope_theta) if rope is not None else None
+        theta = DEFAULT_ROPE_THETA.get(rope, 10.0) if rope_theta is None else rope_theta
+        self.rope = RoPE2D(num_heads, self.head_dim, kind=rope, theta=theta) if rope is not None else None
+        self.seed_init = seed_init
 
     def forward(
         self, x: torch.Tensor, need_weights: bool = False, ctx: AttentionContext | None = None
@@ -134,6 +298,41 @@ class ViTAttention(Attention):
         q, k = self._queries_keys(q, k, ctx)
         return (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
 
+    # ----------------------------------------------------------------------------- the backbone's hooks
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """B0's init, called by the backbone in block order: projections U(-sqrt(3/dim), sqrt(3/dim))
+        with zero biases. With ``seed_init`` the seed's own: PyTorch's default Linear init for RoPE-Mixed,
+        and default biases (:meth:`_seed_keeps_biases`) for the layers whose seed kept them."""
+        if self.seed_init and self.rope is not None and self.rope.kind == "mixed":
+            return
+        init_projections(self.qkv, self.proj, keep_biases=self.seed_init and self._seed_keeps_biases)
+
+    _seed_keeps_biases = False
+
+    def no_weight_decay(self) -> set[str]:
+        """This layer's parameters that take no weight decay: RoPE's learnable frequencies."""
+        return {name for name, _ in self.named_parameters() if name == "rope.freqs"}
+
+    def attention_maps(self, weights: torch.Tensor, **layout: Any) -> dict[str, AttentionMap]:
+        """The typed maps of this layer's ``weights`` (as its forward returns them with
+        ``need_weights``), keyed by a suffix of the block's name ("" = the block's own map)."""
+        return {"": TokenMap(weights, **layout)}
+
+
+def init_projections(qkv: nn.Linear, proj: nn.Linear, keep_biases: bool = False) -> None:
+    """B0's attention init: weights U(-sqrt(3/dim), sqrt(3/dim)), zero biases (or PyTorch's default
+    biases, drawn again, with ``keep_biases``)."""
+    bound = math.sqrt(3.0 / qkv.in_features)
+    for linear in (qkv, proj):
+        nn.init.uniform_(linear.weight, -bound, bound)
+        if linear.bias is not None:
+            if keep_biases:
+                b = 1.0 / math.sqrt(linear.in_features)
+                nn.init.uniform_(linear.bias, -b, b)
+            else:
+                nn.init.zeros_(linear.bias)
+
 
 def predecessor_mask(num_tokens: int, boundary: str, grid: tuple[int, int], num_prefix: int) -> torch.Tensor:
     """``(N,)`` with 1 where token ``i`` is differenced against token ``i - 1`` and 0 where it gets a
@@ -164,17 +363,19 @@ def first_difference(t: torch.Tensor, boundary: str, grid: tuple[int, int], num_
     return t - keep[:, None] * prev
 
 
+@register_attention("diffsim")
 class DiffSimAttention(ViTAttention):
     """Difference-similarity attention (V2, re-specified): ``softmax(dq dk^T / sqrt(d)) v`` with the
-    first differences ``dq``, ``dk`` of :func:`first_difference`; v is left raw. No new parameters."""
+    first differences ``dq``, ``dk`` of :func:`first_difference` under the ``boundary`` rule; v is left
+    raw. No new parameters."""
 
-    def __init__(self, dim: int, num_heads: int, diff_boundary: str = "sequence", **kwargs) -> None:
-        if diff_boundary not in DIFF_BOUNDARIES:
-            raise ValueError(f"diff_boundary must be one of {', '.join(DIFF_BOUNDARIES)}, got {diff_boundary!r}")
+    def __init__(self, dim: int, num_heads: int, boundary: str = "sequence", **kwargs) -> None:
+        if boundary not in DIFF_BOUNDARIES:
+            raise ValueError(f"attention.boundary: must be one of {', '.join(DIFF_BOUNDARIES)}, got {boundary!r}")
         if kwargs.get("rope") is not None:
-            raise ValueError("difference-similarity attention does not combine with rope")
+            raise ValueError(f"attention.rope: rope={kwargs['rope']} does not combine with difference-similarity attention")
         super().__init__(dim, num_heads, **kwargs)
-        self.diff_boundary = diff_boundary
+        self.diff_boundary = boundary
 
     def _queries_keys(self, q, k, ctx):
         grid, prefix = (ctx.grid, ctx.num_prefix) if ctx is not None else ((1, q.shape[-2]), 0)
@@ -208,16 +409,17 @@ def alibi_bias_2d(
     return bias.float()
 
 
+@register_attention("alibi")
 class ALiBi2DAttention(ViTAttention):
     """Bidirectional ALiBi on the 2D patch distance, as an additive SDPA mask (no parameters). Unlike
     the seed's block: no causal mask, 2D instead of 1D token distance, CLS unbiased, an output
     projection, and the bias built for the input's grid (not a fixed 2048 x 2048 buffer)."""
 
-    def __init__(self, dim: int, num_heads: int, alibi_distance: str = "euclidean", **kwargs) -> None:
-        if alibi_distance not in ALIBI_DISTANCES:
-            raise ValueError(f"alibi_distance must be one of {', '.join(ALIBI_DISTANCES)}, got {alibi_distance!r}")
+    def __init__(self, dim: int, num_heads: int, distance: str = "euclidean", **kwargs) -> None:
+        if distance not in ALIBI_DISTANCES:
+            raise ValueError(f"attention.distance: must be one of {', '.join(ALIBI_DISTANCES)}, got {distance!r}")
         super().__init__(dim, num_heads, **kwargs)
-        self.alibi_distance = alibi_distance
+        self.alibi_distance = distance
 
     def bias(self, ctx: AttentionContext, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         return alibi_bias_2d(self.num_heads, ctx.grid, ctx.num_prefix, self.alibi_distance).to(device, dtype)
@@ -232,6 +434,7 @@ class ALiBi2DAttention(ViTAttention):
         return f"alibi_distance={self.alibi_distance}"
 
 
+@register_attention("suppress")
 class SuppressionAttention(ViTAttention):
     """Spatial-suppression attention (V4): ``S' = S - K (*) S`` before the softmax, so it materialises
     the score matrix.
@@ -245,23 +448,22 @@ class SuppressionAttention(ViTAttention):
       ``(2r+1)^2`` parameters, the centre one unused.
 
     Kernels start U(-1/(2r+1), 1/(2r+1)), PyTorch's default for such a depthwise conv. Attention
-    dropout is ``attn_drop`` (the seed used the block dropout).
+    dropout is ``attn_drop`` (the seed used the block dropout). The options are ``mode`` and
+    ``radius`` r; with ``seed_init`` the projections keep PyTorch's default biases, as the seed's did.
     """
 
-    def __init__(
-        self, dim: int, num_heads: int, suppression_mode: str = "token_conv", suppression_radius: int = 1, **kwargs
-    ) -> None:
-        if suppression_mode not in SUPPRESSION_MODES:
-            raise ValueError(
-                f"suppression_mode must be one of {', '.join(SUPPRESSION_MODES)}, got {suppression_mode!r}"
-            )
-        if suppression_radius < 1:
-            raise ValueError(f"suppression_radius must be >= 1, got {suppression_radius}")
+    _seed_keeps_biases = True
+
+    def __init__(self, dim: int, num_heads: int, mode: str = "token_conv", radius: int = 1, **kwargs) -> None:
+        if mode not in SUPPRESSION_MODES:
+            raise ValueError(f"attention.mode: must be one of {', '.join(SUPPRESSION_MODES)}, got {mode!r}")
+        if radius < 1:
+            raise ValueError(f"attention.radius: must be >= 1, got {radius}")
         super().__init__(dim, num_heads, **kwargs)
-        self.suppression_mode = suppression_mode
-        self.radius = suppression_radius
-        size = 2 * suppression_radius + 1
-        channels = num_heads if suppression_mode == "token_conv" else 1
+        self.suppression_mode = mode
+        self.radius = radius
+        size = 2 * radius + 1
+        channels = num_heads if mode == "token_conv" else 1
         self.kernel = nn.Parameter(torch.empty(channels, 1, size, size))
         nn.init.uniform_(self.kernel, -1.0 / size, 1.0 / size)
 
@@ -287,6 +489,9 @@ class SuppressionAttention(ViTAttention):
         out, probs = attend_scores(self.suppress(scores, ctx), v, dropout_p=dropout_p)
         return out, probs if need_weights else None
 
+    def no_weight_decay(self) -> set[str]:
+        return super().no_weight_decay() | {"kernel"}
+
     def extra_repr(self) -> str:
         return f"suppression_mode={self.suppression_mode}, radius={self.radius}"
 
@@ -297,6 +502,7 @@ def differential_lambda_init(layer_index: int) -> float:
     return 0.8 - 0.6 * math.exp(-0.3 * layer_index)
 
 
+@register_attention("diff")
 class DifferentialAttention(nn.Module):
     """Differential attention (Ye et al. 2024), optionally with a per-query entropy factor (V6).
 
@@ -308,11 +514,16 @@ class DifferentialAttention(nn.Module):
 
     * ``learned`` (plain DiffAttn): ``exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init``, one scalar per
       layer, four vectors of ``head_dim / 2`` initialised N(0, 0.1^2);
-    * ``replace``: the per-query factor ``ctx.modulation`` (the normalised entropy), no lambda vectors;
-    * ``scale``: the learned scalar times ``ctx.modulation``.
+    * ``replace``: the per-query factor (the normalised entropy), no lambda vectors;
+    * ``scale``: the learned scalar times the factor.
 
-    ``entropy_source="attention"`` makes the factor the normalised entropy of each query's ``A1`` row
-    (``/ ln N``, per head); ``A1`` is then materialised. The RMSNorm gain (``head_dim``) is shared by
+    The factor by ``entropy_source``: ``pixels``, the luminance entropy of each query's patch
+    (:func:`patch_luminance_entropy`; the CLS query gets the image's mean; ``entropy_mean`` and
+    ``entropy_std`` undo the input normalisation), computed once per forward for all layers;
+    ``tokens``, the entropy of the softmax over each token's channels as it enters the block
+    (:func:`token_entropy`); ``attention``, the normalised entropy of each query's ``A1`` row
+    (``/ ln N``, per head), for which ``A1`` is materialised. The mean factor goes to
+    ``ctx.stats["entropy"]`` once per forward. The RMSNorm gain (``head_dim``) is shared by
     the heads. With ``need_weights`` the weights returned are ``{"": A1 - lambda A2, "softmax1": A1,
     "softmax2": A2}`` (the first one's rows sum to ``1 - lambda``, not 1); the mean lambda of each call
     goes to ``ctx.stats["lambda"]`` when the caller asked for stats.
@@ -325,11 +536,15 @@ class DifferentialAttention(nn.Module):
         layer_index: int = 0,
         lambda_mode: str = "learned",
         entropy_source: str = "pixels",
+        entropy_mean: tuple[float, ...] = IMAGENET_MEAN,
+        entropy_std: tuple[float, ...] = IMAGENET_STD,
         qkv_bias: bool = False,
         proj_bias: bool = False,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         norm_eps: float = 1e-5,
+        rope: str | None = None,
+        seed_init: bool = False,
     ) -> None:
         super().__init__()
         if dim % num_heads != 0:
@@ -337,12 +552,22 @@ class DifferentialAttention(nn.Module):
         if (dim // num_heads) % 2 != 0:
             raise ValueError(f"differential attention needs an even head dim, got {dim // num_heads}")
         if lambda_mode not in LAMBDA_MODES:
-            raise ValueError(f"lambda_mode must be one of {', '.join(LAMBDA_MODES)}, got {lambda_mode!r}")
+            raise ValueError(f"attention.lambda_mode: must be one of {', '.join(LAMBDA_MODES)}, got {lambda_mode!r}")
+        if entropy_source not in ENTROPY_SOURCES:
+            raise ValueError(f"attention.entropy_source: must be one of {', '.join(ENTROPY_SOURCES)}, got {entropy_source!r}")
+        if len(entropy_mean) != len(entropy_std):
+            raise ValueError("attention.entropy_mean: needs as many values as entropy_std (one per input channel)")
+        if rope is not None:
+            raise ValueError(f"attention.rope: rope={rope} does not combine with differential attention")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.sub_dim = self.head_dim // 2
         self.lambda_mode = lambda_mode
         self.entropy_source = entropy_source
+        self.entropy_mean = tuple(float(m) for m in entropy_mean)
+        self.entropy_std = tuple(float(s) for s in entropy_std)
+        self.layer_index = layer_index
+        self.seed_init = seed_init  # the seed's init of this layer is B0's
         self.lambda_init = differential_lambda_init(layer_index)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.attn_drop = attn_drop
@@ -368,12 +593,34 @@ class DifferentialAttention(nn.Module):
         if self.entropy_source == "attention":
             factor = -(a1.float() * a1.float().clamp_min(1e-12).log()).sum(-1, keepdim=True) / math.log(N)
         else:
-            if ctx is None or ctx.modulation is None:
-                raise ValueError(
-                    f"lambda_mode={self.lambda_mode} needs the per-token modulation in the AttentionContext"
-                )
-            factor = ctx.modulation.float().view(B, 1, N, 1)
+            factor = self.modulation(ctx).float().view(B, 1, N, 1)
         return factor if self.lambda_mode == "replace" else self.learned_lambda() * factor
+
+    def modulation(self, ctx: AttentionContext | None) -> torch.Tensor:
+        """The per-query factor ``(B, N)`` of the ``pixels`` and ``tokens`` sources."""
+        if ctx is None:
+            raise ValueError(f"lambda_mode={self.lambda_mode} needs an AttentionContext")
+        if self.entropy_source == "pixels":
+            return ctx.once("pixel_entropy", lambda: self._pixel_modulation(ctx))
+        if ctx.block_input is None:
+            raise ValueError(f"lambda_mode={self.lambda_mode} needs the block input in the AttentionContext")
+        factor = token_entropy(ctx.block_input)
+        if self.layer_index == 0:
+            ctx.record("entropy", factor.mean())
+        return factor
+
+    def _pixel_modulation(self, ctx: AttentionContext) -> torch.Tensor:
+        if ctx.images is None:
+            raise ValueError(f"lambda_mode={self.lambda_mode} needs the images in the AttentionContext")
+        if ctx.images.shape[1] != len(self.entropy_mean):
+            raise ValueError(
+                f"attention.entropy_mean: {len(self.entropy_mean)} values for {ctx.images.shape[1]}-channel images; "
+                "give one per input channel (and as many entropy_std)"
+            )
+        ent = patch_luminance_entropy(ctx.images, ctx.patch_size, self.entropy_mean, self.entropy_std)
+        factor = torch.cat((ent.mean(1, keepdim=True), ent), dim=1)  # CLS gets the image mean
+        ctx.record("entropy", factor.mean())
+        return factor
 
     def forward(
         self, x: torch.Tensor, need_weights: bool = False, ctx: AttentionContext | None = None
@@ -406,6 +653,23 @@ class DifferentialAttention(nn.Module):
         if need_weights:
             weights = {"": a1 - lam.to(a1.dtype) * a2, "softmax1": a1, "softmax2": a2}
         return self.proj_drop(self.proj(_merge_heads(out))), weights
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """B0's init of the projections (:func:`init_projections`); the seed's init is the same."""
+        init_projections(self.qkv, self.proj)
+
+    def no_weight_decay(self) -> set[str]:
+        return {name for name, _ in self.named_parameters() if name.startswith("lambda_")}
+
+    def attention_maps(self, weights: dict[str, torch.Tensor], **layout: Any) -> dict[str, AttentionMap]:
+        """``A1 - lambda A2`` (no distribution: its rows sum to ``1 - lambda`` and may hold negative
+        weights, so it is shown, not measured) and its two softmax maps."""
+        return {
+            "": TokenMap(weights[""], **{**layout, "dim": None, "measure": False}),
+            "softmax1": TokenMap(weights["softmax1"], **layout),
+            "softmax2": TokenMap(weights["softmax2"], **layout),
+        }
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, lambda_mode={self.lambda_mode}, lambda_init={self.lambda_init:.4f}"

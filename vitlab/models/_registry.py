@@ -20,13 +20,14 @@ import dataclasses
 import difflib
 import fnmatch
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from vitlab.errors import ConfigError
+from vitlab.errors import ConfigError, nearest_key_hint
 
 __all__ = ["ModelEntry", "config_dataclass", "create_model", "get_model_config", "list_models", "register_model", "unregister_model"]
 
@@ -38,6 +39,9 @@ class ModelEntry:
     name: str
     cfg: Any
     builder: Callable[[Any], nn.Module]
+    #: Rewrites settings of an older form into the config's (run folders written before a change
+    #: of the config's shape): ``upgrade(cfg, settings) -> settings``.
+    upgrade: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
 
     @property
     def family(self) -> str:
@@ -47,13 +51,17 @@ class ModelEntry:
 _ENTRIES: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, cfg: Any, builder: Callable[[Any], nn.Module]) -> ModelEntry:
-    """Register ``cfg`` (a dataclass instance) under ``name``; ``builder(cfg)`` makes the network."""
+def register_model(
+    name: str, cfg: Any, builder: Callable[[Any], nn.Module],
+    upgrade: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None,
+) -> ModelEntry:
+    """Register ``cfg`` (a dataclass instance) under ``name``; ``builder(cfg)`` makes the network;
+    ``upgrade`` (optional) reads settings of an older form (:attr:`ModelEntry.upgrade`)."""
     if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
         raise TypeError(f"model {name!r}: the config must be a dataclass instance, got {type(cfg).__name__}")
     if name in _ENTRIES:
         raise RuntimeError(f"model {name!r} is registered twice")
-    _ENTRIES[name] = entry = ModelEntry(name, cfg, builder)
+    _ENTRIES[name] = entry = ModelEntry(name, cfg, builder, upgrade)
     return entry
 
 
@@ -78,23 +86,27 @@ def _entry(name: str) -> ModelEntry:
 
 def get_model_config(name: str, **overrides: Any) -> Any:
     """The registered config of ``name`` with ``overrides`` replaced, each checked against its fields."""
-    cfg = _entry(name).cfg
+    entry = _entry(name)
+    cfg = entry.cfg
+    if entry.upgrade is not None:
+        overrides = entry.upgrade(cfg, overrides)
     fields = [f.name for f in dataclasses.fields(cfg)]
     for key in overrides:
         if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hint = f"did you mean {close[0]}?" if close else f"valid settings are: {', '.join(fields)}"
+            hint = nearest_key_hint(key, fields)
             raise ConfigError(f"model.net.{key}: {name} ({type(cfg).__name__}) has no such setting; {hint}")
     return dataclasses.replace(cfg, **overrides)
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build the registered network ``name`` with its config updated by ``overrides``."""
-    cfg = get_model_config(name, **overrides)
     try:
+        cfg = get_model_config(name, **overrides)
         return _entry(name).builder(cfg)
     except ValueError as err:
-        raise ConfigError(f"model.net: {err}") from None
+        # A message that starts with the key it is about ("attention.rope: ...") names it in full.
+        text = str(err)
+        raise ConfigError(f"model.net.{text}" if re.match(r"^[\w.]+: ", text) else f"model.net: {text}") from None
 
 
 def config_dataclass(cls: type[nn.Module], name: str | None = None) -> type:
@@ -125,15 +137,26 @@ def net_node(name: str) -> dict[str, Any]:
     cfg = _entry(name).cfg
 
     def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         return list(value) if isinstance(value, tuple) else value
 
     return {"name": name, **{f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}}
 
 
 def register_net_configs() -> None:
-    """Store every registered network as ``net/<name>`` in Hydra's ConfigStore (for conf/model)."""
+    """Store every registered network as ``net/<name>`` in Hydra's ConfigStore (for conf/model).
+
+    A node with a ``_target_`` (an attention layer) is a plug-in: its keys are the chosen class's
+    options, so it is open (``model.net.attention.window=3`` for a class that takes ``window``) and
+    the class checks them when the network is built."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import DictConfig, OmegaConf
 
     store = ConfigStore.instance()
     for name in list_models():
-        store.store(group="net", name=name, node=net_node(name))
+        node = OmegaConf.create(net_node(name))
+        for value in node.values():
+            if isinstance(value, DictConfig) and "_target_" in value:
+                OmegaConf.set_struct(value, False)
+        store.store(group="net", name=name, node=node)

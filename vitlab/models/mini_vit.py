@@ -10,15 +10,17 @@ the seed configuration has exactly 674,890 parameters.
 
 from __future__ import annotations
 
+from vitlab.layers.vit_attention import attention_config
 from vitlab.models._registry import build_from_config, register_model
-from vitlab.models.vit import ViT, ViTConfig
+from vitlab.models.vit import BlockConfig, PositionConfig, ViT, ViTConfig, upgrade_flat_settings
 
 __all__ = ["model_cfgs"]
 
 _MINI_VIT = dict(
-    img_size=32, patch_size=4, num_classes=10, mlp_ratio=2.0, qkv_bias=False, proj_bias=True, mlp_bias=False,
-    drop_rate=0.1, attn_drop_rate=0.1, pos_drop_rate=0.0, ape=False, sincos_pe=True, head_pool="concat_prefix",
-    init="torch", cls_init="zeros", norm_eps=1e-5,
+    img_size=32, patch_size=4, num_classes=10, drop_rate=0.1, head_pool="concat_prefix", init="torch",
+    attention=attention_config("mhsa", qkv_bias=False, proj_bias=True, attn_drop=0.1),
+    position=PositionConfig(table="sincos", token_drop=0.0),
+    block=BlockConfig(mlp_ratio=2.0, mlp_bias=False, norm_eps=1e-5),
 )
 
 model_cfgs = dict(
@@ -31,4 +33,4 @@ model_cfgs = dict(
 )
 
 for _name, _cfg in model_cfgs.items():
-    register_model(_name, _cfg, build_from_config(ViT))
+    register_model(_name, _cfg, build_from_config(ViT), upgrade=upgrade_flat_settings)

@@ -6,9 +6,10 @@ Re-implementation of the ImageNet-100 models of github.com/4adex/clear-vit follo
 position, input dropout, 12 pre-norm blocks (3 heads of 64, MLP 768, LayerNorm eps 1e-6), a final
 LayerNorm and a zero-initialised linear head on the CLS output: 5,555,044 parameters at 100 classes.
 
-The variants differ only in ``attention`` (mhsa, diffsim, suppress, diff, alibi), ``rope`` (none,
-axial, mixed), ``ape`` (the learnable table on or off), ``pe_drop_rate`` and ``cpe``; every choice
-the seed left open is a constructor argument (so a ``model.net.<key>`` in the config).
+The variants differ in the ``attention`` node (a layer of :mod:`vitlab.layers.vit_attention`,
+registered by name or the user's own class by its path, with the layer's own options) and the
+``position`` node (the absolute table, its dropout, CPVT's conditional encoding); the blocks' MLP and
+norm settings are the ``block`` node. Each node is a typed config that checks its own keys.
 
 ``patch_size: null`` picks the patch size from the image size: 4 up to 64 px (CIFAR), 16 above
 (ImageNet-100 at 224 / 256 px).
@@ -16,45 +17,32 @@ the seed left open is a constructor argument (so a ``model.net.<key>`` in the co
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from timm.layers import trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vitlab.errors import nearest_key_hint
 from vitlab.layers.attention_maps import AttentionMap, CLSMap, TokenMap
 from vitlab.layers.cpe import PEG
 from vitlab.layers.dropout import dropout
 from vitlab.layers.pos_embed import sincos_2d
 from vitlab.layers.transformer import TransformerBlock
-from vitlab.layers.vit_attention import (
-    DIFF_BOUNDARIES,
-    LAMBDA_MODES,
-    ALiBi2DAttention,
-    AttentionContext,
-    DifferentialAttention,
-    DiffSimAttention,
-    SuppressionAttention,
-    ViTAttention,
-    patch_luminance_entropy,
-    token_entropy,
-)
+from vitlab.layers.vit_attention import AttentionContext, attention_config, build_attention
 from vitlab.models._registry import build_from_config, config_dataclass, register_model
 
-__all__ = ["ViT", "ViTConfig", "default_patch_size", "model_cfgs"]
+__all__ = ["BlockConfig", "PositionConfig", "ViT", "ViTConfig", "default_patch_size", "model_cfgs"]
 
-ATTENTIONS = ("mhsa", "diffsim", "suppress", "diff", "alibi")
-ROPES = (None, "axial", "mixed")
-ENTROPY_SOURCES = ("pixels", "tokens", "attention")
+TABLES = ("learned", "sincos", "none")
 HEAD_POOLS = ("token", "concat_prefix")
-INITS = ("b0", "torch")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# Heo et al.'s bases: 100 for the fixed axial frequencies, 10 for the initial mixed ones.
-DEFAULT_ROPE_THETA = {"axial": 100.0, "mixed": 10.0}
+INITS = ("b0", "torch", "torch_cls_trunc_normal")
 
 
 def default_patch_size(img_size: int) -> int:
@@ -62,39 +50,80 @@ def default_patch_size(img_size: int) -> int:
     return 4 if img_size <= 64 else 16
 
 
+@dataclass(frozen=True)
+class PositionConfig:
+    """Where the patches' positions come from, besides what the attention layer adds (RoPE, ALiBi).
+
+    Args:
+        table: ``learned`` (N(0, 0.02^2), added to the patch tokens), ``sincos`` (a fixed 2D sin-cos
+            table) or ``none``.
+        table_drop: element-wise dropout (inverted scaling) on the learned table before it is added,
+            an independent mask per image; CLS unaffected (clear-vit's V1).
+        token_drop: dropout on the input tokens; ``None`` = the backbone's ``drop_rate`` (B0).
+        cpe: CPVT's conditional encoding: a PEG (depthwise ``cpe_kernel_size`` conv, residual on the
+            patches) after block ``cpe_after`` (0 = after the first block, as CPVT); ``cpe_zero_init``
+            starts it as the identity.
+    """
+
+    table: str = "learned"
+    table_drop: float = 0.0
+    token_drop: float | None = None
+    cpe: bool = False
+    cpe_after: int = 0
+    cpe_kernel_size: int = 3
+    cpe_zero_init: bool = False
+
+    def check(self, depth: int, embed_dim: int) -> None:
+        if self.table not in TABLES:
+            raise ValueError(f"position.table: must be one of {', '.join(TABLES)}, got {self.table!r}")
+        if not 0.0 <= self.table_drop < 1.0:
+            raise ValueError(f"position.table_drop: must be in [0, 1), got {self.table_drop}")
+        if self.table_drop > 0 and self.table != "learned":
+            raise ValueError("position.table_drop: needs the learned table (position.table: learned)")
+        if self.table == "sincos" and embed_dim % 4:
+            raise ValueError(f"position.table: embed_dim {embed_dim} must be divisible by 4 for the 2D sin-cos table")
+        if self.cpe and not 0 <= self.cpe_after < depth:
+            raise ValueError(f"position.cpe_after: {self.cpe_after} must index a block (0 .. {depth - 1})")
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """The pre-norm blocks' MLP (``mlp_ratio`` x width, ``mlp_bias``) and LayerNorm ``norm_eps`` (also
+    the final norm's)."""
+
+    mlp_ratio: float = 4.0
+    mlp_bias: bool = True
+    norm_eps: float = 1e-6
+
+
+def _typed(config_type: type, node: Any, key: str) -> Any:
+    """``node`` (a config, or a mapping from the command line) as a ``config_type``; an unknown key is
+    one error line with the nearest name."""
+    if isinstance(node, config_type):
+        return node
+    fields = [f.name for f in dataclasses.fields(config_type)]
+    for name in node:
+        if name not in fields:
+            raise ValueError(f"{key}.{name}: no such setting; {nearest_key_hint(name, fields)}")
+    return config_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in node.items()})
+
+
 class ViT(nn.Module):
     """ViT backbone (patch embed, CLS, pre-norm blocks, head on the CLS output) whose attention and
-    positional encoding are chosen by its arguments.
+    positional encoding are chosen by its ``attention`` and ``position`` nodes.
 
     Args (beyond the usual sizes):
         patch_size: ``None`` = :func:`default_patch_size` of ``img_size``.
         drop_rate: B0's ``dropout``: on the input tokens, after the attention and in the MLP.
-        attn_drop_rate: dropout on the attention weights (B0's ``attention_dropout``).
-        pe_drop_rate: V1: element-wise dropout (inverted scaling) on the position table before it is
-            added, an independent mask per image; CLS unaffected.
-        ape: add the learnable position table (N(0, 0.02^2)) to the patch tokens.
-        attention: ``mhsa`` | ``diffsim`` (V2) | ``suppress`` (V4) | ``diff`` (V6) | ``alibi`` (2D ALiBi).
-        rope: ``None`` | ``axial`` (fixed) | ``mixed`` (learnable per layer and head); with ``mhsa``,
-            ``suppress`` or ``alibi``. ``rope_theta`` ``None`` = 100 (axial) / 10 (mixed).
-        diff_boundary: V2's boundary rule, ``sequence`` | ``patches`` | ``rows``.
-        suppression_mode, suppression_radius: V4's ``token_conv`` (the seed) | ``grid``, kernel 2r+1.
-        lambda_mode: V6's ``replace`` | ``scale`` | ``learned`` (plain differential attention).
-        entropy_source: V6's ``pixels`` | ``tokens`` | ``attention``; ``entropy_mean``/``entropy_std``
-            undo the input normalisation for ``pixels``.
-        alibi_distance: ``euclidean`` | ``manhattan`` patch distance.
-        cpe: insert a PEG (depthwise ``cpe_kernel_size`` conv, residual on the patches) after block
-            ``cpe_after`` (0 = after the first block, as CPVT); ``cpe_zero_init`` starts it as identity.
-        legacy_init: the seed's per-variant attention init (V4: uniform weights with default biases;
-            RoPE: PyTorch's default) instead of B0's for all.
-        qkv_bias, proj_bias: biases of the attention projections (the differential variant has none).
+        attention: a ``_target_`` and the layer's options (:func:`vitlab.layers.vit_attention.attention_config`):
+            ``mhsa`` (with ``rope``), ``diffsim`` (V2), ``suppress`` (V4), ``diff`` (V6), ``alibi``
+            (2D ALiBi) or a class path.
+        position: :class:`PositionConfig`; block: :class:`BlockConfig`.
         num_prefix_tokens: CLS tokens in front of the patches (Mini-ViT: 2), none with a position.
-        sincos_pe: a fixed 2D sin-cos table on the patches instead of the learnable one (``ape``).
-        pos_drop_rate: dropout on the input tokens; ``None`` = ``drop_rate`` (B0), 0 for Mini-ViT.
-        mlp_bias: biases of the MLP's linears (Mini-ViT's seed has none).
         head_pool: ``token`` (the first CLS output) | ``concat_prefix`` (all prefix outputs side by
             side, Mini-ViT's head).
-        init: ``b0`` (B0's init, below) | ``torch`` (PyTorch's defaults, Mini-ViT's seed);
-            ``cls_init`` (``zeros`` | ``trunc_normal``) applies with ``torch``.
+        init: ``b0`` (B0's init, :meth:`reset_parameters`) | ``torch`` (PyTorch's defaults and zero CLS
+            tokens, Mini-ViT's seed) | ``torch_cls_trunc_normal`` (the same with truncated-normal CLS).
     """
 
     def __init__(
@@ -106,85 +135,21 @@ class ViT(nn.Module):
         embed_dim: int = 192,
         depth: int = 12,
         num_heads: int = 3,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        proj_bias: bool = True,
         drop_rate: float = 0.0,
-        attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
-        pe_drop_rate: float = 0.0,
-        ape: bool = True,
-        attention: str = "mhsa",
-        rope: str | None = None,
-        rope_theta: float | None = None,
-        diff_boundary: str = "sequence",
-        suppression_mode: str = "token_conv",
-        suppression_radius: int = 1,
-        lambda_mode: str = "replace",
-        entropy_source: str = "pixels",
-        entropy_mean: Sequence[float] = IMAGENET_MEAN,
-        entropy_std: Sequence[float] = IMAGENET_STD,
-        alibi_distance: str = "euclidean",
-        cpe: bool = False,
-        cpe_after: int = 0,
-        cpe_kernel_size: int = 3,
-        cpe_zero_init: bool = False,
-        legacy_init: bool = False,
-        norm_eps: float = 1e-6,
+        attention: Any = attention_config("mhsa"),
+        position: PositionConfig | Mapping = PositionConfig(),
+        block: BlockConfig | Mapping = BlockConfig(),
         num_prefix_tokens: int = 1,
-        sincos_pe: bool = False,
-        pos_drop_rate: float | None = None,
-        mlp_bias: bool = True,
         head_pool: str = "token",
         init: str = "b0",
-        cls_init: str = "zeros",
     ) -> None:
         super().__init__()
         patch_size = default_patch_size(img_size) if patch_size is None else patch_size
-        if img_size % patch_size != 0:
-            raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
-        if embed_dim % num_heads != 0:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
-        if attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
-        if rope not in ROPES:
-            raise ValueError(f"rope must be null, axial or mixed, got {rope!r}")
-        if rope is not None and attention in ("diffsim", "diff"):
-            raise ValueError(f"rope={rope} does not combine with attention={attention}; use mhsa, suppress or alibi")
-        if rope is not None and (embed_dim // num_heads) % 4 != 0:
-            raise ValueError(
-                f"rope needs a head dim (embed_dim / num_heads) divisible by 4, got {embed_dim // num_heads}"
-            )
-        if diff_boundary not in DIFF_BOUNDARIES:
-            raise ValueError(f"diff_boundary must be one of {', '.join(DIFF_BOUNDARIES)}, got {diff_boundary!r}")
-        if lambda_mode not in LAMBDA_MODES:
-            raise ValueError(f"lambda_mode must be one of {', '.join(LAMBDA_MODES)}, got {lambda_mode!r}")
-        if entropy_source not in ENTROPY_SOURCES:
-            raise ValueError(f"entropy_source must be one of {', '.join(ENTROPY_SOURCES)}, got {entropy_source!r}")
-        if cpe and not 0 <= cpe_after < depth:
-            raise ValueError(f"cpe_after {cpe_after} must index a block (0 .. {depth - 1})")
-        if not 0.0 <= pe_drop_rate < 1.0:
-            raise ValueError(f"pe_drop_rate must be in [0, 1), got {pe_drop_rate}")
-        if pe_drop_rate > 0 and not ape:
-            raise ValueError("pe_drop_rate needs the position table (ape: true)")
-        if num_prefix_tokens < 1:
-            raise ValueError(f"num_prefix_tokens must be at least 1 (the CLS token), got {num_prefix_tokens}")
-        if sincos_pe and ape:
-            raise ValueError("sincos_pe (a fixed table) and ape (a learnable one) exclude each other; set ape: false")
-        if sincos_pe and embed_dim % 4:
-            raise ValueError(f"embed_dim {embed_dim} must be divisible by 4 for the 2D sin-cos PE")
-        if head_pool not in HEAD_POOLS:
-            raise ValueError(f"head_pool must be one of {', '.join(HEAD_POOLS)}, got {head_pool!r}")
-        if init not in INITS:
-            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
-        if cls_init not in ("zeros", "trunc_normal"):
-            raise ValueError(f"cls_init must be 'zeros' or 'trunc_normal', got {cls_init!r}")
-        if attention == "diff" and lambda_mode != "learned" and entropy_source == "pixels":
-            if len(entropy_mean) != in_chans or len(entropy_std) != in_chans:
-                raise ValueError(f"entropy_mean and entropy_std need {in_chans} values (one per input channel)")
-
+        position, block = _typed(PositionConfig, position, "position"), _typed(BlockConfig, block, "block")
+        self.attention_config = attention_config(attention)
+        self._check(img_size, patch_size, embed_dim, depth, num_heads, num_prefix_tokens, head_pool, init)
+        position.check(depth, embed_dim)
         self.num_classes = num_classes
         self.num_features = embed_dim
         # The head reads the CLS output, or (head_pool=concat_prefix) all prefix outputs side by side.
@@ -196,74 +161,63 @@ class ViT(nn.Module):
         self.num_prefix_tokens = num_prefix_tokens
         self.head_pool = head_pool
         self.init = init
-        self.attention = attention
-        self.rope = rope
-        self.lambda_mode = lambda_mode
-        self.entropy_source = entropy_source
-        self.entropy_mean = tuple(float(m) for m in entropy_mean)
-        self.entropy_std = tuple(float(s) for s in entropy_std)
-        self.legacy_init = legacy_init
-        self.cpe_after = cpe_after if cpe else None
-        num_patches = self.grid[0] * self.grid[1]
+        self.cpe_after = position.cpe_after if position.cpe else None
 
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, num_prefix_tokens, embed_dim))
-        if init == "torch" and cls_init == "trunc_normal":
+        if init == "torch_cls_trunc_normal":
             trunc_normal_(self.cls_token, std=0.02)  # here, in construction order: the seed's RNG stream
-        self.pos_embed = nn.Parameter(torch.empty(1, num_patches, embed_dim)) if ape else None
+        num_patches = self.grid[0] * self.grid[1]
+        self.pos_embed = nn.Parameter(torch.empty(1, num_patches, embed_dim)) if position.table == "learned" else None
         # A fixed table is derived from the config, so checkpoints need not carry it.
-        self.register_buffer("sincos_pos_embed", sincos_2d(*self.grid, embed_dim)[None] if sincos_pe else None, persistent=False)
-        self.pe_drop_rate = pe_drop_rate
-        self.pos_drop = nn.Dropout(drop_rate if pos_drop_rate is None else pos_drop_rate)
-
-        theta = DEFAULT_ROPE_THETA.get(rope, 10.0) if rope_theta is None else rope_theta
-        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
+        sincos = sincos_2d(*self.grid, embed_dim)[None] if position.table == "sincos" else None
+        self.register_buffer("sincos_pos_embed", sincos, persistent=False)
+        self.pe_drop_rate = position.table_drop
+        self.pos_drop = nn.Dropout(drop_rate if position.token_drop is None else position.token_drop)
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
-        common = dict(qkv_bias=qkv_bias, proj_bias=proj_bias, attn_drop=attn_drop_rate, proj_drop=drop_rate)
-        rope_kwargs = dict(rope=rope, rope_theta=theta)
-
-        def make_attention(i: int) -> nn.Module:
-            if attention == "mhsa":
-                return ViTAttention(embed_dim, num_heads, **common, **rope_kwargs)
-            if attention == "diffsim":
-                return DiffSimAttention(embed_dim, num_heads, diff_boundary=diff_boundary, **common)
-            if attention == "suppress":
-                return SuppressionAttention(
-                    embed_dim, num_heads, suppression_mode=suppression_mode, suppression_radius=suppression_radius,
-                    **common, **rope_kwargs,
-                )
-            if attention == "alibi":
-                return ALiBi2DAttention(embed_dim, num_heads, alibi_distance=alibi_distance, **common, **rope_kwargs)
-            return DifferentialAttention(
-                embed_dim, num_heads, layer_index=i, lambda_mode=lambda_mode, entropy_source=entropy_source, **common
-            )
-
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                embed_dim,
-                num_heads,
-                mlp_ratio=mlp_ratio,
-                mlp_bias=mlp_bias,
-                drop=drop_rate,
-                drop_path=dpr[i],
-                norm_layer=norm_layer,
-                attn_layer=make_attention(i),
-            )
-            for i in range(depth)
-        )
-        self.peg = PEG(embed_dim, cpe_kernel_size, zero_init=cpe_zero_init) if cpe else None
-        self.norm = norm_layer(embed_dim)
+        self.blocks = nn.ModuleList(self._block(i, num_heads, drop_rate, dpr[i], block) for i in range(depth))
+        self.peg = PEG(embed_dim, position.cpe_kernel_size, zero_init=position.cpe_zero_init) if position.cpe else None
+        self.norm = nn.LayerNorm(embed_dim, eps=block.norm_eps)
         self.head = nn.Linear(self.head_features, num_classes)
         self.grad_checkpointing = False
         if init == "b0":
             self.reset_parameters()
 
+    @staticmethod
+    def _check(img_size, patch_size, embed_dim, depth, num_heads, num_prefix_tokens, head_pool, init) -> None:
+        if img_size % patch_size != 0:
+            raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        if num_prefix_tokens < 1:
+            raise ValueError(f"num_prefix_tokens must be at least 1 (the CLS token), got {num_prefix_tokens}")
+        if head_pool not in HEAD_POOLS:
+            raise ValueError(f"head_pool must be one of {', '.join(HEAD_POOLS)}, got {head_pool!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+
+    def _block(self, i: int, num_heads: int, drop_rate: float, drop_path: float, block: BlockConfig) -> TransformerBlock:
+        attn = build_attention(self.attention_config, dim=self.embed_dim, num_heads=num_heads, layer_index=i,
+                               proj_drop=drop_rate)
+        return TransformerBlock(
+            self.embed_dim,
+            num_heads,
+            mlp_ratio=block.mlp_ratio,
+            mlp_bias=block.mlp_bias,
+            drop=drop_rate,
+            drop_path=drop_path,
+            norm_layer=partial(nn.LayerNorm, eps=block.norm_eps),
+            attn_layer=attn,
+        )
+
     # ----------------------------------------------------------------------------- init
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """B0's init: LeCun truncated-normal stem, N(0, 0.02^2) CLS and position table,
-        attention projections U(-sqrt(3/dim), sqrt(3/dim)) with zero biases, PyTorch's default for the
-        MLP, zero head. ``legacy_init`` keeps the seed's per-variant attention init instead."""
+        """B0's init: LeCun truncated-normal stem, N(0, 0.02^2) CLS and position table, each attention
+        layer's own :meth:`init_weights` in block order (B0's projection init, or the seed's with the
+        layer's ``seed_init``), PyTorch's default for the MLP, zero head."""
         fan_in = self.patch_embed.in_channels * self.patch_embed.kernel_size[0] * self.patch_embed.kernel_size[1]
         std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # std of N(0, 1) truncated to [-2, 2]
         trunc_normal_(self.patch_embed.weight, std=std, a=-2 * std, b=2 * std)
@@ -271,29 +225,23 @@ class ViT(nn.Module):
         nn.init.normal_(self.cls_token, std=0.02)
         if self.pos_embed is not None:
             nn.init.normal_(self.pos_embed, std=0.02)
-        bound = math.sqrt(3.0 / self.embed_dim)
         for block in self.blocks:
-            attn = block.attn
-            if self.legacy_init and self.rope == "mixed":
-                continue  # the seed's RoPE attention: PyTorch's default Linear init
-            for linear in (attn.qkv, attn.proj):
-                nn.init.uniform_(linear.weight, -bound, bound)
-                if linear.bias is not None:
-                    if self.legacy_init and self.attention == "suppress":
-                        b = 1.0 / math.sqrt(linear.in_features)  # the seed's V4 keeps default biases
-                        nn.init.uniform_(linear.bias, -b, b)
-                    else:
-                        nn.init.zeros_(linear.bias)
+            init_weights = getattr(block.attn, "init_weights", None)
+            if init_weights is not None:
+                init_weights()
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """Position table, CLS token, RoPE frequencies, suppression kernels, lambda vectors (biases and
-        norm gains are 1-D and excluded by the optimizer factory anyway)."""
+        """Position table, CLS token and what each attention layer names (RoPE frequencies,
+        suppression kernels, lambda vectors); biases and norm gains are 1-D and excluded by the
+        optimizer factory anyway."""
         names = {"cls_token"} | ({"pos_embed"} if self.pos_embed is not None else set())
-        suffixes = (".rope.freqs", ".attn.kernel", ".lambda_q1", ".lambda_k1", ".lambda_q2", ".lambda_k2")
-        return names | {n for n, _ in self.named_parameters() if n.endswith(suffixes)}
+        for i, block in enumerate(self.blocks):
+            own = getattr(block.attn, "no_weight_decay", None)
+            names |= {f"blocks.{i}.attn.{name}" for name in (own() if own is not None else ())}
+        return names
 
     # ----------------------------------------------------------------------------- forward
     def _grid_of(self, x: torch.Tensor) -> tuple[int, int]:
@@ -323,35 +271,22 @@ class ViT(nn.Module):
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         return self.pos_drop(x)
 
-    @property
-    def uses_modulation(self) -> bool:
-        return self.attention == "diff" and self.lambda_mode != "learned"
-
-    def _pixel_modulation(self, images: torch.Tensor) -> torch.Tensor:
-        ent = patch_luminance_entropy(images, self.patch_size, self.entropy_mean, self.entropy_std)
-        return torch.cat((ent.mean(1, keepdim=True), ent), dim=1)  # CLS gets the image mean
-
     def _forward_tokens(
         self, images: torch.Tensor, need_weights: bool = False, stats: dict | None = None
     ) -> tuple[torch.Tensor, list]:
         """Normalised tokens and each block's weights (None unless ``need_weights``); the figures
         asked for with ``stats`` (a dict this call fills) are recorded there."""
         grid = self._grid_of(images)
-        ctx = AttentionContext(grid=grid, num_prefix=self.num_prefix_tokens, stats=stats)
-        if self.uses_modulation and self.entropy_source == "pixels":
-            ctx.modulation = self._pixel_modulation(images)
-            ctx.record("entropy", ctx.modulation.mean())
+        ctx = AttentionContext(grid=grid, num_prefix=self.num_prefix_tokens, images=images,
+                               patch_size=self.patch_size, stats=stats)
         x = self._embed(images)
         weights = []
         for i, block in enumerate(self.blocks):
-            if self.uses_modulation and self.entropy_source == "tokens":
-                ctx = AttentionContext(grid=grid, num_prefix=self.num_prefix_tokens, modulation=token_entropy(x), stats=stats)
-                if i == 0:
-                    ctx.record("entropy", ctx.modulation.mean())
+            block_ctx = dataclasses.replace(ctx, block_input=x)
             if self.grad_checkpointing and self.training and not need_weights:
-                x, w = checkpoint(block, x, False, ctx=ctx, use_reentrant=False)
+                x, w = checkpoint(block, x, False, ctx=block_ctx, use_reentrant=False)
             else:
-                x, w = block(x, need_weights=need_weights, ctx=ctx)
+                x, w = block(x, need_weights=need_weights, ctx=block_ctx)
             weights.append(w)
             if self.peg is not None and i == self.cpe_after:
                 x = self.peg(x, grid, self.num_prefix_tokens)
@@ -380,8 +315,10 @@ class ViT(nn.Module):
 
     def describe(self) -> str:
         """One line on the variant, logged when fitting starts."""
+        options = ", ".join(f"{f.name}={getattr(self.attention_config, f.name)}"
+                            for f in dataclasses.fields(self.attention_config) if f.name != "_target_")
         return (
-            f"ViT variant: attention={self.attention}, rope={self.rope}, ape={self.pos_embed is not None}, "
+            f"ViT variant: attention={self.attention_config._target_} ({options}), ape={self.pos_embed is not None}, "
             f"cpe={self.peg is not None}, sincos_pe={self.sincos_pos_embed is not None}, patch {self.patch_size} -> "
             f"{self.grid[0]}x{self.grid[1]} grid + {self.num_prefix_tokens} CLS, head on {self.head_pool}"
         )
@@ -456,50 +393,93 @@ class ViT(nn.Module):
         grid = self._grid_of(x)
         _, weights = self._forward_tokens(x, need_weights=True)
         maps: dict[str, AttentionMap] = {}
-        tokens = dict(grid=grid, prefix_tokens=self.num_prefix_tokens, overlay=False)
-        for i, w in enumerate(weights):
+        layout = dict(grid=grid, prefix_tokens=self.num_prefix_tokens, overlay=False)
+        for i, (block, w) in enumerate(zip(self.blocks, weights)):
             name = f"blocks.{i}"
-            if isinstance(w, dict):  # differential: A1 - lambda A2 and its two softmax maps
-                maps[name] = TokenMap(w[""], dim=None, measure=False, **tokens)
-                maps[f"{name}.softmax1"] = TokenMap(w["softmax1"], **tokens)
-                maps[f"{name}.softmax2"] = TokenMap(w["softmax2"], **tokens)
-                w = w[""]
-            else:
-                maps[name] = TokenMap(w, **tokens)
-            cls = w[:, :, 0, self.num_prefix_tokens :].reshape(w.shape[0], w.shape[1], *grid)
+            own = getattr(block.attn, "attention_maps", None)
+            typed = own(w, **layout) if own is not None else {"": TokenMap(w, **layout)}
+            maps.update({f"{name}.{suffix}" if suffix else name: m for suffix, m in typed.items()})
+            main = typed[""].weights
+            cls = main[:, :, 0, self.num_prefix_tokens :].reshape(main.shape[0], main.shape[1], *grid)
             maps[f"{name}.cls"] = CLSMap(cls, grid=grid, prefix_tokens=self.num_prefix_tokens)
         return maps
 
 
 ViTConfig = config_dataclass(ViT)
+NO_TABLE = PositionConfig(table="none")
 
 #: The named sizes of the clear-vit study (README rows; parameter counts at 256 px / 100 classes).
 model_cfgs = dict(
     # Row 3, the baseline B0: ViT-Ti/16, learnable PE, standard attention (5,555,044 params).
     vit=ViTConfig(),
     # Row 1 (re-specified, no seed code): B0 with dropout p=0.1 on the position table.
-    vit_pe_dropout=ViTConfig(pe_drop_rate=0.1),
+    vit_pe_dropout=ViTConfig(position=PositionConfig(table_drop=0.1)),
     # Row 2 (re-specified, no seed code): difference-similarity attention, boundary `sequence`.
-    vit_diffsim=ViTConfig(attention="diffsim", diff_boundary="sequence"),
+    vit_diffsim=ViTConfig(attention=attention_config("diffsim", boundary="sequence")),
     # Row 4: spatial-suppression attention, the seed's `token_conv` mode (+324 params).
-    vit_suppress=ViTConfig(attention="suppress", suppression_mode="token_conv", suppression_radius=1),
+    vit_suppress=ViTConfig(attention=attention_config("suppress", mode="token_conv", radius=1)),
     # Row 5, "RoPE extension", read as RoPE-Mixed without the absolute PE (5,508,196 params).
-    vit_rope=ViTConfig(rope="mixed", ape=False),
+    vit_rope=ViTConfig(attention=attention_config("mhsa", rope="mixed"), position=NO_TABLE),
     # Row 5's alternative: fixed axial 2D RoPE (theta 100), no absolute PE.
-    vit_rope_axial=ViTConfig(rope="axial", ape=False),
+    vit_rope_axial=ViTConfig(attention=attention_config("mhsa", rope="axial"), position=NO_TABLE),
     # Row 6 (re-specified, no seed code): differential attention with lambda replaced by the
     # normalised luminance entropy of each query patch; bias-free projections as Differential
-    # Transformer. `lambda_mode=learned` gives plain differential attention.
-    vit_diff_entropy=ViTConfig(
-        attention="diff", lambda_mode="replace", entropy_source="pixels", qkv_bias=False, proj_bias=False
-    ),
+    # Transformer. `model.net.attention.lambda_mode=learned` gives plain differential attention.
+    vit_diff_entropy=ViTConfig(attention=attention_config(
+        "diff", lambda_mode="replace", entropy_source="pixels", qkv_bias=False, proj_bias=False
+    )),
     # Row 7: RoPE-Mixed (learnable 2D frequencies per layer and head) plus the absolute PE (5,557,348).
-    vit_rope_mixed=ViTConfig(rope="mixed", ape=True),
+    vit_rope_mixed=ViTConfig(attention=attention_config("mhsa", rope="mixed")),
     # Extra: bidirectional 2D ALiBi (Euclidean patch distance, CLS unbiased), no absolute PE.
-    vit_alibi=ViTConfig(attention="alibi", ape=False),
+    vit_alibi=ViTConfig(attention=attention_config("alibi"), position=NO_TABLE),
     # Extra: CPVT's conditional positional encoding (PEG after the first block), no absolute PE.
-    vit_cpe=ViTConfig(cpe=True, cpe_after=0, ape=False),
+    vit_cpe=ViTConfig(position=PositionConfig(table="none", cpe=True, cpe_after=0)),
 )
 
+#: The settings of run folders written before the attention, position and block nodes: flat key ->
+#: (node, key in the node); ``None`` = the node itself (``attention: suppress`` is its ``_target_``).
+FLAT_SETTINGS = {
+    "attention": ("attention", "_target_"), "qkv_bias": ("attention", "qkv_bias"),
+    "proj_bias": ("attention", "proj_bias"), "attn_drop_rate": ("attention", "attn_drop"),
+    "rope": ("attention", "rope"), "rope_theta": ("attention", "rope_theta"), "legacy_init": ("attention", "seed_init"),
+    "diff_boundary": ("attention", "boundary"), "suppression_mode": ("attention", "mode"),
+    "suppression_radius": ("attention", "radius"), "lambda_mode": ("attention", "lambda_mode"),
+    "entropy_source": ("attention", "entropy_source"), "entropy_mean": ("attention", "entropy_mean"),
+    "entropy_std": ("attention", "entropy_std"), "alibi_distance": ("attention", "distance"),
+    "pe_drop_rate": ("position", "table_drop"), "pos_drop_rate": ("position", "token_drop"),
+    "cpe": ("position", "cpe"), "cpe_after": ("position", "cpe_after"),
+    "cpe_kernel_size": ("position", "cpe_kernel_size"), "cpe_zero_init": ("position", "cpe_zero_init"),
+    "mlp_ratio": ("block", "mlp_ratio"), "mlp_bias": ("block", "mlp_bias"), "norm_eps": ("block", "norm_eps"),
+}
+
+
+def upgrade_flat_settings(cfg: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings of the flat form older run folders hold (``attention: suppress``, ``rope: mixed``,
+    ``ape: false``, ...) as overrides of ``cfg`` (a :class:`ViTConfig`) in the form :class:`ViT` takes;
+    settings already in that form pass unchanged. A flat attention option the chosen layer does not
+    take is dropped: a saved flat config held every option of every variant, and the network ignored
+    the others."""
+    flat = {k for k, v in settings.items()
+            if (k in FLAT_SETTINGS and (k != "attention" or isinstance(v, str))) or k in ("ape", "sincos_pe", "cls_init")}
+    if not flat:
+        return dict(settings)
+    out = {k: v for k, v in settings.items() if k not in flat}
+    base = attention_config(settings.get("attention", cfg.attention))
+    nodes = {"attention": {f.name: getattr(base, f.name) for f in dataclasses.fields(base)},
+             "position": dataclasses.asdict(cfg.position), "block": dataclasses.asdict(cfg.block)}
+    for key in flat & set(FLAT_SETTINGS):
+        node, name = FLAT_SETTINGS[key]
+        nodes[node][name] = settings[key]
+    if "ape" in flat or "sincos_pe" in flat:
+        table = "sincos" if settings.get("sincos_pe") else "learned" if settings.get("ape", True) else "none"
+        nodes["position"]["table"] = table
+    if settings.get("init", cfg.init) == "torch" and settings.get("cls_init") == "trunc_normal":
+        out["init"] = "torch_cls_trunc_normal"
+    base_options = {f.name for f in dataclasses.fields(base)}
+    out["attention"] = {k: v for k, v in nodes["attention"].items() if k in base_options}
+    out["position"], out["block"] = nodes["position"], nodes["block"]
+    return out
+
+
 for _name, _cfg in model_cfgs.items():
-    register_model(_name, _cfg, build_from_config(ViT))
+    register_model(_name, _cfg, build_from_config(ViT), upgrade=upgrade_flat_settings)
