@@ -205,3 +205,45 @@ def test_the_registry_holds_typed_nodes():
     assert (cfg.attention._target_, cfg.attention.mode, cfg.attention.radius) == ("suppress", "token_conv", 1)
     assert get_model_config("vit_rope").position.table == "none"
     assert get_model_config("mini_vit").block.mlp_ratio == 2.0
+
+
+def test_a_run_folder_with_flat_overrides_continues(tmp_path, monkeypatch):
+    """A run folder whose .hydra/overrides.yaml holds a flat ViT key of earlier versions
+    (``model.net.rope=axial``) continues with ``run_dir=``: the key is read as today's."""
+    from test_config_errors import run_in_process
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    args = ["model=vit", "data=synthetic", "hardware=cpu", "hardware.num_workers=0", "data.train_size=64",
+            "data.val_size=32", "data.test_size=32", "recipe.batch_size=32", "recipe.repeated_aug=1",
+            "recipe.epochs=2", "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0", "paths.log_dir=logs",
+            "model.net.depth=1", "model.net.embed_dim=32", "model.net.num_heads=2", "model.net.attention.rope=axial",
+            "model.net.position.table=none", "test=false"]
+    code, stderr = run_in_process(args)
+    assert code == 0, stderr[-2000:]
+    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    text = saved.read_text()
+    assert "model.net.attention.rope=axial" in text and "model.net.position.table=none" in text
+    saved.write_text(text.replace("model.net.attention.rope=axial", "model.net.rope=axial")
+                     .replace("model.net.position.table=none", "model.net.ape=false"))
+
+    code, stderr = run_in_process([f"run_dir={run_dir}", "trainer.max_epochs=2"])
+    assert code == 0, stderr[-2000:]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 2
+    net = ckpt["hyper_parameters"]["net"]
+    assert net["attention"]["rope"] == "axial" and net["position"]["table"] == "none"
+
+
+def test_hydra_instantiate_of_a_model_node_leaves_the_attention_to_the_network(tmp_path):
+    """``hydra.utils.instantiate(cfg.model)``, as lightning-hydra-template users write it: the model
+    files say ``_recursive_: false``, so the attention node's ``_target_`` reaches the network."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from conftest import compose_config
+
+    cfg = compose_config(["model=vit_suppress", "data=synthetic", "model.net.depth=1"], output_dir=tmp_path)
+    module = instantiate(cfg.model, recipe=OmegaConf.to_container(cfg.recipe, resolve=True))
+    assert type(module.net.blocks[0].attn).__name__ == "SuppressionAttention"

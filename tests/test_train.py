@@ -114,7 +114,7 @@ def test_mini_vit_learns_the_synthetic_task(smoke_cfg):
             "recipe.augment.auto_augment=null",
             "recipe.augment.random_erasing=0",
             "model.net.drop_rate=0",
-            "model.net.attn_drop_rate=0",
+            "model.net.attention.attn_drop=0",
         )
     )
     assert metrics["test/top1"] > 0.35, metrics

@@ -51,6 +51,7 @@ from vitlab.cli import (
 from vitlab.config import PRECISIONS, HardwareConfig, register_configs, split_batch, to_hardware, to_recipe
 from vitlab.errors import ConfigError, VitlabError
 from vitlab.instantiate import build, build_module  # noqa: F401  (build is also vitlab.train.build)
+from vitlab.models.vit import upgrade_flat_override
 from vitlab.runs import check_not_held, remove_orphaned_temp_files, run_lock
 from vitlab.utils import reuse_freed_memory
 
@@ -256,18 +257,30 @@ def continued_run_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, str]]:
     if not saved.is_file():
         raise ConfigError(f"run_dir: {run_dir.resolve()} holds no .hydra/overrides.yaml; give the folder of an earlier vitlab run")
     skip = ("run_dir=", "ckpt_path=")
-    earlier = [o for o in _override_history(run_dir) if not o.startswith(skip)]
+    earlier, before = _earlier_config(run_dir, [o for o in _override_history(run_dir) if not o.startswith(skip)])
     today = list(HydraConfig.get().overrides.task)
     composed = hydra.compose(config_name="train", overrides=earlier + today, return_hydra_config=True)
     choices = dict(composed.hydra.runtime.choices)
     with open_dict(composed):
         del composed["hydra"]
     if any(not o.startswith(skip) for o in today):
-        before = hydra.compose(config_name="train", overrides=earlier)
         check_resume_changes(before, composed, run_dir, [o.lstrip("+~").split("=", 1)[0] for o in today])
     if composed.ckpt_path is None:
         composed.ckpt_path = "last"
     return composed, choices
+
+
+def _earlier_config(run_dir: Path, overrides: list[str]) -> tuple[list[str], DictConfig]:
+    """The run's earlier overrides and the config they compose. A run folder written before the ViT's
+    attention, position and block nodes may hold its flat keys (``model.net.rope_theta=50``): those are
+    read as today's keys when the overrides as written no longer compose."""
+    try:
+        return overrides, hydra.compose(config_name="train", overrides=overrides)
+    except ConfigCompositionException:
+        upgraded = [upgrade_flat_override(o) for o in overrides]
+        if upgraded == overrides:
+            raise
+        return upgraded, hydra.compose(config_name="train", overrides=upgraded)
 
 
 def _override_history(run_dir: Path) -> list[str]:

@@ -526,7 +526,9 @@ class DifferentialAttention(nn.Module):
     ``ctx.stats["entropy"]`` once per forward. The RMSNorm gain (``head_dim``) is shared by
     the heads. With ``need_weights`` the weights returned are ``{"": A1 - lambda A2, "softmax1": A1,
     "softmax2": A2}`` (the first one's rows sum to ``1 - lambda``, not 1); the mean lambda of each call
-    goes to ``ctx.stats["lambda"]`` when the caller asked for stats.
+    goes to ``ctx.stats["lambda"]`` when the caller asked for stats. ``rope`` (which must be null),
+    ``rope_theta`` and ``seed_init`` (the seed's init of this layer is B0's) are taken as every layer of
+    the backbone takes them, so that ``model.net.attention._target_=diff`` works on any ViT's node.
     """
 
     def __init__(
@@ -544,6 +546,7 @@ class DifferentialAttention(nn.Module):
         proj_drop: float = 0.0,
         norm_eps: float = 1e-5,
         rope: str | None = None,
+        rope_theta: float | None = None,
         seed_init: bool = False,
     ) -> None:
         super().__init__()

@@ -481,5 +481,25 @@ def upgrade_flat_settings(cfg: Any, settings: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def upgrade_flat_override(override: str) -> str:
+    """A command-line override of an older ViT run folder (``model.net.rope_theta=50``,
+    ``model.net.attention=suppress``, ``model.net.ape=false``) as today's key; others unchanged."""
+    key, sep, value = override.partition("=")
+    prefix, _, flat = key.lstrip("+").rpartition(".")
+    if not sep or prefix != "model.net":
+        return override
+    lead = key[: len(key) - len(key.lstrip("+"))]
+    if flat == "ape":
+        return f"{lead}model.net.position.table={'none' if value.lower() == 'false' else 'learned'}"
+    if flat == "sincos_pe" and value.lower() == "true":
+        return f"{lead}model.net.position.table=sincos"
+    if flat == "cls_init" and value == "trunc_normal":
+        return f"{lead}model.net.init=torch_cls_trunc_normal"
+    if flat in FLAT_SETTINGS:
+        node, name = FLAT_SETTINGS[flat]
+        return f"{lead}model.net.{node}.{name}={value}"
+    return override
+
+
 for _name, _cfg in model_cfgs.items():
     register_model(_name, _cfg, build_from_config(ViT), upgrade=upgrade_flat_settings)
