@@ -247,3 +247,21 @@ def test_hydra_instantiate_of_a_model_node_leaves_the_attention_to_the_network(t
     cfg = compose_config(["model=vit_suppress", "data=synthetic", "model.net.depth=1"], output_dir=tmp_path)
     module = instantiate(cfg.model, recipe=OmegaConf.to_container(cfg.recipe, resolve=True))
     assert type(module.net.blocks[0].attn).__name__ == "SuppressionAttention"
+
+
+@pytest.mark.parametrize("target", ["vitlab.families.vit.ViTClassifier", "vitlab.families.ViTClassifier",
+                                    "vitlab.families.mini_vit.MiniViTClassifier", "vitlab.families.OutGridClassifier"])
+def test_an_older_config_yaml_builds_its_module(target):
+    """A ``model`` node as an older run folder's config.yaml holds it: a retired family class and
+    the flat ViT settings."""
+    from omegaconf import OmegaConf
+
+    from vitlab.families import ImageClassifier
+    from vitlab.instantiate import build_module
+
+    node = OmegaConf.create({"_target_": target, "compile": False, "grad_checkpointing": False,
+                             "net": {"name": "vit_suppress", **FLAT_B0, **FLAT["vit_suppress"]}})
+    module = build_module(node, recipe={})
+    assert type(module) is ImageClassifier
+    attn = module.net.blocks[0].attn
+    assert (type(attn).__name__, attn.radius, attn.seed_init) == ("SuppressionAttention", 2, True)

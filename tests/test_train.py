@@ -88,14 +88,14 @@ def test_csv_logger_records_the_run(smoke_cfg, tmp_path):
 
 
 def test_checkpoints_load_weights_only_and_rebuild_the_module(smoke_cfg, tmp_path):
-    from vitlab.families import MiniViTClassifier
+    from vitlab.families import ImageClassifier
 
     train(smoke_cfg("trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false"))
     ckpt_path = tmp_path / "run" / "checkpoints" / "last.ckpt"
     ckpt = torch.load(ckpt_path, weights_only=True)
     assert ckpt["hyper_parameters"]["net"]["name"] == "mini_vit"
     assert not any(k.startswith("net._orig_mod") for k in ckpt["state_dict"])
-    module = MiniViTClassifier.load_from_checkpoint(ckpt_path, weights_only=True)
+    module = ImageClassifier.load_from_checkpoint(ckpt_path, weights_only=True)
     torch.testing.assert_close(module.net.head.weight, ckpt["state_dict"]["net.head.weight"])
 
 

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from conftest import CONF_DIR, compose_config
 from vitlab.config import OptimizerConfig, register_configs, to_recipe
 from vitlab.errors import ConfigError
-from vitlab.families import ViTClassifier
+from vitlab.families import ImageClassifier
 from vitlab.layers import attend
 from vitlab.layers.cpe import PEG
 from vitlab.layers.rope import RoPE2D, apply_rotary, grid_positions, rope_magnitudes
@@ -376,7 +376,7 @@ def test_attention_maps_rows_sum_to_one_and_sdpa_equals_explicit(name):
         for m in softmax:
             assert (m >= 0).all()
             torch.testing.assert_close(m.sum(-1), torch.ones(2, 2, 65), atol=1e-5, rtol=0)
-    assert ViTClassifier.attention_normalisation_error(typed) < 1e-5
+    assert ImageClassifier.attention_normalisation_error(typed) < 1e-5
     # the forward pass (SDPA wherever the variant allows it) equals the explicit path behind the maps
     explicit = model._forward_tokens(x, need_weights=True)[0]
     torch.testing.assert_close(model.forward_features(x), explicit, atol=1e-5, rtol=1e-5)
@@ -387,9 +387,9 @@ def test_differential_maps_are_not_row_stochastic_but_pass_the_check():
     maps = model.attention_maps(torch.randn(2, 3, 32, 32))
     assert (maps["blocks.0"].weights.sum(-1) - 1).abs().max() > 1e-3  # rows sum to 1 - H_i
     assert maps["blocks.0"].dim is None and not maps["blocks.0"].measure  # the map says it is no distribution
-    assert ViTClassifier.attention_normalisation_error(maps) < 1e-5
+    assert ImageClassifier.attention_normalisation_error(maps) < 1e-5
     maps["blocks.1.softmax2"].weights = maps["blocks.1.softmax2"].weights * 1.1
-    assert ViTClassifier.attention_normalisation_error(maps) > 0.05
+    assert ImageClassifier.attention_normalisation_error(maps) > 0.05
 
 
 @pytest.mark.parametrize("name", VARIANTS)

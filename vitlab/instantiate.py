@@ -9,6 +9,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from vitlab.compat import upgrade_model_node
 from vitlab.errors import VitlabError
 
 
@@ -24,8 +25,8 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
 
 
 def build_module(node: DictConfig, **kwargs: Any) -> Any:
-    """The family LightningModule of a ``model`` node. Its ``net`` settings reach the module as plain
-    values: a ``_target_`` inside them (an attention layer's class) is the network's to build, not
+    """The family LightningModule of a ``model`` node (a retired family name read as today's,
+    :mod:`vitlab.compat`). Its ``net`` settings reach the module as plain values: a ``_target_`` inside them (an attention layer's class) is the network's to build, not
     Hydra's, so nothing below the module is instantiated here."""
-    return build(node, _recursive_=False, **kwargs)
+    return build(upgrade_model_node(node), _recursive_=False, **kwargs)
 

@@ -48,10 +48,10 @@ from vitlab.cli import (
     run_entry_point,
     warn_unknown_groups,
 )
+from vitlab.compat import upgrade_flat_vit_override
 from vitlab.config import PRECISIONS, HardwareConfig, register_configs, split_batch, to_hardware, to_recipe
 from vitlab.errors import ConfigError, VitlabError
 from vitlab.instantiate import build, build_module  # noqa: F401  (build is also vitlab.train.build)
-from vitlab.models.vit import upgrade_flat_override
 from vitlab.runs import check_not_held, remove_orphaned_temp_files, run_lock
 from vitlab.utils import reuse_freed_memory
 
@@ -277,7 +277,7 @@ def _earlier_config(run_dir: Path, overrides: list[str]) -> tuple[list[str], Dic
     try:
         return overrides, hydra.compose(config_name="train", overrides=overrides)
     except ConfigCompositionException:
-        upgraded = [upgrade_flat_override(o) for o in overrides]
+        upgraded = [upgrade_flat_vit_override(o) for o in overrides]
         if upgraded == overrides:
             raise
         return upgraded, hydra.compose(config_name="train", overrides=upgraded)

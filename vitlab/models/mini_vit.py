@@ -10,9 +10,10 @@ the seed configuration has exactly 674,890 parameters.
 
 from __future__ import annotations
 
+from vitlab.compat import upgrade_flat_vit_settings
 from vitlab.layers.vit_attention import attention_config
 from vitlab.models._registry import build_from_config, register_model
-from vitlab.models.vit import BlockConfig, PositionConfig, ViT, ViTConfig, upgrade_flat_settings
+from vitlab.models.vit import BlockConfig, PositionConfig, ViT, ViTConfig
 
 __all__ = ["model_cfgs"]
 
@@ -33,4 +34,4 @@ model_cfgs = dict(
 )
 
 for _name, _cfg in model_cfgs.items():
-    register_model(_name, _cfg, build_from_config(ViT), upgrade=upgrade_flat_settings)
+    register_model(_name, _cfg, build_from_config(ViT), upgrade=upgrade_flat_vit_settings)

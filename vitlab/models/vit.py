@@ -29,6 +29,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vitlab.compat import upgrade_flat_vit_settings
 from vitlab.errors import nearest_key_hint
 from vitlab.layers.attention_maps import AttentionMap, CLSMap, TokenMap
 from vitlab.layers.cpe import PEG
@@ -436,70 +437,5 @@ model_cfgs = dict(
     vit_cpe=ViTConfig(position=PositionConfig(table="none", cpe=True, cpe_after=0)),
 )
 
-#: The settings of run folders written before the attention, position and block nodes: flat key ->
-#: (node, key in the node); ``None`` = the node itself (``attention: suppress`` is its ``_target_``).
-FLAT_SETTINGS = {
-    "attention": ("attention", "_target_"), "qkv_bias": ("attention", "qkv_bias"),
-    "proj_bias": ("attention", "proj_bias"), "attn_drop_rate": ("attention", "attn_drop"),
-    "rope": ("attention", "rope"), "rope_theta": ("attention", "rope_theta"), "legacy_init": ("attention", "seed_init"),
-    "diff_boundary": ("attention", "boundary"), "suppression_mode": ("attention", "mode"),
-    "suppression_radius": ("attention", "radius"), "lambda_mode": ("attention", "lambda_mode"),
-    "entropy_source": ("attention", "entropy_source"), "entropy_mean": ("attention", "entropy_mean"),
-    "entropy_std": ("attention", "entropy_std"), "alibi_distance": ("attention", "distance"),
-    "pe_drop_rate": ("position", "table_drop"), "pos_drop_rate": ("position", "token_drop"),
-    "cpe": ("position", "cpe"), "cpe_after": ("position", "cpe_after"),
-    "cpe_kernel_size": ("position", "cpe_kernel_size"), "cpe_zero_init": ("position", "cpe_zero_init"),
-    "mlp_ratio": ("block", "mlp_ratio"), "mlp_bias": ("block", "mlp_bias"), "norm_eps": ("block", "norm_eps"),
-}
-
-
-def upgrade_flat_settings(cfg: Any, settings: dict[str, Any]) -> dict[str, Any]:
-    """Settings of the flat form older run folders hold (``attention: suppress``, ``rope: mixed``,
-    ``ape: false``, ...) as overrides of ``cfg`` (a :class:`ViTConfig`) in the form :class:`ViT` takes;
-    settings already in that form pass unchanged. A flat attention option the chosen layer does not
-    take is dropped: a saved flat config held every option of every variant, and the network ignored
-    the others."""
-    flat = {k for k, v in settings.items()
-            if (k in FLAT_SETTINGS and (k != "attention" or isinstance(v, str))) or k in ("ape", "sincos_pe", "cls_init")}
-    if not flat:
-        return dict(settings)
-    out = {k: v for k, v in settings.items() if k not in flat}
-    base = attention_config(settings.get("attention", cfg.attention))
-    nodes = {"attention": {f.name: getattr(base, f.name) for f in dataclasses.fields(base)},
-             "position": dataclasses.asdict(cfg.position), "block": dataclasses.asdict(cfg.block)}
-    for key in flat & set(FLAT_SETTINGS):
-        node, name = FLAT_SETTINGS[key]
-        nodes[node][name] = settings[key]
-    if "ape" in flat or "sincos_pe" in flat:
-        table = "sincos" if settings.get("sincos_pe") else "learned" if settings.get("ape", True) else "none"
-        nodes["position"]["table"] = table
-    if settings.get("init", cfg.init) == "torch" and settings.get("cls_init") == "trunc_normal":
-        out["init"] = "torch_cls_trunc_normal"
-    base_options = {f.name for f in dataclasses.fields(base)}
-    out["attention"] = {k: v for k, v in nodes["attention"].items() if k in base_options}
-    out["position"], out["block"] = nodes["position"], nodes["block"]
-    return out
-
-
-def upgrade_flat_override(override: str) -> str:
-    """A command-line override of an older ViT run folder (``model.net.rope_theta=50``,
-    ``model.net.attention=suppress``, ``model.net.ape=false``) as today's key; others unchanged."""
-    key, sep, value = override.partition("=")
-    prefix, _, flat = key.lstrip("+").rpartition(".")
-    if not sep or prefix != "model.net":
-        return override
-    lead = key[: len(key) - len(key.lstrip("+"))]
-    if flat == "ape":
-        return f"{lead}model.net.position.table={'none' if value.lower() == 'false' else 'learned'}"
-    if flat == "sincos_pe" and value.lower() == "true":
-        return f"{lead}model.net.position.table=sincos"
-    if flat == "cls_init" and value == "trunc_normal":
-        return f"{lead}model.net.init=torch_cls_trunc_normal"
-    if flat in FLAT_SETTINGS:
-        node, name = FLAT_SETTINGS[flat]
-        return f"{lead}model.net.{node}.{name}={value}"
-    return override
-
-
 for _name, _cfg in model_cfgs.items():
-    register_model(_name, _cfg, build_from_config(ViT), upgrade=upgrade_flat_settings)
+    register_model(_name, _cfg, build_from_config(ViT), upgrade=upgrade_flat_vit_settings)

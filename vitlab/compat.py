@@ -1,0 +1,101 @@
+"""What older run folders hold, read as today's: one place for every rename a saved run may carry.
+
+A run folder keeps its ``config.yaml``, its command-line overrides (``.hydra/``) and checkpoints with
+the network's settings. When a key or a class is renamed, its old spelling is mapped here, and the
+code that reads a run folder (:func:`vitlab.instantiate.build_module`, the registry's
+``create_model``, ``vitlab-train run_dir=``) passes it through these maps, so an old run still
+loads, evaluates and resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from omegaconf import DictConfig, open_dict
+
+#: LightningModule names older ``config.yaml`` files target: each family now trains with the class
+#: on the right.
+RETIRED_TARGETS = {
+    f"vitlab.families{module}.{name}": "vitlab.families.ImageClassifier"
+    for name, modules in {"ViTClassifier": ("", ".vit"), "MiniViTClassifier": ("", ".mini_vit"),
+                          "OutGridClassifier": ("", ".outgrid")}.items()
+    for module in modules
+}
+
+
+def upgrade_model_node(node: DictConfig) -> DictConfig:
+    """A ``model`` node with a retired ``_target_`` (:data:`RETIRED_TARGETS`) targeting today's class."""
+    target = node.get("_target_")
+    if target in RETIRED_TARGETS:
+        node = node.copy()
+        with open_dict(node):
+            node._target_ = RETIRED_TARGETS[target]
+    return node
+
+
+#: The ViT settings of run folders written before the attention, position and block nodes: flat key ->
+#: (node, key in the node). ``ape``, ``sincos_pe`` and ``cls_init`` become values rather than keys.
+FLAT_VIT_SETTINGS = {
+    "attention": ("attention", "_target_"), "qkv_bias": ("attention", "qkv_bias"),
+    "proj_bias": ("attention", "proj_bias"), "attn_drop_rate": ("attention", "attn_drop"),
+    "rope": ("attention", "rope"), "rope_theta": ("attention", "rope_theta"), "legacy_init": ("attention", "seed_init"),
+    "diff_boundary": ("attention", "boundary"), "suppression_mode": ("attention", "mode"),
+    "suppression_radius": ("attention", "radius"), "lambda_mode": ("attention", "lambda_mode"),
+    "entropy_source": ("attention", "entropy_source"), "entropy_mean": ("attention", "entropy_mean"),
+    "entropy_std": ("attention", "entropy_std"), "alibi_distance": ("attention", "distance"),
+    "pe_drop_rate": ("position", "table_drop"), "pos_drop_rate": ("position", "token_drop"),
+    "cpe": ("position", "cpe"), "cpe_after": ("position", "cpe_after"),
+    "cpe_kernel_size": ("position", "cpe_kernel_size"), "cpe_zero_init": ("position", "cpe_zero_init"),
+    "mlp_ratio": ("block", "mlp_ratio"), "mlp_bias": ("block", "mlp_bias"), "norm_eps": ("block", "norm_eps"),
+}
+
+
+def upgrade_flat_vit_settings(cfg: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings of the flat form older run folders hold (``attention: suppress``, ``rope: mixed``,
+    ``ape: false``, ...) as overrides of ``cfg`` (a ``ViTConfig``) in the form ``ViT`` takes;
+    settings already in that form pass unchanged. A flat attention option the chosen layer does not
+    take is dropped: a saved flat config held every option of every variant, and the network ignored
+    the others."""
+    flat = {k for k, v in settings.items()
+            if (k in FLAT_VIT_SETTINGS and (k != "attention" or isinstance(v, str))) or k in ("ape", "sincos_pe", "cls_init")}
+    if not flat:
+        return dict(settings)
+    out = {k: v for k, v in settings.items() if k not in flat}
+    from vitlab.layers.vit_attention import attention_config
+
+    base = attention_config(settings.get("attention", cfg.attention))
+    nodes = {"attention": {f.name: getattr(base, f.name) for f in dataclasses.fields(base)},
+             "position": dataclasses.asdict(cfg.position), "block": dataclasses.asdict(cfg.block)}
+    for key in flat & set(FLAT_VIT_SETTINGS):
+        node, name = FLAT_VIT_SETTINGS[key]
+        nodes[node][name] = settings[key]
+    if "ape" in flat or "sincos_pe" in flat:
+        table = "sincos" if settings.get("sincos_pe") else "learned" if settings.get("ape", True) else "none"
+        nodes["position"]["table"] = table
+    if settings.get("init", cfg.init) == "torch" and settings.get("cls_init") == "trunc_normal":
+        out["init"] = "torch_cls_trunc_normal"
+    base_options = {f.name for f in dataclasses.fields(base)}
+    out["attention"] = {k: v for k, v in nodes["attention"].items() if k in base_options}
+    out["position"], out["block"] = nodes["position"], nodes["block"]
+    return out
+
+
+def upgrade_flat_vit_override(override: str) -> str:
+    """A command-line override of an older ViT run folder (``model.net.rope_theta=50``,
+    ``model.net.attention=suppress``, ``model.net.ape=false``) as today's key; others unchanged."""
+    key, sep, value = override.partition("=")
+    prefix, _, flat = key.lstrip("+").rpartition(".")
+    if not sep or prefix != "model.net":
+        return override
+    lead = key[: len(key) - len(key.lstrip("+"))]
+    if flat == "ape":
+        return f"{lead}model.net.position.table={'none' if value.lower() == 'false' else 'learned'}"
+    if flat == "sincos_pe" and value.lower() == "true":
+        return f"{lead}model.net.position.table=sincos"
+    if flat == "cls_init" and value == "trunc_normal":
+        return f"{lead}model.net.init=torch_cls_trunc_normal"
+    if flat in FLAT_VIT_SETTINGS:
+        node, name = FLAT_VIT_SETTINGS[flat]
+        return f"{lead}model.net.{node}.{name}={value}"
+    return override
