@@ -145,3 +145,24 @@ def test_the_structural_check_can_fail(tmp_path):
     bad = tmp_path / "stash.py"
     bad.write_text("class Net:\n    def forward(self, x):\n        self.last, y = x, x\n        return y\n")
     assert _forward_assignments(bad) == ["stash.py:3 Net.forward sets self.last"]
+
+
+@pytest.mark.parametrize("name, pool, init", [
+    ("vit", "token", "zeros"), ("mini_vit", "token", "default"), ("outgrid_7m", "avg", "default"),
+    ("qavit_tiny_32", "avg", "trunc_normal"),
+])
+def test_reset_classifier_takes_the_familys_pool_and_starts_the_head_as_the_family_does(name, pool, init):
+    net = create_model(name, **TINY[name])
+    torch.manual_seed(0)
+    net.reset_classifier(9, pool)
+    assert net.get_classifier() is net.head and net.head.out_features == 9 and net.num_classes == 9
+    weight, bias = net.head.weight, net.head.bias
+    if init == "zeros":
+        assert not weight.any() and not bias.any()
+    elif init == "trunc_normal":
+        assert not bias.any() and 0.01 < float(weight.std()) < 0.03
+    else:
+        assert bias.any()  # PyTorch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) biases
+    with pytest.raises(ValueError, match=rf"^{type(net).__name__} pools with '{pool}'; global_pool='max' is not supported"):
+        net.reset_classifier(3, "max")
+    assert net.head.out_features == 9  # a refused reset leaves the head as it was

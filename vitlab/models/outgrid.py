@@ -23,6 +23,7 @@ from vitlab.layers.attention_maps import AttentionMap, GridMap, KernelMap
 from vitlab.layers.dynamic_kernel import DynamicKernelBlock
 from vitlab.layers.grid_attention import GridAttentionBlock
 from vitlab.layers.mbconv import MBConv
+from vitlab.models._contract import ClassifierContract
 from vitlab.models._registry import build_from_config, config_dataclass, register_model
 
 __all__ = ["OutGridConfig", "OutGridViT", "model_cfgs"]
@@ -96,7 +97,7 @@ class OutGridStage(nn.Module):
         self.blocks = nn.ModuleList(blocks)
 
 
-class OutGridViT(nn.Module):
+class OutGridViT(ClassifierContract, nn.Module):
     """OutGridViT Model A (``front_depth=0``, ``kernel_in_blocks=True``) or Model B
     (``front_depth > 0``, ``kernel_in_blocks=False``). Per-stage settings are sequences of one
     value per stage."""
@@ -226,10 +227,7 @@ class OutGridViT(nn.Module):
             (r"^stages\.(\d+)\.downsample", (-1,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)]
         return dict(stem=r"^stem|^proj_in|^front", blocks=[*stages, (r"^norm", (99999,))])
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block's activations in the backward pass instead of storing them."""
-        self.grad_checkpointing = enable
+    head_pools = ("avg",)  # the mean-pooled last stage
 
     @torch.no_grad()
     def fuse_for_inference(self) -> None:
@@ -257,17 +255,6 @@ class OutGridViT(nn.Module):
             scale, shift = scale * norm.weight, shift * norm.weight + norm.bias
         fold_affine_into_linear(head, scale, shift)
         self.norm = nn.Identity()
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A new head on the mean-pooled last stage for ``num_classes``; 0 = no head."""
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"OutGridViT mean-pools its last stage; global_pool={global_pool!r} is not supported")
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def timm_reference(self) -> tuple[str, nn.Module]:
         """The seed's MaxViT-Tiny (timm's ``maxvit_tiny_tf_224`` at this image size with the stride-1

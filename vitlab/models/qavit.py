@@ -43,6 +43,7 @@ from vitlab.layers.dropout import Dropout
 from vitlab.layers.fusion import HybridFusion
 from vitlab.layers.token_bank import BankCrossAttention, BankState, TokenBank
 from vitlab.layers.window_attention import WindowBankAttention
+from vitlab.models._contract import ClassifierContract
 from vitlab.models._registry import build_from_config, config_dataclass, register_model
 from vitlab.models.vit import default_patch_size
 
@@ -124,7 +125,7 @@ class QuadAttentionBlock(nn.Module):
             self.norm2 = nn.LayerNorm(self.norm2.normalized_shape, eps=self.norm2.eps, elementwise_affine=False)
 
 
-class QAViT(nn.Module):
+class QAViT(ClassifierContract, nn.Module):
     """QAViT classifier (module docstring).
 
     Args (beyond the usual sizes):
@@ -284,24 +285,12 @@ class QAViT(nn.Module):
         return dict(stem=r"^patch_embed|^patch_norm|^pos_embed|^token_bank",
                     blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block's activations in the backward pass instead of storing them."""
-        self.grad_checkpointing = enable
+    head_pools = ("avg",)  # the mean-pooled tokens
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A new head (truncated-normal 0.02, zero bias, as the seed's init) for ``num_classes``; 0 = none."""
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"QAViT mean-pools its tokens; global_pool={global_pool!r} is not supported")
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+    def init_head(self, head: nn.Linear) -> None:
+        """Truncated-normal 0.02 weights and a zero bias, as the seed's init."""
+        trunc_normal_(head.weight, std=0.02)
+        nn.init.zeros_(head.bias)
 
     # ----------------------------------------------------------------------------- analysis
     @torch.no_grad()

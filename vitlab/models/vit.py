@@ -37,6 +37,7 @@ from vitlab.layers.dropout import dropout
 from vitlab.layers.pos_embed import sincos_2d
 from vitlab.layers.transformer import TransformerBlock
 from vitlab.layers.vit_attention import AttentionContext, attention_config, build_attention
+from vitlab.models._contract import ClassifierContract
 from vitlab.models._registry import build_from_config, config_dataclass, register_model
 
 __all__ = ["BlockConfig", "PositionConfig", "ViT", "ViTConfig", "default_patch_size", "model_cfgs"]
@@ -109,7 +110,7 @@ def _typed(config_type: type, node: Any, key: str) -> Any:
     return config_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in node.items()})
 
 
-class ViT(nn.Module):
+class ViT(ClassifierContract, nn.Module):
     """ViT backbone (patch embed, CLS, pre-norm blocks, head on the CLS output) whose attention and
     positional encoding are chosen by its ``attention`` and ``position`` nodes.
 
@@ -334,24 +335,17 @@ class ViT(nn.Module):
             blocks=[(r"^blocks\.(\d+)", None), (r"^peg", (self.cpe_after or 0,)), (r"^norm", (99999,))],
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block's activations in the backward pass instead of storing them."""
-        self.grad_checkpointing = enable
+    head_pools = ("token",)
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
+    @property
+    def head_in_features(self) -> int:
+        return self.head_features
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A new (zero-initialised, as B0's) head for ``num_classes``; 0 = no head (features out)."""
-        if global_pool not in (None, "token"):
-            raise ValueError(f"ViT pools its CLS token(s); global_pool={global_pool!r} is not supported")
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.head_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0 and self.init == "b0":
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+    def init_head(self, head: nn.Linear) -> None:
+        """B0's head starts at zero."""
+        if self.init == "b0":
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
 
     def timm_reference(self) -> tuple[str, nn.Module]:
         """timm's VisionTransformer at this backbone's shape with plain multi-head attention and a
