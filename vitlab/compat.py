@@ -14,8 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-#: LightningModule names older ``config.yaml`` files target: each family now trains with the class
-#: on the right.
+#: LightningModule names that older ``config.yaml`` files target, and the class that trains their
+#: family.
 RETIRED_TARGETS = {
     f"vitlab.families{module}.{name}": "vitlab.families.ImageClassifier"
     for name, modules in {"ViTClassifier": ("", ".vit"), "MiniViTClassifier": ("", ".mini_vit"),

@@ -5,7 +5,7 @@ The workers pipeline decodes and augments one image at a time in DataLoader work
 torchvision v2 on single images). Here the train split is decoded once (:mod:`.tensor_cache`), put on
 the device the model trains on, and the train loader yields only *positions* into it; the
 datamodule's ``on_after_batch_transfer`` hook gathers the batch on the device and runs
-:class:`DeviceAugment`, so the LightningModules see the same ``(images, labels)`` batches as before
+:class:`DeviceAugment`, so the LightningModules see the same ``(images, labels)`` batches as with ``workers``
 (CutMix/MixUp stay in the module, timm's ``Mixup``, on the device).
 
 What does the per-sample work, in the workers pipeline's order:

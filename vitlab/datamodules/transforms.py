@@ -27,8 +27,8 @@ AUGMENT_DEFAULTS: dict[str, Any] = {
     "random_erasing_ratio": [0.3, 3.3],
 }
 
-# Keys added after the first release, kept apart so that AUGMENT_DEFAULTS stays the documented
-# CIFAR set; resolve_augment accepts and fills both. ALL_AUGMENT_DEFAULTS is the union.
+# The keys beyond the documented CIFAR set (AUGMENT_DEFAULTS), kept apart so that set stays as
+# documented; resolve_augment accepts and fills both. ALL_AUGMENT_DEFAULTS is the union.
 AUGMENT_EXTRA_DEFAULTS: dict[str, Any] = {
     # None | [min_scale, max_scale]: RandomResizedCrop(img_size, scale, ratio 3/4-4/3, bilinear) as the
     # first step, replacing both the resize to img_size and the padded crop (crop_padding is then ignored).
