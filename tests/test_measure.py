@@ -192,3 +192,24 @@ def test_metrics_json_macs_equal_the_bench_macs_for_every_network(name):
     assert callback.record["macs_per_image"] == from_bench.macs > 0
     assert callback.record["macs_per_image_without_sdpa"] == from_bench.macs_without_sdpa
     assert callback.record["train_flops_per_image"] == from_bench.train_step > 2 * from_bench.forward
+
+
+def test_one_precision_vocabulary_for_configs_trainer_and_bench():
+    """Every name the configs and the trainer take is Lightning's; the bench's are the short ones;
+    each resolves to its dtype, and an fp16 alias is refused on CPU like its long name."""
+    from typing import get_args
+
+    from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+    from vitlab.bench import PRECISIONS as bench_names
+    from vitlab.config import PRECISIONS, to_hardware
+    from vitlab.errors import ConfigError
+    from vitlab.measure import BENCH_PRECISIONS, TRAINER_PRECISIONS, resolve_precision
+
+    assert PRECISIONS is TRAINER_PRECISIONS and bench_names is BENCH_PRECISIONS
+    assert set(TRAINER_PRECISIONS) <= set(get_args(_PRECISION_INPUT_STR)) | set(get_args(_PRECISION_INPUT_STR_ALIAS))
+    assert {resolve_precision(n).dtype for n in ("16", "16-mixed", "fp16")} == {torch.float16}
+    assert resolve_precision("bf16").autocast and resolve_precision("64").dtype == torch.float64
+    for name in ("16", "16-mixed"):
+        with pytest.raises(ConfigError, match=f"^hardware.precision: {name} needs a CUDA GPU"):
+            to_hardware({"accelerator": "cpu", "precision": name})

@@ -63,7 +63,7 @@ from vitlab.models import create_model, get_model_config, list_models
 from vitlab.optim import FUSED_DEVICES
 from vitlab.utils import reuse_freed_memory
 
-PRECISIONS = ("fp32", "bf16", "fp16")  # --precision: fp32, or bf16 / fp16 autocast
+PRECISIONS = measure.BENCH_PRECISIONS
 FALLBACK_IMG_SIZE = 32
 
 

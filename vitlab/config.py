@@ -27,8 +27,9 @@ from omegaconf.errors import OmegaConfBaseException
 from vitlab.errors import ConfigError
 from vitlab.inference import INFERENCE_MODES
 from vitlab.layers.attention import SDPA_BACKENDS
+from vitlab.measure import TRAINER_PRECISIONS, resolve_precision
 
-PRECISIONS = ("32-true", "32", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine")
+PRECISIONS = TRAINER_PRECISIONS
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -177,14 +178,14 @@ class HardwareConfig:
     def __post_init__(self) -> None:
         _check(self.accelerator in ("auto", "cpu", "gpu", "cuda", "mps"), "hardware.accelerator", f"unknown accelerator {self.accelerator!r}; use auto, cpu or gpu")
         _check(self.devices >= 1, "hardware.devices", f"must be >= 1, got {self.devices}")
-        _check(self.precision in PRECISIONS, "hardware.precision", f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS[:-1])}")
+        _check(self.precision in PRECISIONS, "hardware.precision", f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS[:6])}")
         _check(self.batch_per_device is None or self.batch_per_device > 0, "hardware.batch_per_device", "must be positive or null")
         _check(self.num_workers >= 0, "hardware.num_workers", "must be >= 0")
         _check(self.sdpa_backend in SDPA_BACKENDS, "hardware.sdpa_backend", f"unknown backend {self.sdpa_backend!r}; use one of {', '.join(SDPA_BACKENDS)}")
         _check(self.inference in INFERENCE_MODES, "hardware.inference", f"unknown mode {self.inference!r}; use one of {', '.join(INFERENCE_MODES)}")
         if self.resolved_accelerator() == "cpu":
             _check(
-                self.precision not in ("16-mixed", "16-true"),
+                resolve_precision(self.precision).dtype != torch.float16,
                 "hardware.precision",
                 f"{self.precision} needs a CUDA GPU; on CPU use 32-true or bf16-mixed",
             )

@@ -76,22 +76,29 @@ class Precision:
         return None if self.autocast or self.dtype == torch.float32 else self.dtype
 
 
+#: Every precision name vitlab takes, as (dtype, autocast): the one vocabulary of the configs, the
+#: trainer and the bench.
 _PRECISIONS = {
-    # Lightning's names (hardware.precision)
+    # Lightning's names (hardware.precision, trainer.precision), then its short aliases
     "32-true": (torch.float32, False),
-    "32": (torch.float32, False),
-    "64-true": (torch.float64, False),
     "16-mixed": (torch.float16, True),
     "bf16-mixed": (torch.bfloat16, True),
     "16-true": (torch.float16, False),
     "bf16-true": (torch.bfloat16, False),
+    "64-true": (torch.float64, False),
     "transformer-engine": (torch.bfloat16, True),
-    # the bench's short names (--precision): bf16 / fp16 autocast
-    "fp32": (torch.float32, False),
+    "32": (torch.float32, False),
+    "16": (torch.float16, True),
     "bf16": (torch.bfloat16, True),
+    "64": (torch.float64, False),
+    # the bench's (--precision): fp32, or bf16 / fp16 autocast ("bf16" above)
+    "fp32": (torch.float32, False),
     "fp16": (torch.float16, True),
 }
-PRECISION_NAMES = tuple(_PRECISIONS)
+#: The names ``hardware.precision`` and ``trainer.precision`` take (Lightning's).
+TRAINER_PRECISIONS = tuple(name for name in _PRECISIONS if name not in ("fp32", "fp16"))
+#: The names ``vitlab-bench --precision`` takes.
+BENCH_PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def resolve_precision(name: str | int) -> Precision:
