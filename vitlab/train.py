@@ -128,48 +128,62 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
         fit_started = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         fit_time = time.perf_counter() - fit_started
-        metrics: dict[str, Any] = {
-            "protocol": protocol,
-            "model": cfg.model.net.name,
-            "data": choices.get("data"),
-            "recipe": choices.get("recipe"),
-            "hardware": choices.get("hardware"),
-            "params": sum(p.numel() for p in module.net.parameters()),
-            "trainable_params": sum(p.numel() for p in module.net.parameters() if p.requires_grad),
-            "epochs": trainer.current_epoch,
-            "global_step": trainer.global_step,
-            "val/top1_best": module.best_val_top1,
-            "fit_time_s": round(fit_time, 1),  # includes validation; a resumed run counts only its own part
-        }
-        if "val/images" in trainer.callback_metrics:  # what the last validation's scores are over
-            metrics["val/images"] = int(trainer.callback_metrics["val/images"].item())
-        metrics.update(collect_records(trainer.callbacks))  # what callbacks measured: FLOPs, images/s, MFU
-        curve_split = "test" if validates_on_test else "val"
-        metrics[f"{curve_split}/top1_per_epoch"] = [{"epoch": p["epoch"], "top1": p["top1"]} for p in curve.points]
-        if validates_on_test and curve.best is not None:
-            # The originals that scored the test split during training reported the best of those scores.
-            metrics["test/top1_best"] = curve.best["top1"]
-            metrics["test/top1_best_epoch"] = curve.best["epoch"]
+        metrics = _fit_metrics(cfg, choices, protocol, module, trainer, curve, validates_on_test, fit_time)
         if cfg.test:
-            if protocol == "seed":
-                # The originals report the final weights' test score (beside the best of the curve).
-                best = ""
-            else:
-                best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-                if not best:
-                    rank_zero_warn("no best checkpoint (validation off?): testing the last weights")
-            # Relative to the run folder, like every path a run folder keeps: it stays right when moved.
-            metrics["tested_ckpt"] = _relative_to(best, output_dir) if best else None
-            metrics["tested_weights"] = "best" if best else "final"
-            (results,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-            metrics.update(results)
-            if protocol == "seed":
-                metrics["test/top1_final"] = results.get("test/top1")
-            if "test/images" in results:
-                metrics["test/images"] = int(results["test/images"])
-                metrics["test/partial"] = metrics["test/images"] < split_size(trainer.test_dataloaders)
+            metrics.update(_test_metrics(protocol, module, trainer, datamodule, output_dir))
         metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
         _write_metrics(metrics, trainer, cfg, output_dir)
+    return metrics
+
+
+def _fit_metrics(cfg: DictConfig, choices: dict[str, str], protocol: str, module: Any, trainer: L.Trainer,
+                 curve: EpochCurve, validates_on_test: bool, fit_time: float) -> dict[str, Any]:
+    """What a fit gives metrics.json: the run's choices, the network's size, steps, the curve and
+    what the callbacks measured."""
+    metrics: dict[str, Any] = {
+        "protocol": protocol,
+        "model": cfg.model.net.name,
+        "data": choices.get("data"),
+        "recipe": choices.get("recipe"),
+        "hardware": choices.get("hardware"),
+        "params": sum(p.numel() for p in module.net.parameters()),
+        "trainable_params": sum(p.numel() for p in module.net.parameters() if p.requires_grad),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "val/top1_best": module.best_val_top1,
+        "fit_time_s": round(fit_time, 1),  # includes validation; a resumed run counts only its own part
+    }
+    if "val/images" in trainer.callback_metrics:  # what the last validation's scores are over
+        metrics["val/images"] = int(trainer.callback_metrics["val/images"].item())
+    metrics.update(collect_records(trainer.callbacks))  # what callbacks measured: FLOPs, images/s, MFU
+    curve_split = "test" if validates_on_test else "val"
+    metrics[f"{curve_split}/top1_per_epoch"] = [{"epoch": p["epoch"], "top1": p["top1"]} for p in curve.points]
+    if validates_on_test and curve.best is not None:
+        # The originals that scored the test split during training reported the best of those scores.
+        metrics["test/top1_best"] = curve.best["top1"]
+        metrics["test/top1_best_epoch"] = curve.best["epoch"]
+    return metrics
+
+
+def _test_metrics(protocol: str, module: Any, trainer: L.Trainer, datamodule: Any, output_dir: Path) -> dict[str, Any]:
+    """The test scores of the best checkpoint (``protocol=seed``: of the final weights, as the
+    originals report them) and what they are over."""
+    if protocol == "seed":
+        best = ""
+    else:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best:
+            rank_zero_warn("no best checkpoint (validation off?): testing the last weights")
+    # Relative to the run folder, like every path a run folder keeps: it stays right when moved.
+    metrics: dict[str, Any] = {"tested_ckpt": _relative_to(best, output_dir) if best else None,
+                               "tested_weights": "best" if best else "final"}
+    (results,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+    metrics.update(results)
+    if protocol == "seed":
+        metrics["test/top1_final"] = results.get("test/top1")
+    if "test/images" in results:
+        metrics["test/images"] = int(results["test/images"])
+        metrics["test/partial"] = metrics["test/images"] < split_size(trainer.test_dataloaders)
     return metrics
 
 

@@ -353,28 +353,8 @@ class ImageDataModule(lightning.LightningDataModule):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if pipeline not in DATA_PIPELINES:
-            raise ConfigError(f"data.pipeline: unknown pipeline {pipeline!r}; use {' or '.join(DATA_PIPELINES)}")
-        _check_int(num_classes, "data.num_classes")
-        _check_int(img_size, "data.img_size")
-        _check_int(batch_size, "recipe.batch_size")
-        _check_int(num_workers, "hardware.num_workers", minimum=0)
-        _check_int(repeated_aug, "recipe.repeated_aug")
-        _check_bool(pin_memory, "hardware.pin_memory")
-        _check_bool(persistent_workers, "data.persistent_workers")
-        _check_bool(cache, "data.cache")
-        if subset is not None:
-            if isinstance(subset, bool) or not isinstance(subset, int) or subset < 1:
-                raise ConfigError(
-                    f"data.subset: expected null (all images) or a count of images per class >= 1, got {subset!r}"
-                )
-        if isinstance(val_size, bool) or not (
-            (isinstance(val_size, int) and val_size >= 0) or (isinstance(val_size, float) and 0 <= val_size < 1)
-        ):
-            raise ConfigError(
-                f"data.val_size: expected an image count >= 0 or a fraction in (0, 1), got {val_size!r}; "
-                "use 0 to validate on the test split"
-            )
+        self._check_settings(num_classes, img_size, batch_size, num_workers, repeated_aug, pin_memory,
+                             persistent_workers, cache, subset, val_size, pipeline)
         self.num_classes = num_classes
         self.img_size = img_size
         self.mean = _check_channels(mean, "data.mean", positive=False)
@@ -460,6 +440,33 @@ class ImageDataModule(lightning.LightningDataModule):
             log.info("data.cache: %s split of %s decoded into memory (%d images, %.1f MB)", name,
                      type(self).__name__, len(split), nbytes / 2**20)
         return split
+
+    @staticmethod
+    def _check_settings(num_classes, img_size, batch_size, num_workers, repeated_aug, pin_memory, persistent_workers,
+                        cache, subset, val_size, pipeline) -> None:
+        """One line naming the key for each setting of the wrong kind or out of range."""
+        if pipeline not in DATA_PIPELINES:
+            raise ConfigError(f"data.pipeline: unknown pipeline {pipeline!r}; use {' or '.join(DATA_PIPELINES)}")
+        _check_int(num_classes, "data.num_classes")
+        _check_int(img_size, "data.img_size")
+        _check_int(batch_size, "recipe.batch_size")
+        _check_int(num_workers, "hardware.num_workers", minimum=0)
+        _check_int(repeated_aug, "recipe.repeated_aug")
+        _check_bool(pin_memory, "hardware.pin_memory")
+        _check_bool(persistent_workers, "data.persistent_workers")
+        _check_bool(cache, "data.cache")
+        if subset is not None:
+            if isinstance(subset, bool) or not isinstance(subset, int) or subset < 1:
+                raise ConfigError(
+                    f"data.subset: expected null (all images) or a count of images per class >= 1, got {subset!r}"
+                )
+        if isinstance(val_size, bool) or not (
+            (isinstance(val_size, int) and val_size >= 0) or (isinstance(val_size, float) and 0 <= val_size < 1)
+        ):
+            raise ConfigError(
+                f"data.val_size: expected an image count >= 0 or a fraction in (0, 1), got {val_size!r}; "
+                "use 0 to validate on the test split"
+            )
 
     def _train_transform(self, native_size: Any) -> Transform:
         return build_train_transform(

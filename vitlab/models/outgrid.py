@@ -126,22 +126,7 @@ class OutGridViT(ClassifierContract, nn.Module):
     ):
         super().__init__()
         num_stages = len(dims)
-        for key, values in (("depths", depths), ("num_heads", num_heads), ("grid_sizes", grid_sizes), ("outlook_heads", outlook_heads)):
-            if len(values) != num_stages:
-                raise ValueError(f"{key} has {len(values)} entries but dims has {num_stages}: give one per stage")
-        if kernel_size % 2 == 0 or kernel_size < 1:
-            raise ValueError(f"kernel_size={kernel_size} must be odd (the kernel is centred on its pixel)")
-        for s in range(num_stages):
-            side = img_size // 2**s
-            if img_size % 2**s or side % grid_sizes[s]:
-                raise ValueError(
-                    f"grid_sizes[{s}]={grid_sizes[s]} does not divide stage {s}'s {side}x{side} feature map "
-                    f"(img_size {img_size}); pick a divisor of {side}"
-                )
-            if dims[s] % num_heads[s]:
-                raise ValueError(f"num_heads[{s}]={num_heads[s]} does not divide dims[{s}]={dims[s]}")
-            if dims[s] % outlook_heads[s]:
-                raise ValueError(f"outlook_heads[{s}]={outlook_heads[s]} does not divide dims[{s}]={dims[s]}")
+        self._check(img_size, dims, depths, num_heads, grid_sizes, outlook_heads, kernel_size)
         self.num_classes = num_classes
         self.num_features = dims[-1]
         self.img_size = img_size
@@ -183,6 +168,27 @@ class OutGridViT(ClassifierContract, nn.Module):
         self.stages = nn.ModuleList(stages)
         self.norm = nn.BatchNorm2d(dims[-1])
         self.head = nn.Linear(dims[-1], num_classes)
+
+    @staticmethod
+    def _check(img_size, dims, depths, num_heads, grid_sizes, outlook_heads, kernel_size) -> None:
+        """One line for each size that cannot work, before anything is built."""
+        num_stages = len(dims)
+        for key, values in (("depths", depths), ("num_heads", num_heads), ("grid_sizes", grid_sizes), ("outlook_heads", outlook_heads)):
+            if len(values) != num_stages:
+                raise ValueError(f"{key} has {len(values)} entries but dims has {num_stages}: give one per stage")
+        if kernel_size % 2 == 0 or kernel_size < 1:
+            raise ValueError(f"kernel_size={kernel_size} must be odd (the kernel is centred on its pixel)")
+        for s in range(num_stages):
+            side = img_size // 2**s
+            if img_size % 2**s or side % grid_sizes[s]:
+                raise ValueError(
+                    f"grid_sizes[{s}]={grid_sizes[s]} does not divide stage {s}'s {side}x{side} feature map "
+                    f"(img_size {img_size}); pick a divisor of {side}"
+                )
+            if dims[s] % num_heads[s]:
+                raise ValueError(f"num_heads[{s}]={num_heads[s]} does not divide dims[{s}]={dims[s]}")
+            if dims[s] % outlook_heads[s]:
+                raise ValueError(f"outlook_heads[{s}]={outlook_heads[s]} does not divide dims[{s}]={dims[s]}")
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
