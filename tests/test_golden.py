@@ -11,9 +11,10 @@ float32 rounding error of the exact value, so the tolerance is that error, measu
 this input: the largest difference between this machine's float32 and float64 outputs (float64 is
 exact to ~1e-15 here), times :data:`ROUNDING_FACTOR`. The fixture's own rounding error is of the same
 size (two float32 results differ by at most the sum of their errors), and the factor leaves room for a
-CPU whose kernels round a few times worse than this one's. Measured on two CPUs, the fixture lay
-within 2.3x the rounding error; a 1e-3 change of one weight moves the outputs by 11x to 5000x it
-(the tests below show each kind of real change fails).
+CPU whose kernels round a few times worse than this one's. On an Intel Xeon (AVX-512), the fixture,
+recorded on an AMD EPYC, lay within 2.3x that machine's rounding error for every network, while a
+1e-3 change of the first weight moved the outputs by 11x to 4800x it (the tests below show that each
+kind of real change fails).
 
 Regenerate (only when a change of the numbers is intended and explained in the commit):
 ``OMP_NUM_THREADS=1 python tests/test_golden.py``.
