@@ -20,18 +20,14 @@ from .svhn import SVHNDataModule
 from .synthetic import SyntheticDataModule
 from .tinyimagenet import CORRUPTIONS, TinyImageNetCDataModule, TinyImageNetDataModule
 from .transforms import (
-    ALL_AUGMENT_DEFAULTS,
     AUGMENT_DEFAULTS,
-    AUGMENT_EXTRA_DEFAULTS,
     build_eval_transform,
     build_train_transform,
     resolve_augment,
 )
 
 __all__ = [
-    "ALL_AUGMENT_DEFAULTS",
     "AUGMENT_DEFAULTS",
-    "AUGMENT_EXTRA_DEFAULTS",
     "ArrayImageDataset",
     "CIFAR10DataModule",
     "CIFAR100DataModule",

@@ -6,43 +6,24 @@ CHW tensors (array datasets) alike and always return a plain, normalised float32
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torchvision.transforms import v2
 
+from vitlab.config import AugmentConfig
 from vitlab.errors import ConfigError
 
 from .erasing import ChannelConstantErasing
 from .randaug_legacy import LegacyRandAugment
 
-AUGMENT_DEFAULTS: dict[str, Any] = {
-    "hflip": False,  # RandomHorizontalFlip(0.5)
-    "crop_padding": 0,  # RandomCrop(img_size, padding, zero fill); 0 = no crop
-    "auto_augment": None,  # None | "cifar10" | "imagenet" | "svhn"
-    "rand_augment": None,  # None | {"num_ops": int, "magnitude": int}
-    "random_erasing": 0.0,  # probability; erased pixels get N(0, 1) noise
-    "random_erasing_scale": [0.02, 0.4],
-    "random_erasing_ratio": [0.3, 3.3],
-}
-
-# The keys beyond the documented CIFAR set (AUGMENT_DEFAULTS), kept apart so that set stays as
-# documented; resolve_augment accepts and fills both. ALL_AUGMENT_DEFAULTS is the union.
-AUGMENT_EXTRA_DEFAULTS: dict[str, Any] = {
-    # None | [min_scale, max_scale]: RandomResizedCrop(img_size, scale, ratio 3/4-4/3, bilinear) as the
-    # first step, replacing both the resize to img_size and the padded crop (crop_padding is then ignored).
-    "random_resized_crop": None,
-    # true: the clear-vit seed's custom RandAugment (3 of 16 ops with replacement, fixed magnitude;
-    # datamodules/randaug_legacy.py), after the flip; excludes auto_augment and rand_augment.
-    "randaug_legacy": False,
-    # How random erasing fills its box: "torchvision" (per-pixel N(0, 1), log-uniform aspect ratio) or
-    # "clear_vit" (one U(0, 1) value per channel, uniform aspect ratio; datamodules/erasing.py).
-    "random_erasing_style": "torchvision",
-}
+#: Every augmentation key and its default: the fields of the recipe schema's ``AugmentConfig``
+#: (vitlab/config.py), where each is written and explained once.
+AUGMENT_DEFAULTS: dict[str, Any] = dataclasses.asdict(AugmentConfig())
 
 RANDOM_ERASING_STYLES = ("torchvision", "clear_vit")
-ALL_AUGMENT_DEFAULTS: dict[str, Any] = {**AUGMENT_DEFAULTS, **AUGMENT_EXTRA_DEFAULTS}
 
 _INTERPOLATIONS = {
     "bilinear": v2.InterpolationMode.BILINEAR,
@@ -91,12 +72,12 @@ def resolve_augment(augment: Mapping[str, Any] | None) -> dict[str, Any]:
     Raises :class:`ConfigError` naming ``recipe.augment.<key>`` for unknown keys and bad values.
     """
     augment = dict(augment or {})
-    unknown = sorted(set(augment) - set(ALL_AUGMENT_DEFAULTS))
+    unknown = sorted(set(augment) - set(AUGMENT_DEFAULTS))
     if unknown:
         raise ConfigError(
-            f"{_key(unknown[0])}: unknown augmentation key; known keys: {', '.join(ALL_AUGMENT_DEFAULTS)}"
+            f"{_key(unknown[0])}: unknown augmentation key; known keys: {', '.join(AUGMENT_DEFAULTS)}"
         )
-    resolved = {**ALL_AUGMENT_DEFAULTS, **augment}
+    resolved = {**AUGMENT_DEFAULTS, **augment}
 
     if not isinstance(resolved["hflip"], bool):
         raise ConfigError(f"{_key('hflip')}: expected true or false, got {resolved['hflip']!r}")
