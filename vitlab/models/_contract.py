@@ -1,4 +1,5 @@
-"""The part of timm's model API that is the same for every vitlab network, written once.
+"""The part of timm's model API that is the same for every vitlab network, written once: the
+forward through ``forward_features`` and ``forward_head``, the classifier and gradient checkpointing.
 
 A network mixes in :class:`ClassifierContract` and says what differs: which ``global_pool`` values its
 head reads (``head_pools``), how wide the head's input is (``head_in_features``, default
@@ -25,6 +26,14 @@ class ClassifierContract:
 
     def init_head(self, head: nn.Linear) -> None:
         """How a new head starts: PyTorch's default init unless the family says otherwise."""
+
+    def forward(self, x: torch.Tensor, return_aux: bool = False):
+        """Logits; with ``return_aux`` ``(logits, aux)``, the figures besides the logits that
+        ``forward_features(x, return_aux=True)`` gives (a network without any defines its own forward)."""
+        if return_aux:
+            tokens, aux = self.forward_features(x, return_aux=True)
+            return self.forward_head(tokens), aux
+        return self.forward_head(self.forward_features(x))
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

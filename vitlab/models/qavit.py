@@ -263,13 +263,6 @@ class QAViT(ClassifierContract, nn.Module):
         x = x.mean(dim=1)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor, return_aux: bool = False):
-        """Logits; with ``return_aux`` ``(logits, aux)`` as :meth:`forward_features` gives them."""
-        if return_aux:
-            tokens, aux = self.forward_features(x, return_aux=True)
-            return self.forward_head(tokens), aux
-        return self.forward_head(self.forward_features(x))
-
     def describe(self) -> str:
         """One line on the bank and grid, logged when fitting starts."""
         return (

@@ -308,13 +308,6 @@ class ViT(ClassifierContract, nn.Module):
         x = x[:, : self.num_prefix_tokens].flatten(1) if self.head_pool == "concat_prefix" else x[:, 0]
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor, return_aux: bool = False):
-        """Logits; with ``return_aux`` ``(logits, aux)`` as :meth:`forward_features` gives them."""
-        if return_aux:
-            tokens, aux = self.forward_features(x, return_aux=True)
-            return self.forward_head(tokens), aux
-        return self.forward_head(self.forward_features(x))
-
     def describe(self) -> str:
         """One line on the variant, logged when fitting starts."""
         options = ", ".join(f"{f.name}={getattr(self.attention_config, f.name)}"
