@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import CONF_DIR, compose_config
+from vitlab.models._registry import model_config_names
 from vitlab.families import BaselineClassifier
 from vitlab.measure import image_flops
 from vitlab.models import create_model
@@ -82,7 +83,6 @@ def test_sweep_config_lists_outgrid_and_every_baseline(tmp_path):
     assert cfg.hydra.mode.name == "MULTIRUN"
     assert set(models) == {"outgrid_7m", "deit_tiny", "deit_small", "swin_tiny", "maxvit_nano", "maxvit_tiny",
                            "resnet18", "resnet50", "convnext_tiny", "efficientnetv2_s"}
-    for model in models:
-        assert (CONF_DIR / "model" / f"{model}.yaml").is_file()
+    assert set(models) <= set(model_config_names())
     assert cfg.recipe.optimizer.lr == 5e-4 and cfg.data.num_classes == 100
     assert compose_config(["model=deit_tiny"], tmp_path).recipe.batch_size == 64  # baselines use recipe=outgrid

@@ -1,4 +1,6 @@
-"""The registry is the one place a named size is defined; conf/model names it and repeats nothing."""
+"""The registry is the one place a named size is defined, and the model config: every entry is a
+``model=`` option without a file; a conf/model file exists only where it adds something, and then
+names its entry and repeats nothing."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import yaml
 
 from vitlab.errors import ConfigError
 from vitlab.models import create_model, get_model_config, list_models
-from vitlab.models._registry import net_node
+from vitlab.models._registry import model_config_names, model_node, net_node
 
 CONF_MODEL = Path(__file__).resolve().parent.parent / "vitlab" / "conf" / "model"
 # filled from the data config
@@ -22,8 +24,18 @@ def _leaves(node: dict, prefix: str = "") -> set[str]:
             for leaf in (_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"})}
 
 
-def test_registry_names_are_the_conf_model_names():
-    assert {p.stem for p in CONF_MODEL.glob("*.yaml")} == set(list_models())
+def test_every_registry_entry_is_a_model_config():
+    assert model_config_names() == list_models()
+    assert {p.stem for p in CONF_MODEL.glob("*.yaml")} <= set(list_models())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_equals_registry_composes_the_entry_with_its_family_and_recipe(name, tmp_path):
+    from conftest import compose_config
+
+    cfg = compose_config([f"model={name}", "data=synthetic"], output_dir=tmp_path)
+    assert cfg.model.net.name == name and cfg.model._target_ == model_node(name)["_target_"]
+    assert cfg.model._recursive_ is False and cfg.model.net.num_classes == cfg.data.num_classes
 
 
 @pytest.mark.parametrize("path", sorted(CONF_MODEL.glob("*.yaml")), ids=lambda p: p.stem)
@@ -33,6 +45,8 @@ def test_conf_model_names_its_entry_and_repeats_no_value(path: Path):
                                         for d in node["defaults"]]
     keys = _leaves(node["net"])
     assert keys <= DATA_KEYS, f"{path.name} repeats registry values: {keys - DATA_KEYS}"
+    body = model_node(path.stem)
+    assert keys - set(_leaves(body["net"])), f"{path.name} adds nothing to the registry's model node: remove it"
 
 
 def test_every_entry_has_a_typed_config_and_a_hydra_node():

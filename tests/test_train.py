@@ -7,9 +7,10 @@ import torch
 import yaml
 
 from conftest import CONF_DIR, ROOT, train_help
+from vitlab.models._registry import model_config_names
 from vitlab.train import train
 
-MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+MODELS = model_config_names()
 
 
 def test_fit_writes_checkpoints_metrics_and_tensorboard(smoke_cfg, tmp_path):

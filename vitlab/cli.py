@@ -22,7 +22,8 @@ GROUPS = ("model", "data", "recipe", "hardware", "callbacks", "logger", "paths",
 
 
 def check_group_choices(argv: Sequence[str], conf_dir: Path) -> None:
-    """Fail on ``model=foo`` when ``conf/model/foo.yaml`` does not exist, before Hydra composes.
+    """Fail on ``model=foo`` when there is no such config (a file in ``conf/<group>/``, or for
+    ``model`` a registry entry), before Hydra composes.
 
     Hydra's own message spans many lines and lists the search path; this one names the key and the
     options. Sweep lists (``model=a,b``) and lists of configs (``logger=[csv,wandb]``) are checked item
@@ -32,10 +33,19 @@ def check_group_choices(argv: Sequence[str], conf_dir: Path) -> None:
         key, sep, value = arg.lstrip("+~").partition("=")
         if not sep or key not in GROUPS or not value or value == "null" or "(" in value:
             continue
-        options = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
+        options = _group_options(key, conf_dir)
         for choice in value.strip("[]").split(","):  # a sweep a,b or a list [a,b] (logger=[csv,wandb])
             if choice not in options:
-                raise ConfigError(f"{key}={choice}: no such {key} config; choose one of: {', '.join(options)} (files in vitlab/conf/{key}/)")
+                where = "the model registry, vitlab.models" if key == "model" else f"files in vitlab/conf/{key}/"
+                raise ConfigError(f"{key}={choice}: no such {key} config; choose one of: {', '.join(options)} ({where})")
+
+
+def _group_options(group: str, conf_dir: Path) -> list[str]:
+    if group == "model":
+        from vitlab.models._registry import model_config_names
+
+        return model_config_names()
+    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
 
 
 def warn_unknown_groups(argv: Sequence[str], conf_dir: Path) -> None:

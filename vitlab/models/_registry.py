@@ -6,9 +6,12 @@ size is one config value registered under a name, in the spirit of timm's ``mode
     register_model("outgrid_7m", OutGridConfig(dims=(48, 96, 192, 256), ...), OutGridViT.from_config)
     create_model("outgrid_7m", num_classes=10)        # the config with one field replaced
 
-``conf/model/<name>.yaml`` names the entry and repeats none of its values: the config's fields reach
-Hydra through :func:`register_net_configs` (group ``net``), so ``model.net.<field>=...`` overrides any
-field, and a field the config does not have is one error line with the nearest name.
+The registry is also the model config: :func:`register_net_configs` stores each entry's fields as
+``net/<name>`` and, with the family's LightningModule and seed recipe (``module``, ``recipe``), the
+whole ``model/<name>`` node in Hydra's ConfigStore, so ``model=<name>`` needs no file. A
+``conf/model/<name>.yaml`` exists only where a network's config adds something (it then names the
+entry and repeats none of its values). ``model.net.<field>=...`` overrides any field, and a field the
+config does not have is one error line with the nearest name.
 
 :func:`config_dataclass` derives a family's config from its network's constructor, so the
 constructor stays the one place the defaults are written.
@@ -23,6 +26,7 @@ import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -42,6 +46,10 @@ class ModelEntry:
     #: Rewrites settings of an older form into the config's (run folders written before a change
     #: of the config's shape): ``upgrade(cfg, settings) -> settings``.
     upgrade: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
+    #: The LightningModule that trains it and its seed recipe: with both, ``model=<name>`` is
+    #: derived from the entry (:func:`model_node`).
+    module: str | None = None
+    recipe: str | None = None
 
     @property
     def family(self) -> str:
@@ -54,14 +62,16 @@ _ENTRIES: dict[str, ModelEntry] = {}
 def register_model(
     name: str, cfg: Any, builder: Callable[[Any], nn.Module],
     upgrade: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None,
+    module: str | None = None, recipe: str | None = None,
 ) -> ModelEntry:
     """Register ``cfg`` (a dataclass instance) under ``name``; ``builder(cfg)`` makes the network;
-    ``upgrade`` (optional) reads settings of an older form (:attr:`ModelEntry.upgrade`)."""
+    ``upgrade`` (optional) reads settings of an older form (:attr:`ModelEntry.upgrade`); ``module`` and
+    ``recipe`` (the LightningModule's target and the seed recipe) make ``model=<name>`` a config."""
     if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
         raise TypeError(f"model {name!r}: the config must be a dataclass instance, got {type(cfg).__name__}")
     if name in _ENTRIES:
         raise RuntimeError(f"model {name!r} is registered twice")
-    _ENTRIES[name] = entry = ModelEntry(name, cfg, builder, upgrade)
+    _ENTRIES[name] = entry = ModelEntry(name, cfg, builder, upgrade, module, recipe)
     return entry
 
 
@@ -144,8 +154,33 @@ def net_node(name: str) -> dict[str, Any]:
     return {"name": name, **{f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}}
 
 
+#: Where the model files that add something to a registry entry live.
+MODEL_FILES = Path(__file__).resolve().parents[1] / "conf" / "model"
+
+
+def model_node(name: str) -> dict[str, Any]:
+    """The ``model`` config of a registry entry: its net node, the family's LightningModule and seed
+    recipe, and the sizes read from the data config."""
+    entry = _entry(name)
+    return {
+        "defaults": [{"/net@net": name}, {"override /recipe@_global_.recipe": entry.recipe}, "_self_"],
+        "_target_": entry.module,
+        "_recursive_": False,  # net holds the network's settings (an attention layer's _target_ among them)
+        "compile": "${hardware.compile}",
+        "grad_checkpointing": "${hardware.grad_checkpointing}",
+        "net": {"num_classes": "${data.num_classes}", "img_size": "${data.img_size}"},
+    }
+
+
+def model_config_names() -> list[str]:
+    """Every ``model=`` option: the registry entries with a family, and the model files."""
+    derived = {name for name, entry in _ENTRIES.items() if entry.module and entry.recipe}
+    return sorted(derived | {p.stem for p in MODEL_FILES.glob("*.yaml")})
+
+
 def register_net_configs() -> None:
-    """Store every registered network as ``net/<name>`` in Hydra's ConfigStore (for conf/model).
+    """Store every registered network as ``net/<name>`` in Hydra's ConfigStore, and as
+    ``model/<name>`` (:func:`model_node`) where it has a family and no model file.
 
     A node with a ``_target_`` (an attention layer) is a plug-in: its keys are the chosen class's
     options, so it is open (``model.net.attention.window=3`` for a class that takes ``window``) and
@@ -160,3 +195,6 @@ def register_net_configs() -> None:
             if isinstance(value, DictConfig) and "_target_" in value:
                 OmegaConf.set_struct(value, False)
         store.store(group="net", name=name, node=node)
+        entry = _ENTRIES[name]
+        if entry.module and entry.recipe and not (MODEL_FILES / f"{name}.yaml").is_file():
+            store.store(group="model", name=name, node=model_node(name))

@@ -138,7 +138,8 @@ for _name, _builder in dict(
     maxvit_tiny=build_maxvit_tiny, maxvit_nano=build_maxvit_nano, resnet18=build_resnet18,
     resnet50=build_resnet50, convnext_tiny=build_convnext_tiny, efficientnetv2_s=build_efficientnetv2_s,
 ).items():
-    register_model(_name, TimmCifarConfig(), _builder)
+    # The seed's comparison trains them with OutGrid's recipe.
+    register_model(_name, TimmCifarConfig(), _builder, module="vitlab.families.BaselineClassifier", recipe="outgrid")
 
 
 def timm_attention_modules(model: nn.Module) -> dict[str, nn.Module]:

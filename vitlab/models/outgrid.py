@@ -327,4 +327,4 @@ model_cfgs = dict(
 model_cfgs["outgrid"] = model_cfgs["outgrid_7m"]
 
 for _name, _cfg in model_cfgs.items():
-    register_model(_name, _cfg, build_from_config(OutGridViT))
+    register_model(_name, _cfg, build_from_config(OutGridViT), module="vitlab.families.ImageClassifier", recipe="outgrid")

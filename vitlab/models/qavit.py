@@ -338,4 +338,4 @@ model_cfgs = dict(
 )
 
 for _name, _cfg in model_cfgs.items():
-    register_model(_name, _cfg, build_from_config(QAViT))
+    register_model(_name, _cfg, build_from_config(QAViT), module="vitlab.families.QAViTClassifier", recipe="qavit")

@@ -425,4 +425,5 @@ model_cfgs = dict(
 )
 
 for _name, _cfg in model_cfgs.items():
-    register_model(_name, _cfg, build_from_config(ViT), upgrade=upgrade_flat_vit_settings)
+    register_model(_name, _cfg, build_from_config(ViT), upgrade=upgrade_flat_vit_settings,
+                   module="vitlab.families.ImageClassifier", recipe="clear_vit")
