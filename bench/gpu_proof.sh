@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 out=${1:?usage: bash bench/gpu_proof.sh OUT_DIR [--tiny] [extra options of bench/gpu_proof.py run]}
 shift
 mkdir -p "$out"
-py=$(command -v python3 || command -v python)
+py=${PYTHON:-$(command -v python3 || command -v python)}  # PYTHON=<interpreter> picks another
 
 # The GPU machine's Python lacks Hydra and OmegaConf: install the carried wheels beside it.
 if ! "$py" -c "import hydra, omegaconf" 2>/dev/null; then

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -49,7 +50,7 @@ def test_summary_names_every_part():
 def test_tiny_mode_runs_end_to_end_on_cpu(tmp_path):
     out = tmp_path / "proof"
     done = subprocess.run(["bash", "bench/gpu_proof.sh", str(out), "--tiny"], cwd=ROOT, capture_output=True, text=True,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["mini_vit"]["status"] == results["steps"]["status"] == results["bench"]["status"] == "ok"

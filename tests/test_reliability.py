@@ -310,6 +310,7 @@ PROCESS_RUN = [
     "data.val_size=16", "data.test_size=32", "recipe.batch_size=32", "recipe.epochs=3", "recipe.repeated_aug=1",
     "recipe.schedule.warmup_epochs=1", "model.net.depth=2", "trainer.deterministic=true", "trainer.log_every_n_steps=2",
     "trainer.limit_val_batches=1", "callbacks.progress_bar.kind=tqdm", "logger=csv", "paths.log_dir=logs",
+    "+logger.csv.flush_logs_every_n_steps=1",  # each logged step reaches metrics.csv at once
 ]
 PROCESS_STEPS_PER_EPOCH = 6
 
@@ -331,17 +332,25 @@ def _finish(proc: subprocess.Popen) -> str:
     return stderr
 
 
+def _logged_steps(run_dir: Path) -> list[int]:
+    rows = [line.split(",") for path in run_dir.glob("csv/version_*/metrics.csv") for line in path.read_text().splitlines()]
+    if not rows:
+        return []
+    column = rows[0].index("step") if "step" in rows[0] else None
+    return [int(row[column]) for row in rows[1:] if column is not None and len(row) > column and row[column].isdigit()]
+
+
 def _signal_in_epoch_2(proc: subprocess.Popen, cwd: Path, signum: int) -> Path:
-    """Wait for the first epoch's checkpoint, then for a few more steps (the CSV log's rows), then signal."""
+    """Wait for the first epoch's checkpoint, then for a step of the second epoch in the CSV log, then
+    signal: mid-epoch on a fast CPU and a slow one alike (a fixed sleep overshot the epoch on a fast one)."""
     runs = cwd / "logs" / "train" / "runs"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         last = next(runs.glob("*/checkpoints/last.ckpt"), None) if runs.is_dir() else None
-        if last is not None:
-            time.sleep(0.5)  # into the second epoch, well before its end
+        if last is not None and any(step > PROCESS_STEPS_PER_EPOCH for step in _logged_steps(last.parent.parent)):
             proc.send_signal(signum)
             return last.parent.parent
-        time.sleep(0.05)
+        time.sleep(0.02)
     raise AssertionError("the run ended before it could be signalled")
 
 

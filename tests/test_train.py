@@ -184,3 +184,31 @@ def test_readme_test_command_is_what_ci_runs():
     # ... in a new virtual environment, as the README sets one up
     assert "python -m venv .venv && . .venv/bin/activate" in readme
     assert "python -m venv --clear .venv" in ci and ". .venv/bin/activate" in ci
+
+
+def test_a_resume_folder_is_named_once_per_command(tmp_path, monkeypatch):
+    """Hydra resolves .hydra/resume_<time> more than once per command; every resolution, and train's
+    own look-up, must name the same folder however the clock moves, and the next command a new one
+    even within the same second."""
+    import datetime as dt
+
+    import vitlab.config as config
+
+    class Clock(dt.datetime):
+        ticks = 0
+
+        @classmethod
+        def now(cls, tz=None):
+            cls.ticks += 1
+            return dt.datetime(2026, 1, 1, 10, 0, cls.ticks)
+
+    monkeypatch.setattr(config, "datetime", Clock)
+    config.forget_resume_subdirs()
+    first = config.resume_subdir(tmp_path)
+    assert config.resume_subdir(tmp_path) == config.resume_subdir(str(tmp_path)) == first
+    (tmp_path / first).mkdir(parents=True)
+    config.forget_resume_subdirs()
+    Clock.ticks = 0  # the next command starts in the same second
+    second = config.resume_subdir(tmp_path)
+    assert second == f"{first}_2"
+    config.forget_resume_subdirs()

@@ -49,7 +49,16 @@ from vitlab.cli import (
     warn_unknown_groups,
 )
 from vitlab.compat import upgrade_flat_vit_override
-from vitlab.config import PRECISIONS, HardwareConfig, register_configs, split_batch, to_hardware, to_recipe
+from vitlab.config import (
+    PRECISIONS,
+    HardwareConfig,
+    forget_resume_subdirs,
+    register_configs,
+    resume_subdir,
+    split_batch,
+    to_hardware,
+    to_recipe,
+)
 from vitlab.errors import ConfigError, VitlabError
 from vitlab.instantiate import build, build_module  # noqa: F401  (build is also vitlab.train.build)
 from vitlab.runs import check_not_held, remove_orphaned_temp_files, run_lock
@@ -307,10 +316,10 @@ def _override_history(run_dir: Path) -> list[str]:
 
 
 def _this_resume_subdir(run_dir: Path) -> Path | None:
-    """The .hydra/resume_<time>/ that Hydra wrote for this invocation: the newest one, written since
-    this process started (the folder's name is a time, re-evaluated on every access of the config)."""
-    mine = [d for d in sorted(run_dir.glob(".hydra/resume_*")) if d.is_dir() and d.stat().st_mtime >= _STARTED - 1]
-    return mine[-1] if mine else None
+    """The .hydra/resume_<time>/ that Hydra wrote for this invocation (its name is fixed once per
+    process, :func:`vitlab.config.resume_subdir`), if it exists."""
+    folder = run_dir / resume_subdir(run_dir)
+    return folder if folder.is_dir() else None
 
 
 # Keys of a run that stay as they are when it continues: they decide the network's tensors or the
@@ -504,6 +513,7 @@ def check_log_dir_writable(argv: list[str]) -> None:
 
 
 def main() -> None:
+    forget_resume_subdirs()
     run_entry_point(
         _hydra_main,
         partial(print_resolved_config, conf_dir=CONF_DIR, config_name="train"),
