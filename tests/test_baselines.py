@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import CONF_DIR, compose_config
+from conftest import compose_config
 from vitlab.models._registry import model_config_names
 from vitlab.families import BaselineClassifier
 from vitlab.measure import image_flops

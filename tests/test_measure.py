@@ -204,9 +204,10 @@ def test_one_precision_vocabulary_for_configs_trainer_and_bench():
     from vitlab.bench import PRECISIONS as bench_names
     from vitlab.config import PRECISIONS, to_hardware
     from vitlab.errors import ConfigError
-    from vitlab.measure import BENCH_PRECISIONS, TRAINER_PRECISIONS, resolve_precision
+    from vitlab.measure import BENCH_PRECISIONS, SUGGESTED_PRECISIONS, TRAINER_PRECISIONS, resolve_precision
 
     assert PRECISIONS is TRAINER_PRECISIONS and bench_names is BENCH_PRECISIONS
+    assert set(SUGGESTED_PRECISIONS) <= set(TRAINER_PRECISIONS)
     assert set(TRAINER_PRECISIONS) <= set(get_args(_PRECISION_INPUT_STR)) | set(get_args(_PRECISION_INPUT_STR_ALIAS))
     assert {resolve_precision(n).dtype for n in ("16", "16-mixed", "fp16")} == {torch.float16}
     assert resolve_precision("bf16").autocast and resolve_precision("64").dtype == torch.float64

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import CONF_DIR, ROOT, train_help
+from conftest import ROOT, train_help
 from vitlab.models._registry import model_config_names
 from vitlab.train import train
 

@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from vitlab.errors import ConfigError
 from vitlab.inference import INFERENCE_MODES
 from vitlab.layers.attention import SDPA_BACKENDS
-from vitlab.measure import TRAINER_PRECISIONS, resolve_precision
+from vitlab.measure import SUGGESTED_PRECISIONS, TRAINER_PRECISIONS, resolve_precision
 
 PRECISIONS = TRAINER_PRECISIONS
 
@@ -179,7 +179,7 @@ class HardwareConfig:
     def __post_init__(self) -> None:
         _check(self.accelerator in ("auto", "cpu", "gpu", "cuda", "mps"), "hardware.accelerator", f"unknown accelerator {self.accelerator!r}; use auto, cpu or gpu")
         _check(self.devices >= 1, "hardware.devices", f"must be >= 1, got {self.devices}")
-        _check(self.precision in PRECISIONS, "hardware.precision", f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS[:6])}")
+        _check(self.precision in PRECISIONS, "hardware.precision", f"unknown precision {self.precision!r}; use one of {', '.join(SUGGESTED_PRECISIONS)}")
         _check(self.batch_per_device is None or self.batch_per_device > 0, "hardware.batch_per_device", "must be positive or null")
         _check(self.num_workers >= 0, "hardware.num_workers", "must be >= 0")
         _check(self.sdpa_backend in SDPA_BACKENDS, "hardware.sdpa_backend", f"unknown backend {self.sdpa_backend!r}; use one of {', '.join(SDPA_BACKENDS)}")

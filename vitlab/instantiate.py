@@ -26,7 +26,7 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
 
 def build_module(node: DictConfig, **kwargs: Any) -> Any:
     """The family LightningModule of a ``model`` node (a retired family name read as today's,
-    :mod:`vitlab.compat`). Its ``net`` settings reach the module as plain values: a ``_target_`` inside them (an attention layer's class) is the network's to build, not
-    Hydra's, so nothing below the module is instantiated here."""
+    :mod:`vitlab.compat`). Its ``net`` settings reach the module as plain values: a ``_target_``
+    inside them (an attention layer's class) is the network's to build, not Hydra's, so nothing below
+    the module is instantiated here."""
     return build(upgrade_model_node(node), _recursive_=False, **kwargs)
-

@@ -95,8 +95,10 @@ _PRECISIONS = {
     "fp32": (torch.float32, False),
     "fp16": (torch.float16, True),
 }
-#: The names ``hardware.precision`` and ``trainer.precision`` take (Lightning's).
+#: The names ``hardware.precision`` and ``trainer.precision`` take (Lightning's), and the ones an
+#: error message offers (the long names in everyday use).
 TRAINER_PRECISIONS = tuple(name for name in _PRECISIONS if name not in ("fp32", "fp16"))
+SUGGESTED_PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 #: The names ``vitlab-bench --precision`` takes.
 BENCH_PRECISIONS = ("fp32", "bf16", "fp16")
 

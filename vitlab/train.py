@@ -60,6 +60,7 @@ from vitlab.config import (
     to_recipe,
 )
 from vitlab.errors import ConfigError, VitlabError
+from vitlab.measure import SUGGESTED_PRECISIONS
 from vitlab.instantiate import build, build_module  # noqa: F401  (build is also vitlab.train.build)
 from vitlab.runs import check_not_held, remove_orphaned_temp_files, run_lock
 from vitlab.utils import reuse_freed_memory
@@ -269,7 +270,7 @@ def check_trainer_args(args: dict[str, Any]) -> None:
             )
     precision = args.get("precision")
     if precision is not None and str(precision) not in PRECISIONS:
-        raise ConfigError(f"trainer.precision: unknown precision {precision!r}; use one of {', '.join(PRECISIONS[:6])} (or set hardware.precision)")
+        raise ConfigError(f"trainer.precision: unknown precision {precision!r}; use one of {', '.join(SUGGESTED_PRECISIONS)} (or set hardware.precision)")
 
 
 def continued_run_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, str]]:
