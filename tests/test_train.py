@@ -192,7 +192,7 @@ def test_a_resume_folder_is_named_once_per_command(tmp_path, monkeypatch):
     even within the same second."""
     import datetime as dt
 
-    import vitlab.config as config
+    import vitlab.resume as resume
 
     class Clock(dt.datetime):
         ticks = 0
@@ -202,13 +202,13 @@ def test_a_resume_folder_is_named_once_per_command(tmp_path, monkeypatch):
             cls.ticks += 1
             return dt.datetime(2026, 1, 1, 10, 0, cls.ticks)
 
-    monkeypatch.setattr(config, "datetime", Clock)
-    config.forget_resume_subdirs()
-    first = config.resume_subdir(tmp_path)
-    assert config.resume_subdir(tmp_path) == config.resume_subdir(str(tmp_path)) == first
+    monkeypatch.setattr(resume, "datetime", Clock)
+    resume.forget_resume_subdirs()
+    first = resume.resume_subdir(tmp_path)
+    assert resume.resume_subdir(tmp_path) == resume.resume_subdir(str(tmp_path)) == first
     (tmp_path / first).mkdir(parents=True)
-    config.forget_resume_subdirs()
+    resume.forget_resume_subdirs()
     Clock.ticks = 0  # the next command starts in the same second
-    second = config.resume_subdir(tmp_path)
+    second = resume.resume_subdir(tmp_path)
     assert second == f"{first}_2"
-    config.forget_resume_subdirs()
+    resume.forget_resume_subdirs()

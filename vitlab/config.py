@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,6 +24,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vitlab.errors import ConfigError
+from vitlab.resume import resume_subdir
 from vitlab.inference import INFERENCE_MODES
 from vitlab.layers.attention import SDPA_BACKENDS
 from vitlab.measure import SUGGESTED_PRECISIONS, TRAINER_PRECISIONS, resolve_precision
@@ -335,31 +334,6 @@ def _run_dir(run_dir: str | None, fresh: str) -> str:
 def _hydra_subdir(run_dir: str | None) -> str:
     # A continued run must not overwrite the .hydra/ of the invocation that created the folder.
     return ".hydra" if run_dir in (None, "") else resume_subdir(run_dir)
-
-
-#: This process's Hydra folder in each run folder it continues, named once: every resolution of the
-#: config, and train's own look-up, get the same folder.
-_RESUME_SUBDIRS: dict[str, str] = {}
-
-
-def resume_subdir(run_dir: str | Path) -> str:
-    """``.hydra/resume_<time>`` (``_2``, ... if an earlier resume took that second) relative to
-    ``run_dir``, the folder where Hydra keeps the overrides of this process's resume of it."""
-    key = os.path.abspath(run_dir)
-    if key not in _RESUME_SUBDIRS:
-        name = candidate = f".hydra/resume_{datetime.now():%Y-%m-%d_%H-%M-%S}"
-        suffix = 1
-        while (Path(key) / candidate).exists():
-            suffix += 1
-            candidate = f"{name}_{suffix}"
-        _RESUME_SUBDIRS[key] = candidate
-    return _RESUME_SUBDIRS[key]
-
-
-def forget_resume_subdirs() -> None:
-    """Start a new command in this process: its resumes name folders of their own (several commands
-    run in one process from the Python API and the tests)."""
-    _RESUME_SUBDIRS.clear()
 
 
 # A sweep run's folder name is its overrides, written so the folder can be passed back unquoted

@@ -33,7 +33,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from vitlab.callbacks import EpochCurve, SDPABackend, collect_records
@@ -48,21 +48,18 @@ from vitlab.cli import (
     run_entry_point,
     warn_unknown_groups,
 )
-from vitlab.compat import upgrade_flat_vit_override
-from vitlab.config import (
-    PRECISIONS,
-    HardwareConfig,
-    forget_resume_subdirs,
-    register_configs,
-    resume_subdir,
-    split_batch,
-    to_hardware,
-    to_recipe,
-)
+from vitlab.config import PRECISIONS, HardwareConfig, register_configs, split_batch, to_hardware, to_recipe
 from vitlab.errors import ConfigError, VitlabError
 from vitlab.measure import SUGGESTED_PRECISIONS
 from vitlab.instantiate import build, build_module  # noqa: F401  (build is also vitlab.train.build)
-from vitlab.runs import check_not_held, remove_orphaned_temp_files, run_lock
+from vitlab.resume import (
+    check_run_dir_exists,
+    checkpoint_to_continue,
+    continued_run_config,
+    forget_refused_resume,
+    forget_resume_subdirs,
+)
+from vitlab.runs import remove_orphaned_temp_files, run_lock
 from vitlab.utils import reuse_freed_memory
 
 register_configs()
@@ -88,12 +85,7 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
         reuse_freed_memory()
     batch_per_device, accumulate = split_batch(recipe, hardware)
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
-    if ckpt_path is None and (output_dir / "checkpoints" / "last.ckpt").is_file():
-        # The run dir already holds a run (a SLURM job requeued after its time limit reruns in its
-        # sweep folder): continue it instead of overwriting its checkpoints.
-        ckpt_path = str(output_dir / "checkpoints" / "last.ckpt")
-        rank_zero_info(f"{output_dir} already holds a run: continuing from {ckpt_path}")
+    ckpt_path = checkpoint_to_continue(cfg.ckpt_path, output_dir)
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
         raise ConfigError(f"seed: expected an integer in [0, 2**32), got {cfg.seed!r}")
 
@@ -219,21 +211,6 @@ def _folder_lock(output_dir: Path) -> Any:
     return run_lock(output_dir) if rank_zero_only.rank == 0 else nullcontext()
 
 
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """``last`` -> the run dir's ``checkpoints/last.ckpt``; a file path must exist."""
-    if ckpt_path in (None, ""):
-        return None
-    if ckpt_path == "last":
-        last = output_dir / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            raise ConfigError(f"ckpt_path=last: no checkpoint at {last}; give run_dir=<the folder of the run to continue>")
-        return str(last)
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path: no checkpoint file at {path.resolve()}; give an existing .ckpt file or ckpt_path=last with run_dir=<run folder>")
-    return str(path)
-
-
 def _relative_to(path: str, folder: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(folder.resolve()))
@@ -271,101 +248,6 @@ def check_trainer_args(args: dict[str, Any]) -> None:
     precision = args.get("precision")
     if precision is not None and str(precision) not in PRECISIONS:
         raise ConfigError(f"trainer.precision: unknown precision {precision!r}; use one of {', '.join(SUGGESTED_PRECISIONS)} (or set hardware.precision)")
-
-
-def continued_run_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, str]]:
-    """The config of the run in ``run_dir`` (its first invocation's overrides, then today's) and its
-    group choices."""
-    run_dir = Path(cfg.run_dir)
-    saved = run_dir / ".hydra" / "overrides.yaml"
-    if not saved.is_file():
-        raise ConfigError(f"run_dir: {run_dir.resolve()} holds no .hydra/overrides.yaml; give the folder of an earlier vitlab run")
-    skip = ("run_dir=", "ckpt_path=")
-    earlier, before = _earlier_config(run_dir, [o for o in _override_history(run_dir) if not o.startswith(skip)])
-    today = list(HydraConfig.get().overrides.task)
-    composed = hydra.compose(config_name="train", overrides=earlier + today, return_hydra_config=True)
-    choices = dict(composed.hydra.runtime.choices)
-    with open_dict(composed):
-        del composed["hydra"]
-    if any(not o.startswith(skip) for o in today):
-        check_resume_changes(before, composed, run_dir, [o.lstrip("+~").split("=", 1)[0] for o in today])
-    if composed.ckpt_path is None:
-        composed.ckpt_path = "last"
-    return composed, choices
-
-
-def _earlier_config(run_dir: Path, overrides: list[str]) -> tuple[list[str], DictConfig]:
-    """The run's earlier overrides and the config they compose. A run folder written before the ViT's
-    attention, position and block nodes may hold its flat keys (``model.net.rope_theta=50``): those are
-    read as today's keys when the overrides as written no longer compose."""
-    try:
-        return overrides, hydra.compose(config_name="train", overrides=overrides)
-    except ConfigCompositionException:
-        upgraded = [upgrade_flat_vit_override(o) for o in overrides]
-        if upgraded == overrides:
-            raise
-        return upgraded, hydra.compose(config_name="train", overrides=upgraded)
-
-
-def _override_history(run_dir: Path) -> list[str]:
-    """The overrides of the run's first invocation, then those of each resume since (each resume's
-    Hydra folder .hydra/resume_<time>/ keeps its own; a refused resume leaves none)."""
-    current = _this_resume_subdir(run_dir)
-    files = [run_dir / ".hydra" / "overrides.yaml"]
-    files += [f for f in sorted((run_dir / ".hydra").glob("resume_*/overrides.yaml")) if f.parent != current]
-    return [str(o) for f in files for o in OmegaConf.load(f)]
-
-
-def _this_resume_subdir(run_dir: Path) -> Path | None:
-    """The .hydra/resume_<time>/ that Hydra wrote for this invocation (its name is fixed once per
-    process, :func:`vitlab.config.resume_subdir`), if it exists."""
-    folder = run_dir / resume_subdir(run_dir)
-    return folder if folder.is_dir() else None
-
-
-# Keys of a run that stay as they are when it continues: they decide the network's tensors or the
-# data stream (which images, in which order, in which batches). Everything else may change on resume
-# and takes effect from the next step (the recipe's optimizer and schedule settings included).
-_DATA_KEYS_THAT_MAY_CHANGE = ("num_workers", "pin_memory", "persistent_workers", "cache", "download", "augment", "data_dir", "root")
-
-
-def _fixed_for_a_run(key: str) -> bool:
-    parts = key.split(".")
-    if key in ("seed", "recipe.batch_size", "recipe.repeated_aug"):
-        return True
-    if parts[0] == "model":
-        return key != "model.compile" and "drop" not in parts[-1]
-    if parts[0] == "data":
-        return len(parts) > 1 and parts[1] not in _DATA_KEYS_THAT_MAY_CHANGE
-    return False
-
-
-def check_resume_changes(before: DictConfig, after: DictConfig, run_dir: Path, typed: list[str] = ()) -> None:
-    """Refuse, in one line, an override on resume that a run cannot take mid-way (model shape, data);
-    the line names the key as typed (``typed``) when it can, not one that merely follows from it."""
-    old, new = _leaves(OmegaConf.to_container(before, resolve=True)), _leaves(OmegaConf.to_container(after, resolve=True))
-    changed = [k for k in {**old, **new} if k != "hydra" and not k.startswith("hydra.") and old.get(k) != new.get(k)]
-    def was_typed(key: str) -> bool:
-        return any(key == t or key.startswith(f"{t}.") for t in typed)
-
-    fixed = sorted((k for k in changed if _fixed_for_a_run(k)), key=lambda k: (not was_typed(k), k.startswith("data."), k))
-    if fixed:
-        key = fixed[0]
-        had = f"the run has {old[key]!r}" if key in old else "the run left it at its default"
-        gives = f"the command gives {new[key]!r}" if key in new else "the command removes it"
-        raise ConfigError(
-            f"{key}: cannot change when continuing run_dir={run_dir} ({had}, {gives}); a run keeps its model shape "
-            "and data stream: drop the override, or start a new run"
-        )
-
-
-def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for name, child in node.items():
-            out.update(_leaves(child, f"{prefix}{name}."))
-        return out
-    return {prefix[:-1]: node}
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -418,7 +300,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         try:
             if cfg.run_dir:
                 try:
-                    cfg, choices = continued_run_config(cfg)
+                    cfg, choices = continued_run_config(cfg.run_dir, list(HydraConfig.get().overrides.task))
                 except (ConfigCompositionException, MissingConfigException) as err:
                     raise composition_error(err, list(HydraConfig.get().overrides.task), CONF_DIR) from None
             else:
@@ -442,9 +324,7 @@ def _forget_refused_invocation(resumed: bool) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     if resumed:
-        subdir = _this_resume_subdir(run_dir)
-        if subdir is not None:
-            shutil.rmtree(subdir, ignore_errors=True)
+        forget_refused_resume(run_dir)
         return
     # Hydra's record of the command, and the config the run saved before its data failed to load.
     nothing_of_value = {".hydra", f"{hydra_cfg.job.name}.log", "config.yaml"}
@@ -452,13 +332,14 @@ def _forget_refused_invocation(resumed: bool) -> None:
         entries = list(run_dir.iterdir())
     except OSError:
         return
-    fresh = all(p.stat().st_mtime >= _STARTED - 1 for p in entries)
+    fresh = all(p.stat().st_mtime >= _command_started - 1 for p in entries)
     only_leftovers = all(p.name in nothing_of_value or (p.is_dir() and not any(p.iterdir())) for p in entries)
     if entries and fresh and only_leftovers:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-_STARTED = time.time()
+# When this command started (set by main): a folder whose every entry is older is not this command's.
+_command_started = 0.0
 
 
 def check_sweep_can_use_ddp(cfg: DictConfig) -> None:
@@ -473,25 +354,6 @@ def check_sweep_can_use_ddp(cfg: DictConfig) -> None:
             "Lightning would re-run the whole sweep in every rank; sweep on SLURM (hydra/launcher=slurm) or "
             "start each run on its own"
         )
-
-
-def check_run_dir_exists(argv: list[str]) -> None:
-    """``run_dir=<folder>`` must name an earlier run's folder that no live run holds; checked before
-    Hydra writes anything there."""
-    for arg in argv:
-        if arg.startswith("run_dir="):
-            value = arg.partition("=")[2].strip("'\"")
-            if value in ("", "null"):
-                continue
-            folder = Path(value)
-            if not folder.is_dir():
-                raise ConfigError(f"run_dir: no folder at {folder.resolve()}; give the folder of an earlier run (logs/<task>/runs/<date>_<time>)")
-            if not (folder / ".hydra" / "overrides.yaml").is_file():
-                raise ConfigError(
-                    f"run_dir: {folder.resolve()} holds no .hydra/overrides.yaml, so it is not the folder of a vitlab run; "
-                    "give the folder of an earlier run (logs/<task>/runs/<date>_<time>)"
-                )
-            check_not_held(folder.resolve(), "run_dir")
 
 
 def check_log_dir_writable(argv: list[str]) -> None:
@@ -514,6 +376,8 @@ def check_log_dir_writable(argv: list[str]) -> None:
 
 
 def main() -> None:
+    global _command_started
+    _command_started = time.time()
     forget_resume_subdirs()
     run_entry_point(
         _hydra_main,

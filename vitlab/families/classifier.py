@@ -12,7 +12,6 @@ load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import os
 import random
@@ -34,11 +33,8 @@ from vitlab.errors import ConfigError
 from vitlab.layers.attention_maps import AttentionMap
 from vitlab.models import create_model
 from vitlab.optim import build_optimizer, build_scheduler
+from vitlab.resume import apply_recipe_settings, recipe_settings
 from vitlab.utils import derive_seed
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
 
 
 def _accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -121,7 +117,7 @@ class ImageClassifier(L.LightningModule):
         self._grad_norm: torch.Tensor | None = None
         self._rng_state_to_restore: dict[str, Any] | None = None
         self._resumed = False
-        self._configured_optim: dict[str, Any] | None = None  # the recipe's optimizer settings, before a resume
+        self._recipe_settings: dict[str, Any] | None = None  # what the recipe configures, put back after a resume
 
     # ----------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -286,32 +282,14 @@ class ImageClassifier(L.LightningModule):
             self.trainer.log_every_n_steps = steps
 
     def _apply_recipe_after_resume(self) -> None:
-        """Resuming restores the optimizer's and the schedule's state from the checkpoint, settings
-        included (LR, weight decay, betas, warmup and cosine lengths). A recipe changed on resume
-        (``run_dir=... recipe.optimizer.lr=...``) would then be recorded but have no effect; here the
-        recipe's settings are put back over the restored ones, and the LR of the next step follows."""
-        configured, self._configured_optim = self._configured_optim, None
-        if configured is None:
+        """A recipe changed on resume (``run_dir=... recipe.optimizer.lr=...``) takes effect from the
+        next step, instead of the settings the checkpoint restored."""
+        settings, self._recipe_settings = self._recipe_settings, None
+        if settings is None:
             return
-        optimizer, scheduler = self.optimizers().optimizer, self.lr_schedulers()
-        changes = []
-        for group, fresh in zip(optimizer.param_groups, configured["groups"], strict=True):
-            for key, value in fresh.items():
-                if key not in ("lr", "params") and _plain(group.get(key)) != _plain(value):
-                    changes.append(f"{key} {group.get(key)} -> {value}")
-                    group[key] = value
-        if list(scheduler.base_lrs) != configured["base_lrs"]:
-            changes.append(f"base lr {scheduler.base_lrs[0]} -> {configured['base_lrs'][0]}")
-            scheduler.base_lrs = list(configured["base_lrs"])
-        for fn, fresh in zip(scheduler.lr_lambdas, configured["lambdas"], strict=True):
-            if vars(fn) != fresh:
-                changes.append(f"schedule {vars(fn)} -> {fresh}")
-                vars(fn).update(fresh)
+        changes = apply_recipe_settings(self.optimizers().optimizer, self.lr_schedulers(), settings)
         if changes:
-            for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
-                group["lr"] = base * fn(scheduler.last_epoch)
-            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-            rank_zero_info("resumed with a changed recipe, applied from the next step: " + "; ".join(dict.fromkeys(changes)))
+            rank_zero_info("resumed with a changed recipe, applied from the next step: " + "; ".join(changes))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["best_val_top1"] = self.best_val_top1
@@ -338,11 +316,7 @@ class ImageClassifier(L.LightningModule):
         scheduler = build_scheduler(
             optimizer, self.recipe.schedule, self.recipe.optimizer.lr, steps_per_epoch, self.recipe.epochs
         )
-        self._configured_optim = {
-            "groups": [copy.deepcopy({k: v for k, v in group.items() if k != "params"}) for group in optimizer.param_groups],
-            "base_lrs": list(scheduler.base_lrs),
-            "lambdas": [dict(vars(fn)) for fn in scheduler.lr_lambdas],
-        }
+        self._recipe_settings = recipe_settings(optimizer, scheduler)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _steps_per_epoch(self) -> int:
