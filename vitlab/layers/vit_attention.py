@@ -31,10 +31,6 @@ DifferentialAttention  ``(A1 - lambda A2) V``, two softmax maps of half-width   
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import functools
-import importlib
 import inspect
 import math
 from collections.abc import Callable, Mapping
@@ -45,9 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitlab.errors import nearest_key_hint
 from vitlab.layers.attention import Attention, attend, attend_scores
 from vitlab.layers.attention_maps import AttentionMap, TokenMap
+from vitlab.layers.plugins import PluginKind
 from vitlab.layers.rope import RoPE2D, grid_positions
 
 __all__ = [
@@ -81,81 +77,27 @@ DEFAULT_ROPE_THETA = {"axial": 100.0, "mixed": 10.0}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: The attention layers of the ViT backbone by name (``model.net.attention._target_``).
-ATTENTION_LAYERS: dict[str, type[nn.Module]] = {}
 #: What the backbone passes every attention layer; the rest of the attention node are its own options.
 BACKBONE_ARGS = ("dim", "num_heads", "layer_index", "proj_drop")
+ATTENTION = PluginKind("attention", "attention", BACKBONE_ARGS, "mypkg.attn.MyAttention")
+#: The attention layers of the ViT backbone by name (``model.net.attention._target_``).
+ATTENTION_LAYERS: dict[str, type[nn.Module]] = ATTENTION.registry
 
 
 def register_attention(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: make ``name`` select the class in ``model.net.attention._target_``."""
-
-    def add(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in ATTENTION_LAYERS:
-            raise RuntimeError(f"attention {name!r} is registered twice")
-        ATTENTION_LAYERS[name] = cls
-        return cls
-
-    return add
+    return ATTENTION.register(name)
 
 
 def attention_class(target: str) -> type[nn.Module]:
     """The class a ``_target_`` names: a registered name, or ``package.module.Class``."""
-    if not isinstance(target, str) or not target:
-        raise ValueError(f"attention._target_: give a registered name ({', '.join(ATTENTION_LAYERS)}) or a class path")
-    if target in ATTENTION_LAYERS:
-        return ATTENTION_LAYERS[target]
-    if "." not in target:
-        close = difflib.get_close_matches(target, ATTENTION_LAYERS, n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        raise ValueError(
-            f"attention._target_: unknown attention {target!r}; {hint}use one of {', '.join(ATTENTION_LAYERS)} "
-            "or the path of your own class (mypkg.attn.MyAttention)"
-        )
-    module_name, _, class_name = target.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"attention._target_: cannot import {module_name} ({err}); is its package on the Python path?") from None
-    cls = getattr(module, class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"attention._target_: {target} is not an nn.Module class")
-    return cls
+    return ATTENTION.resolve(target)
 
 
-@functools.cache
 def attention_options(cls: type[nn.Module]) -> dict[str, inspect.Parameter]:
     """A layer's own options: the keyword arguments of its constructor (and, through ``**kwargs``, of
     its bases' constructors) beyond :data:`BACKBONE_ARGS`, each with its default."""
-    options: dict[str, inspect.Parameter] = {}
-    for klass in cls.__mro__:
-        if klass is nn.Module or "__init__" not in vars(klass):
-            continue
-        forwards = False
-        for p in list(inspect.signature(klass.__init__).parameters.values())[1:]:
-            if p.kind is p.VAR_KEYWORD:
-                forwards = True
-            elif p.kind is not p.VAR_POSITIONAL and p.name not in BACKBONE_ARGS:
-                if p.default is p.empty:
-                    raise TypeError(f"{cls.__name__}.{p.name}: an attention option needs a default")
-                options.setdefault(p.name, p)
-        if not forwards:
-            break
-    return options
-
-
-@functools.cache
-def _config_type(cls: type[nn.Module]) -> type:
-    fields = [("_target_", str, field(default=_target_name(cls)))]
-    fields += [(p.name, p.annotation, field(default=p.default)) for p in attention_options(cls).values()]
-    config = dataclasses.make_dataclass(f"{cls.__name__}Config", fields, frozen=True)
-    config.__doc__ = f"The options of :class:`{cls.__name__}`: its constructor's keyword arguments, same defaults."
-    return config
-
-
-def _target_name(cls: type[nn.Module]) -> str:
-    registered = [name for name, klass in ATTENTION_LAYERS.items() if klass is cls]
-    return registered[0] if registered else f"{cls.__module__}.{cls.__qualname__}"
+    return ATTENTION.options(cls)
 
 
 def attention_config(spec: str | Mapping[str, Any] | Any = "mhsa", **options: Any) -> Any:
@@ -163,25 +105,12 @@ def attention_config(spec: str | Mapping[str, Any] | Any = "mhsa", **options: An
     of the class (its defaults, then ``options``). ``spec`` is a ``_target_`` or a node
     (``{"_target_": ..., **options}``, e.g. from the command line); an unknown option is one error
     line with the nearest name."""
-    if dataclasses.is_dataclass(spec):
-        spec = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
-    node = dict(spec) if isinstance(spec, Mapping) else {"_target_": spec}
-    node.update(options)
-    if "_target_" not in node:
-        raise ValueError(f"attention._target_: missing; use one of {', '.join(ATTENTION_LAYERS)} or a class path")
-    cls = attention_class(node.pop("_target_"))
-    known = attention_options(cls)
-    for key in node:
-        if key not in known:
-            raise ValueError(f"attention.{key}: {cls.__name__} has no such option; {nearest_key_hint(key, known)}")
-    plain = {k: tuple(v) if isinstance(v, list) else v for k, v in node.items()}
-    return _config_type(cls)(**plain)
+    return ATTENTION.config(spec, **options)
 
 
 def build_attention(config: Any, **backbone: Any) -> nn.Module:
     """Block ``backbone["layer_index"]``'s layer from a config of :func:`attention_config`."""
-    options = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "_target_"}
-    return attention_class(config._target_)(**backbone, **options)
+    return ATTENTION.build(config, **backbone)
 
 
 @dataclass
