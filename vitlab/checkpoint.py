@@ -1,4 +1,5 @@
-"""Checkpoint files: the one loader, the integrity digest, the fit check, atomic writes and RNG state.
+"""Checkpoint files: the one loader, the integrity digest, the fit check, atomic writes, RNG state and
+:func:`gather_ranks` (every rank's state, for the one checkpoint rank 0 writes).
 
 Every command that reads a checkpoint (train's resume, evaluate, analyze) goes through
 :func:`load_checkpoint`: the file must exist, load with ``torch.load(weights_only=True)`` (a file that
@@ -180,6 +181,16 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
 
 
 # ----------------------------------------------------------------------------------- RNG state
+def gather_ranks(state: Any) -> list[Any]:
+    """Every rank's ``state``, in rank order (one process: ``[state]``), for rank 0 to write into
+    the checkpoint; each rank later takes its own entry back."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        states: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(states, state)
+        return states
+    return [state]
+
+
 def capture_rng_state() -> dict[str, Any]:
     """The global RNGs (python, numpy, torch CPU and CUDA) as tensors and plain values that a
     weights-only load accepts (numpy's key array is stored as an int64 tensor)."""

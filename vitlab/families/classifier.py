@@ -27,7 +27,7 @@ from timm.loss import SoftTargetCrossEntropy
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from vitlab.checkpoint import capture_rng_state, restore_rng_state
+from vitlab.checkpoint import capture_rng_state, gather_ranks, restore_rng_state
 from vitlab.config import to_recipe
 from vitlab.errors import ConfigError
 from vitlab.layers.attention_maps import AttentionMap
@@ -293,13 +293,7 @@ class ImageClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["best_val_top1"] = self.best_val_top1
-        state = capture_rng_state()
-        if self.trainer.world_size > 1:  # every rank has its own streams; rank 0 writes them all
-            states: list[Any] = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(states, state)
-            checkpoint["rng_states"] = states
-        else:
-            checkpoint["rng_states"] = [state]
+        checkpoint["rng_states"] = gather_ranks(capture_rng_state())  # every rank has its own streams
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_val_top1 = float(checkpoint.get("best_val_top1", 0.0))
