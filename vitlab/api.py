@@ -148,7 +148,7 @@ def class_names(data: DictConfig) -> list[str]:
 
 def load_images(paths: Sequence[str | Path]) -> list[Path]:
     """Image files from files and folders (a folder contributes its images, sorted, recursively)."""
-    from vitlab.datamodules.base import is_image_file
+    from vitlab.datamodules.images import is_image_file
 
     found: list[Path] = []
     for item in map(Path, paths):

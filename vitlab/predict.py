@@ -27,7 +27,7 @@ from vitlab.inference import INFERENCE_MODES
 def predict(run: Any, images: list[Path], top_k: int = 5, batch_size: int = 64, inference: str = "eager") -> list[dict[str, Any]]:
     """Top-k predictions of ``run`` (a :class:`vitlab.api.Run`) for each image file; ``inference`` as
     ``hardware.inference`` (:mod:`vitlab.inference`)."""
-    from vitlab.datamodules.base import load_image
+    from vitlab.datamodules.images import load_image
 
     rows: list[dict[str, Any]] = []
     for start in range(0, len(images), batch_size):

@@ -1,19 +1,18 @@
 """LightningDataModules, transforms and samplers for image classification."""
 
-from .base import (
+from .base import ImageDataModule
+from .datasets import (
     ArrayImageDataset,
-    ImageDataModule,
-    ImageDecodeError,
     ImageFileDataset,
     ImageListDataset,
     TransformedView,
     decode_all,
     first_per_class,
-    load_image,
     split_targets,
 )
 from .cifar import CIFAR10DataModule, CIFAR100DataModule
 from .folder import ImageFolderDataModule
+from .images import ImageDecodeError, load_image
 from .imagenet100 import CMC_CLASS_LIST, ImageNet100DataModule
 from .samplers import RepeatedAugmentationSampler, derive_seed
 from .svhn import SVHNDataModule

@@ -1,10 +1,12 @@
-"""Shared LightningDataModule for image classification, in-memory and file-list image datasets.
+"""The LightningDataModule every image classification dataset extends: :class:`ImageDataModule`.
 
-Options every DataModule shares (constructor keywords of :class:`ImageDataModule`, exposed in
-``conf/data/*.yaml``): ``num_workers``, ``pin_memory`` (used only when CUDA is available),
-``persistent_workers``, ``val_size`` / ``split_seed`` (a deterministic held-out validation part of
-the train split), ``subset`` (first N images per class of the train split) and ``cache`` (decode
-every image once in ``setup`` and keep the uint8 pixels in memory; for small datasets).
+Options every DataModule shares (constructor keywords of :class:`ImageDataModule`, the data schema's
+keys in ``vitlab/config.py``): ``num_workers`` and ``pin_memory`` (the hardware profile's,
+``hardware.*``; pinned memory only when CUDA is available), ``persistent_workers``, ``val_size`` /
+``split_seed`` (a deterministic held-out validation part of the train split), ``subset`` (first N
+images per class of the train split) and ``cache`` (decode every image once in ``setup`` and keep the
+uint8 pixels in memory; for small datasets). Image files are read by ``images.py``, the datasets and
+split helpers are in ``datasets.py`` and the setting checks in ``settings.py``.
 """
 
 from __future__ import annotations
@@ -12,287 +14,27 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets import DatasetFolder
 from torchvision.datasets.folder import default_loader
 from torchvision.transforms.v2 import functional as TF
 
+from vitlab.checkpoint import gather_ranks
 from vitlab.errors import ConfigError, DataError
 
+from .datasets import ArrayImageDataset, decode_all, first_per_class, known_labels, split_targets, with_transform
+from .images import load_image
 from .samplers import FixedOrderSampler, RepeatedAugmentationSampler, SeededItems, class_interleaved_order, derive_seed
+from .settings import check_channels, check_device_augment, check_settings
 from .transforms import _INTERPOLATIONS, build_eval_transform, build_train_transform, resolve_augment
 
 Transform = Callable[[Any], Any]
 
 log = logging.getLogger(__name__)
-
-# File name endings read as images (compared in lower case).
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
-
-
-class ImageDecodeError(DataError):
-    """An image file that PIL cannot decode; the message is ``<path>: cannot decode image (...)``.
-
-    A DataLoader worker sends the exception to the main process, where torch rebuilds it as
-    ``ImageDecodeError("Caught ImageDecodeError in DataLoader worker process 0. Original Traceback
-    ...")``. The constructor recognises that form and keeps only the original one-line message, so
-    the entry points still print one line naming the file, not a worker traceback.
-    """
-
-    def __init__(self, message: str = "") -> None:
-        super().__init__(self._original_message(str(message)))
-
-    @classmethod
-    def _original_message(cls, message: str) -> str:
-        if "\n" not in message:
-            return message
-        prefix = f"{cls.__module__}.{cls.__qualname__}: "
-        lines = [line for line in message.splitlines() if line.startswith((prefix, f"{cls.__qualname__}: "))]
-        if lines:
-            return lines[-1].split(": ", 1)[1]
-        return " ".join(line.strip() for line in message.splitlines() if line.strip())
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Decode an image file into an RGB PIL image; :class:`ImageDecodeError` naming ``path`` if it fails."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        reason = str(err).replace("\n", " ").replace(f" '{path}'", "").replace(str(path), "the file").strip()
-        reason = reason or type(err).__name__
-        raise ImageDecodeError(f"{path}: cannot decode image ({reason}); remove or replace the file") from err
-
-
-def is_image_file(path: str | Path) -> bool:
-    return str(path).lower().endswith(IMAGE_EXTENSIONS)
-
-
-def list_images(folder: Path) -> list[Path]:
-    """The image files directly inside ``folder``, sorted by name (empty if it is not a folder)."""
-    if not folder.is_dir():
-        return []
-    with os.scandir(folder) as entries:
-        return sorted(Path(entry.path) for entry in entries if entry.is_file() and is_image_file(entry.name))
-
-
-class ImageFileDataset(Dataset):
-    """Images listed as ``(path, label)`` pairs, decoded when loaded (PIL, RGB).
-
-    ``dataset[i]`` is ``(transform(image), label)``; ``targets`` lists the labels without decoding
-    anything; ``classes`` names the labels in label order. A file that cannot be decoded raises
-    :class:`ImageDecodeError` naming it.
-    """
-
-    def __init__(
-        self,
-        samples: Sequence[tuple[str | Path, int]],
-        classes: Sequence[str] | None = None,
-        transform: Transform | None = None,
-    ) -> None:
-        self.samples = [(str(path), int(label)) for path, label in samples]
-        self.targets = [label for _, label in self.samples]
-        self.classes = list(classes) if classes is not None else None
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        path, label = self.samples[index]
-        image = load_image(path)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label
-
-
-class ImageListDataset(Dataset):
-    """Decoded images of different sizes held in memory (uint8 CHW tensors) with integer labels."""
-
-    def __init__(self, images: Sequence[torch.Tensor], labels: Sequence[int], transform: Transform | None = None):
-        self.images = list(images)
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = self.images[index].clone()
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(self.labels[index])
-
-
-def split_targets(split: Dataset) -> np.ndarray:
-    """The labels of every item of ``split``, in order; read without decoding where the dataset allows."""
-    if isinstance(split, ArrayImageDataset | ImageListDataset):
-        return split.labels
-    if isinstance(split, Subset):
-        return split_targets(split.dataset)[np.asarray(split.indices, dtype=np.int64)]
-    targets = getattr(split, "targets", None)
-    if targets is not None:
-        return np.asarray(targets, dtype=np.int64)
-    return np.asarray([split[i][1] for i in range(len(split))], dtype=np.int64)
-
-
-def known_labels(split: Dataset) -> np.ndarray | None:
-    """The labels of ``split`` where they can be read without decoding an image, else None."""
-    if isinstance(split, ArrayImageDataset | ImageListDataset):
-        return split.labels
-    if isinstance(split, Subset):
-        labels = known_labels(split.dataset)
-        return None if labels is None else labels[np.asarray(split.indices, dtype=np.int64)]
-    if isinstance(split, TransformedView):
-        return known_labels(split.dataset)
-    for name in ("targets", "labels"):
-        labels = getattr(split, name, None)
-        if labels is not None and len(labels) == len(split):
-            return np.asarray(labels, dtype=np.int64)
-    return None
-
-
-def first_per_class(labels: Sequence[int] | np.ndarray, count: int) -> list[int]:
-    """Indices of the first ``count`` items of each label, in dataset order."""
-    seen: dict[int, int] = {}
-    keep = []
-    for index, label in enumerate(np.asarray(labels).tolist()):
-        if seen.get(label, 0) < count:
-            seen[label] = seen.get(label, 0) + 1
-            keep.append(index)
-    return keep
-
-
-class _AsArray(Dataset):
-    """``(uint8 H x W x 3 array, label)`` items of a raw split, for decoding in loader workers."""
-
-    def __init__(self, split: Dataset):
-        self.split = split
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        image, label = self.split[index]
-        if isinstance(image, Image.Image):
-            array = np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy
-        else:
-            array = torch.as_tensor(image).permute(1, 2, 0).numpy()
-        return array, int(label)
-
-
-def _as_list(items: list[Any]) -> list[Any]:
-    return items
-
-
-def decode_all(split: Dataset, num_workers: int = 0) -> ArrayImageDataset | ImageListDataset:
-    """Decode every image of ``split`` once (in ``num_workers`` processes) and keep the uint8 pixels:
-    an :class:`ArrayImageDataset` when all images have one size, else an :class:`ImageListDataset`."""
-    if isinstance(split, ArrayImageDataset | ImageListDataset):
-        return split
-    # Lists of numpy arrays travel through the worker pipes; tensors would each hold a shared-memory
-    # file descriptor for as long as the cache keeps them.
-    loader = DataLoader(_AsArray(split), batch_size=64, shuffle=False, num_workers=num_workers, collate_fn=_as_list)
-    arrays, labels = [], []
-    for items in loader:
-        for array, label in items:
-            arrays.append(array)
-            labels.append(label)
-    if len({array.shape for array in arrays}) == 1:
-        return ArrayImageDataset(np.stack(arrays), labels)
-    return ImageListDataset([torch.from_numpy(array.transpose(2, 0, 1).copy()) for array in arrays], labels)
-
-
-class ArrayImageDataset(Dataset):
-    """Images held in memory as a uint8 ``N x H x W x 3`` array, with integer labels.
-
-    ``dataset[i]`` is ``(transform(image), label)`` where ``image`` is a fresh uint8 CHW tensor
-    (a copy, so a transform can never write into the shared array) and ``label`` a Python int.
-    """
-
-    def __init__(self, images: np.ndarray, labels: Sequence[int] | np.ndarray, transform: Transform | None = None):
-        images = np.asarray(images)
-        labels = np.asarray(labels, dtype=np.int64)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be a uint8 N x H x W x 3 array, got {images.dtype} {images.shape}")
-        if labels.shape != (len(images),):
-            raise ValueError(f"expected {len(images)} labels, got shape {labels.shape}")
-        self.images = images
-        self.labels = labels
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = torch.tensor(self.images[index].transpose(2, 0, 1))
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(self.labels[index])
-
-    def with_transform(self, transform: Transform | None) -> ArrayImageDataset:
-        """A view over the same arrays (no copy) with another transform."""
-        return ArrayImageDataset(self.images, self.labels, transform)
-
-
-class TransformedView(Dataset):
-    """Applies ``transform`` to the image of each ``(image, label)`` item of ``dataset``."""
-
-    def __init__(self, dataset: Dataset, transform: Transform):
-        self.dataset = dataset
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        image, label = self.dataset[index]
-        return self.transform(image), label
-
-
-def _with_transform(dataset: Dataset, transform: Transform) -> Dataset:
-    # Not duck-typed: Hugging Face datasets also have a with_transform, for batches of dicts.
-    if isinstance(dataset, ArrayImageDataset):
-        return dataset.with_transform(transform)
-    return TransformedView(dataset, transform)
-
-
-def _check_bool(value: Any, key: str) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-
-
-def _check_int(value: Any, key: str, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key}: expected an integer >= {minimum}, got {value!r}")
-
-
-def _check_channels(values: Sequence[float], key: str, positive: bool) -> tuple[float, float, float]:
-    if isinstance(values, str) or not isinstance(values, Sequence) or len(values) != 3:
-        raise ConfigError(f"{key}: expected three numbers (R, G, B), got {values!r}")
-    if positive and min(values) <= 0:
-        raise ConfigError(f"{key}: every value must be > 0, got {list(values)}")
-    return tuple(float(v) for v in values)
-
-
-def _gather_ranks(state: Any) -> list[Any]:
-    """Every rank's ``state``, in rank order (one process: ``[state]``); rank 0 writes the checkpoint."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        states: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(states, state)
-        return states
-    return [state]
-
-
-# Where the train augmentations run: in the loader's worker processes, or on the accelerator.
-DATA_PIPELINES = ("workers", "device")
 
 
 class ImageDataModule(lightning.LightningDataModule):
@@ -353,12 +95,12 @@ class ImageDataModule(lightning.LightningDataModule):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
-        self._check_settings(num_classes, img_size, batch_size, num_workers, repeated_aug, pin_memory,
-                             persistent_workers, cache, subset, val_size, pipeline)
+        check_settings(num_classes, img_size, batch_size, num_workers, repeated_aug, pin_memory, persistent_workers,
+                       cache, subset, val_size, pipeline)
         self.num_classes = num_classes
         self.img_size = img_size
-        self.mean = _check_channels(mean, "data.mean", positive=False)
-        self.std = _check_channels(std, "data.std", positive=True)
+        self.mean = check_channels(mean, "data.mean", positive=False)
+        self.std = check_channels(std, "data.std", positive=True)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -372,16 +114,8 @@ class ImageDataModule(lightning.LightningDataModule):
         self.cache = cache
         self.subset = subset
         self.pipeline = pipeline
-        if pipeline == "device" and self.augment["random_erasing"] > 0 and self.augment["random_erasing_style"] != "torchvision":
-            raise ConfigError(
-                f"data.pipeline: device erases as torchvision does, not in the {self.augment['random_erasing_style']!r} "
-                "style; use data.pipeline=workers, or recipe.augment.random_erasing_style=torchvision"
-            )
-        if pipeline == "device" and self.augment["random_resized_crop"] is not None:
-            raise ConfigError(
-                "data.pipeline: device does not support recipe.augment.random_resized_crop (it crops the full-size "
-                "images); use data.pipeline=workers, or set recipe.augment.random_resized_crop=null"
-            )
+        if pipeline == "device":
+            check_device_augment(self.augment)
         # Like paths.data_dir's default, for use without the configs.
         default_cache = os.path.join(os.environ.get("VITLAB_DATA_DIR", "data"), "cache")
         self.cache_dir = cache_dir if cache_dir is not None else default_cache
@@ -441,33 +175,6 @@ class ImageDataModule(lightning.LightningDataModule):
                      type(self).__name__, len(split), nbytes / 2**20)
         return split
 
-    @staticmethod
-    def _check_settings(num_classes, img_size, batch_size, num_workers, repeated_aug, pin_memory, persistent_workers,
-                        cache, subset, val_size, pipeline) -> None:
-        """One line naming the key for each setting of the wrong kind or out of range."""
-        if pipeline not in DATA_PIPELINES:
-            raise ConfigError(f"data.pipeline: unknown pipeline {pipeline!r}; use {' or '.join(DATA_PIPELINES)}")
-        _check_int(num_classes, "data.num_classes")
-        _check_int(img_size, "data.img_size")
-        _check_int(batch_size, "recipe.batch_size")
-        _check_int(num_workers, "hardware.num_workers", minimum=0)
-        _check_int(repeated_aug, "recipe.repeated_aug")
-        _check_bool(pin_memory, "hardware.pin_memory")
-        _check_bool(persistent_workers, "data.persistent_workers")
-        _check_bool(cache, "data.cache")
-        if subset is not None:
-            if isinstance(subset, bool) or not isinstance(subset, int) or subset < 1:
-                raise ConfigError(
-                    f"data.subset: expected null (all images) or a count of images per class >= 1, got {subset!r}"
-                )
-        if isinstance(val_size, bool) or not (
-            (isinstance(val_size, int) and val_size >= 0) or (isinstance(val_size, float) and 0 <= val_size < 1)
-        ):
-            raise ConfigError(
-                f"data.val_size: expected an image count >= 0 or a fraction in (0, 1), got {val_size!r}; "
-                "use 0 to validate on the test split"
-            )
-
     def _train_transform(self, native_size: Any) -> Transform:
         return build_train_transform(
             self.augment, self.img_size, self.mean, self.std, native_size, interpolation=self.resize_interpolation
@@ -501,14 +208,14 @@ class ImageDataModule(lightning.LightningDataModule):
         test_split = self._prepare_split(self._load_split(train=False), "test", None)
 
         train_native = self._native_size(train_split)
-        train_view = _with_transform(train_split, self._train_transform(train_native))
-        self.test_set = _with_transform(test_split, self._eval_transform(self._native_size(test_split)))
+        train_view = with_transform(train_split, self._train_transform(train_native))
+        self.test_set = with_transform(test_split, self._eval_transform(self._native_size(test_split)))
         num_val = self._num_val(len(train_split))
         if num_val == 0:
             self.train_set, self.val_set = train_view, self.test_set
             return
         order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(self.split_seed))
-        eval_view = _with_transform(train_split, self._eval_transform(train_native))
+        eval_view = with_transform(train_split, self._eval_transform(train_native))
         self.val_set = Subset(eval_view, order[:num_val].sort().values.tolist())
         self.train_set = Subset(train_view, order[num_val:].sort().values.tolist())
 
@@ -603,7 +310,7 @@ class ImageDataModule(lightning.LightningDataModule):
             epoch_done = batches >= trainer.num_training_batches
             state.update(epoch=trainer.current_epoch, samples_done=batches * self.batch_size, epoch_done=epoch_done)
         if self._device_pipeline is not None:
-            state["device_pipeline"] = _gather_ranks(self._device_pipeline.state_dict())
+            state["device_pipeline"] = gather_ranks(self._device_pipeline.state_dict())
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

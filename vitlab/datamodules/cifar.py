@@ -12,7 +12,8 @@ import torchvision
 
 from vitlab.errors import ConfigError, DataError
 
-from .base import ArrayImageDataset, ImageDataModule
+from .base import ImageDataModule
+from .datasets import ArrayImageDataset
 
 _CIFAR_SIDE = 32
 

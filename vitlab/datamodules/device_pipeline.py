@@ -50,14 +50,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from vitlab.errors import ConfigError
-
-from .base import ArrayImageDataset
+from .datasets import ArrayImageDataset
 from .randaug_legacy import LEGACY_OPS, LegacyRandAugment
 from .samplers import derive_seed
+from .settings import check_device_augment
 from .transforms import _AUTO_AUGMENT_POLICIES, _interpolation, resolve_augment
-
-PIPELINES = ("workers", "device")
 
 
 @contextlib.contextmanager
@@ -290,11 +287,7 @@ class DeviceAugment:
         interpolation: str = "bicubic",
     ) -> None:
         aug = resolve_augment(augment)
-        if aug["random_resized_crop"] is not None:
-            raise ConfigError(
-                "data.pipeline: device does not support recipe.augment.random_resized_crop (it crops the full-size "
-                "images); use data.pipeline=workers, or set recipe.augment.random_resized_crop=null"
-            )
+        check_device_augment(aug)
         self.img_size = img_size
         self.resize = tuple(native_size) != (img_size, img_size)
         self.interpolation = _interpolation(interpolation)
@@ -400,14 +393,7 @@ class DevicePipeline:
         self.generators.load_state_dict(state)
 
 
-def check_pipeline(pipeline: Any) -> str:
-    if pipeline not in PIPELINES:
-        raise ConfigError(f"data.pipeline: expected one of {', '.join(PIPELINES)}, got {pipeline!r}")
-    return pipeline
-
-
 __all__ = [
-    "PIPELINES",
     "BatchRandomErasing",
     "DeviceAugment",
     "DevicePipeline",
@@ -416,6 +402,5 @@ __all__ = [
     "PerSampleLegacyRandAugment",
     "PerSampleRandAugment",
     "apply_grouped",
-    "check_pipeline",
     "drawing_from",
 ]

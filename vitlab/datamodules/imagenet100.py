@@ -9,7 +9,9 @@ from typing import Any
 
 from vitlab.errors import ConfigError, DataError
 
-from .base import ImageDataModule, ImageFileDataset, list_images
+from .base import ImageDataModule
+from .datasets import ImageFileDataset
+from .images import list_images
 from .tinyimagenet import IMAGENET_MEAN, IMAGENET_STD, _few, read_wnids
 from .transforms import resolve_augment
 

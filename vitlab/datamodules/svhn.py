@@ -11,7 +11,8 @@ import torchvision
 
 from vitlab.errors import ConfigError, DataError
 
-from .base import ArrayImageDataset, ImageDataModule
+from .base import ImageDataModule
+from .datasets import ArrayImageDataset
 
 _SIDE = 32
 _FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat", "extra": "extra_32x32.mat"}

@@ -10,7 +10,8 @@ import torch
 
 from vitlab.errors import ConfigError
 
-from .base import ArrayImageDataset, ImageDataModule
+from .base import ImageDataModule
+from .datasets import ArrayImageDataset
 from .samplers import derive_seed
 
 

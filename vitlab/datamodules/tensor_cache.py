@@ -40,7 +40,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from vitlab.errors import DataError
 
-from .base import ArrayImageDataset, ImageFileDataset, _as_list, _AsArray
+from .datasets import ArrayImageDataset, ArrayItems, ImageFileDataset, collate_as_list
 from .transforms import _interpolation
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def _check_cache(paths: dict[str, Path], key: str, count: int) -> tuple[np.ndarr
 def _decode(split: Dataset, num_workers: int, img_size: int, interpolation: str) -> tuple[list[np.ndarray], list[int]]:
     """Every image of ``split`` as an H x W x 3 uint8 array (resized to ``img_size`` when sizes differ)."""
     # A generator of its own, so that building the cache (first run only) leaves the global stream alone.
-    loader = DataLoader(_AsArray(split), batch_size=64, shuffle=False, num_workers=num_workers, collate_fn=_as_list,
+    loader = DataLoader(ArrayItems(split), batch_size=64, shuffle=False, num_workers=num_workers, collate_fn=collate_as_list,
                         generator=torch.Generator().manual_seed(0))
     arrays, labels = [], []
     for items in loader:

@@ -17,7 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitlab.errors import ConfigError, DataError
 
-from .base import ImageDataModule, ImageFileDataset, _with_transform, list_images
+from .base import ImageDataModule
+from .datasets import ImageFileDataset, with_transform
+from .images import list_images
 from .download import download, extract_zip
 
 log = logging.getLogger(__name__)
@@ -381,7 +383,7 @@ class TinyImageNetCDataModule(ImageDataModule):
         for corruption, severity in pairs:
             name = f"{corruption}/{severity}"
             split = self._prepare_split(self._load_set(corruption, severity), name, self.subset)
-            sets.append(_with_transform(split, self._eval_transform(self._native_size(split))))
+            sets.append(with_transform(split, self._eval_transform(self._native_size(split))))
             names.append(name)
         self.names, self.test_sets = names, sets
 

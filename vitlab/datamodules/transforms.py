@@ -18,6 +18,7 @@ from vitlab.errors import ConfigError
 
 from .erasing import ChannelConstantErasing
 from .randaug_legacy import LegacyRandAugment
+from .settings import check_int
 
 #: Every augmentation key and its default: the fields of the recipe schema's ``AugmentConfig``
 #: (vitlab/config.py), where each is written and explained once.
@@ -42,12 +43,6 @@ Size = int | Sequence[int] | None
 
 def _key(name: str) -> str:
     return f"recipe.augment.{name}"
-
-
-def _check_int(value: Any, key: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key}: expected an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _check_range(value: Any, name: str, upper: float | None) -> tuple[float, float]:
@@ -81,7 +76,7 @@ def resolve_augment(augment: Mapping[str, Any] | None) -> dict[str, Any]:
 
     if not isinstance(resolved["hflip"], bool):
         raise ConfigError(f"{_key('hflip')}: expected true or false, got {resolved['hflip']!r}")
-    _check_int(resolved["crop_padding"], _key("crop_padding"), minimum=0)
+    check_int(resolved["crop_padding"], _key("crop_padding"), minimum=0)
 
     policy = resolved["auto_augment"]
     if policy is not None and policy not in _AUTO_AUGMENT_POLICIES:
@@ -107,8 +102,8 @@ def resolve_augment(augment: Mapping[str, Any] | None) -> dict[str, Any]:
             raise ConfigError(
                 f"{_key('rand_augment')}: expected exactly the keys num_ops and magnitude, got {sorted(rand_augment)}"
             )
-        _check_int(rand_augment["num_ops"], _key("rand_augment.num_ops"), minimum=1)
-        magnitude = _check_int(rand_augment["magnitude"], _key("rand_augment.magnitude"), minimum=0)
+        check_int(rand_augment["num_ops"], _key("rand_augment.num_ops"), minimum=1)
+        magnitude = check_int(rand_augment["magnitude"], _key("rand_augment.magnitude"), minimum=0)
         if magnitude >= _RAND_AUGMENT_BINS:
             raise ConfigError(
                 f"{_key('rand_augment.magnitude')}: must be below {_RAND_AUGMENT_BINS}, got {magnitude}"
