@@ -8,6 +8,7 @@ import yaml
 
 from conftest import ROOT, train_help
 from vitlab.models._registry import model_config_names
+from vitlab.run_metrics import RunMetrics
 from vitlab.train import train
 
 MODELS = model_config_names()
@@ -26,6 +27,7 @@ def test_fit_writes_checkpoints_metrics_and_tensorboard(smoke_cfg, tmp_path):
     assert 0.0 <= saved["test/top1"] <= saved["test/top5"] <= 1.0
     assert saved["tested_ckpt"].endswith(".ckpt") and "epoch_000" in saved["tested_ckpt"]
     assert saved["test/loss"] > 0 and saved["wall_time_s"] > 0
+    assert RunMetrics.from_json(saved).extra == {}  # every key train writes is a typed field
 
 
 # One model config per network design and family runs by default; the others run with -m slow, each

@@ -34,6 +34,7 @@ import math
 import re
 import statistics
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +42,12 @@ import yaml
 
 from vitlab.cli import exit_with_error
 from vitlab.errors import ConfigError, VitlabError
+from vitlab.run_metrics import Averaged, RunMetrics, averaged_columns
 
 SEED_RESULTS = Path(__file__).resolve().parent / "seed_results.yaml"
 REPORT_FILES = ["report.md", "report.csv", "runs.csv", "convergence.png"]
 CONFIDENCE = 0.95
 
-# (key in the table, metrics.json key, scale): the figures averaged over a group's runs.
-METRICS = [
-    ("top1", "test/top1", 100),
-    ("top5", "test/top5", 100),
-    ("val_top1_best", "val/top1_best", 100),
-    ("loss", "test/loss", 1),
-    ("train_img_s", "train/images_per_s", 1),
-    ("val_img_s", "val/images_per_s", 1),
-]
 
 
 @dataclass
@@ -63,7 +56,7 @@ class Run:
     name: str  # Hydra's job number, else the folder name
     overrides: dict[str, str]
     replicate: tuple[str, ...]  # the values of the --over keys (the seed)
-    metrics: dict[str, Any] | None = None
+    metrics: RunMetrics | None = None
     problem: str | None = None  # why the run is left out of the averages
 
 
@@ -141,14 +134,16 @@ def read_run(path: Path, over: list[str]) -> Run:
         run.problem = "no metrics.json (still running, stopped or failed)"
         return run
     try:
-        run.metrics = json.loads(metrics_file.read_text())
+        values = json.loads(metrics_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         run.problem = f"metrics.json unreadable ({err.__class__.__name__})"
         return run
-    if not isinstance(run.metrics, dict):
-        run.metrics, run.problem = None, "metrics.json holds no key: value object"
+    try:
+        run.metrics = RunMetrics.from_json(values)
+    except ValueError as err:
+        run.problem = f"metrics.json {err}"
         return run
-    top1 = run.metrics.get("test/top1")
+    top1 = run.metrics.test_top1
     if top1 is None:
         run.problem = "no test/top1 in metrics.json (test=false?)"
     elif not _finite(top1):
@@ -226,17 +221,20 @@ def parse_baseline(items: list[str] | None) -> dict[str, str]:
 
 
 def collect(
-    root: Path, against: str | None = None, baseline: list[str] | None = None, over: list[str] | None = None
+    root: Path, against: str | None = None, baseline: list[str] | None = None, over: list[str] | None = None,
+    metrics: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The groups (one table row each), their columns, and the runs left out."""
+    """The groups (one table row each), their columns, and the runs left out. ``metrics``: metrics.json
+    keys averaged in columns of their own besides the record's (:func:`vitlab.run_metrics.averaged_columns`)."""
     over = over or ["seed"]
+    averaged_keys = averaged_columns(metrics or [])
     paths = find_runs(root)
     runs = [read_run(p, over) for p in paths]
     averaged = [r for r in runs if r.problem is None]
     if not averaged:
         if not runs:
             what = "no run folders (.hydra/overrides.yaml)"
-        elif all(r.metrics is None for r in runs):
+        elif not any((r.path / "metrics.json").is_file() for r in runs):
             what = f"{len(runs)} run folder(s), none with metrics.json"
         else:
             first = runs[0]
@@ -255,9 +253,9 @@ def collect(
     seeds = load_seed_results() if against == "seed" else {}
 
     for group in ordered:
-        for key, metric, scale in METRICS:
-            values = [scale * float(r.metrics[metric]) for r in group.runs if _finite(r.metrics.get(metric))]
-            group.stats[key] = summarize(values)
+        for metric, column in averaged_keys:
+            values = [column.scale * float(r.metrics.get(metric)) for r in group.runs if _finite(r.metrics.get(metric))]
+            group.stats[column.name] = summarize(values)
         group.row = _group_row(group, label_keys, over)
     for group in ordered:
         group.row.update(_difference_columns(group, base))
@@ -267,6 +265,7 @@ def collect(
     shown = _identity_columns(ordered, label_keys)
     return {
         "groups": ordered,
+        "averaged": averaged_keys,
         "rows": [g.row for g in ordered],
         "label_keys": label_keys,
         "identity": shown,
@@ -322,7 +321,7 @@ def _group_row(group: Group, label_keys: list[str], over: list[str]) -> dict[str
     for key, stat in group.stats.items():
         row[f"{key}_mean"], row[f"{key}_std"], row[f"{key}_n"] = stat["mean"], stat["std"], stat["n"]
     row["test_images"] = f"{min(images)}-{max(images)}" if len(images) > 1 else (images[0] if images else None)
-    partial = [m.get("test/partial") for m in metrics if "test/partial" in m]
+    partial = [m.test_partial for m in metrics if m.test_partial is not None]
     row["test_partial"] = any(partial) if partial else None
     for key, metric in (("params", "params"), ("macs", "macs_per_image"), ("macs_no_sdpa", "macs_per_image_without_sdpa"),
                         ("epochs", "epochs"), ("protocol", "protocol")):
@@ -334,16 +333,16 @@ def _group_row(group: Group, label_keys: list[str], over: list[str]) -> dict[str
 def _difference_columns(group: Group, base: Group) -> dict[str, Any]:
     if group is base:
         return {"delta_top1": None, "ci_low": None, "ci_high": None, "ci_method": "baseline", "ci_excludes_0": None}
-    mine = {r.replicate: float(r.metrics["test/top1"]) * 100 for r in group.runs}
-    theirs = {r.replicate: float(r.metrics["test/top1"]) * 100 for r in base.runs}
+    mine = {r.replicate: float(r.metrics.test_top1) * 100 for r in group.runs}
+    theirs = {r.replicate: float(r.metrics.test_top1) * 100 for r in base.runs}
     # Paired only when both groups ran the same replicates, each once.
     paired = mine.keys() == theirs.keys() and len(mine) == len(group.runs) and len(theirs) == len(base.runs)
     order = [r.replicate for r in base.runs]
     if paired:
         interval = difference_interval([mine[k] for k in order], [theirs[k] for k in order], paired=True)
     else:
-        interval = difference_interval([100 * float(r.metrics["test/top1"]) for r in group.runs],
-                                       [100 * float(r.metrics["test/top1"]) for r in base.runs], paired=False)
+        interval = difference_interval([100 * float(r.metrics.test_top1) for r in group.runs],
+                                       [100 * float(r.metrics.test_top1) for r in base.runs], paired=False)
     if interval["low"] is None:  # fewer than 2 runs on a side: a difference, but no interval and no method
         return {"delta_top1": interval["delta"], "ci_low": None, "ci_high": None, "ci_method": None,
                 "ci_excludes_0": None}
@@ -428,20 +427,22 @@ def _plain(digits: int):
     return lambda v: "-" if v is None else (v if isinstance(v, str) else f"{v:.{digits}f}")
 
 
-COLUMNS = [  # (header, cell from the row)
-    ("top-1 (%)", lambda r: _spread(r, "top1", 2)),
-    ("Δ top-1", _delta),
-    ("95 % CI of Δ", _interval),
-    ("top-5 (%)", lambda r: _spread(r, "top5", 2)),
-    ("test images", _images),
-    ("best val top-1 (%)", lambda r: _spread(r, "val_top1_best", 2)),
-    ("test loss", lambda r: _spread(r, "loss", 3)),
-    ("train img/s", lambda r: _spread(r, "train_img_s", 1)),
-    ("val img/s", lambda r: _spread(r, "val_img_s", 1)),
-    ("params", lambda r: _count(r["params"])),
-    ("MACs/image", lambda r: _count(r["macs"])),
-    ("epochs", lambda r: "-" if r["epochs"] is None else str(r["epochs"])),
-]
+def table_columns(averaged: list[tuple[str, Averaged]]) -> list[tuple[str, Any]]:
+    """(header, cell from the row) of the table: test top-1 and its difference from the baseline,
+    the other averaged figures, then what the runs of a group share."""
+    spread = [(column.header, partial(_spread, key=column.name, digits=column.digits)) for _, column in averaged]
+    return [
+        spread[0],
+        ("Δ top-1", _delta),
+        ("95 % CI of Δ", _interval),
+        *spread[1:],
+        ("test images", _images),
+        ("params", lambda r: _count(r["params"])),
+        ("MACs/image", lambda r: _count(r["macs"])),
+        ("epochs", lambda r: "-" if r["epochs"] is None else str(r["epochs"])),
+    ]
+
+
 SEED_COLUMNS = [
     # heldout: the best val checkpoint tested once; seed: the original's own protocol (docs/seeds/README.md).
     ("protocol", lambda r: r.get("protocol") or "heldout"),
@@ -457,7 +458,7 @@ SEED_COLUMNS = [
 
 
 def render_markdown(report: dict[str, Any], against: str | None) -> str:
-    columns = COLUMNS + (SEED_COLUMNS if against == "seed" else [])
+    columns = table_columns(report["averaged"]) + (SEED_COLUMNS if against == "seed" else [])
     ident = report["identity"]
     first = report["label_keys"] or ["group"]
     replicates = replicate_column(report["over"])
@@ -497,7 +498,7 @@ def _settings_text(run: Run, over: list[str]) -> str:
 def write_csv(path: Path, report: dict[str, Any], against: str | None) -> None:
     """One row per group, numbers unrounded."""
     keys = [*report["label_keys"], "group", "network", "data", "n", replicate_column(report["over"]), "runs"]
-    keys += [f"{key}_{part}" for key, _, _ in METRICS for part in ("mean", "std", "n")]
+    keys += [f"{column.name}_{part}" for _, column in report["averaged"] for part in ("mean", "std", "n")]
     keys += ["delta_top1", "ci_low", "ci_high", "ci_method", "ci_excludes_0", "test_images", "test_partial",
              "params", "macs", "macs_no_sdpa", "epochs"]
     if against == "seed":
@@ -511,13 +512,13 @@ def write_csv(path: Path, report: dict[str, Any], against: str | None) -> None:
 def write_runs_csv(path: Path, report: dict[str, Any]) -> None:
     """One row per run folder, the left-out ones with their reason."""
     override_keys = list(dict.fromkeys(k for r in report["all_runs"] for k in r.overrides))
-    keys = ["run", *override_keys, *report["over"], "status", *[metric for _, metric, _ in METRICS],
+    keys = ["run", *override_keys, *report["over"], "status", *[metric for metric, _ in report["averaged"]],
             "test/images", "test/partial", "path"]
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(keys)), extrasaction="ignore")
         writer.writeheader()
         for run in report["all_runs"]:
-            metrics = run.metrics or {}
+            metrics = run.metrics.to_json() if run.metrics else {}
             writer.writerow({"run": run.name, **run.overrides, **dict(zip(report["over"], run.replicate)),
                              "status": run.problem or "averaged", **metrics, "path": str(run.path)})
 
@@ -599,10 +600,11 @@ def plot_convergence(path: Path, report: dict[str, Any]) -> int:
 
 
 def report(root: Path, against: str | None = None, out: Path | None = None, overwrite: bool = False,
-           baseline: list[str] | None = None, over: list[str] | None = None) -> dict[str, Any]:
+           baseline: list[str] | None = None, over: list[str] | None = None,
+           metrics: list[str] | None = None) -> dict[str, Any]:
     if against not in (None, "seed"):
         raise ConfigError(f"--against: unknown reference {against!r}; use --against seed")
-    table = collect(root, against, baseline, over)
+    table = collect(root, against, baseline, over, metrics)
     # Only folders with .hydra/overrides.yaml are runs, so a report folder inside the sweep is never one.
     from vitlab.runs import prepare_output_dir  # late: it imports torch, which the table does not need
 
@@ -631,12 +633,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--against", choices=["seed"], help="put the seed's published figure beside each row")
     parser.add_argument("--out", type=Path, help="where to write the report files (default <dir>/report)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in that folder")
+    parser.add_argument("--metric", action="append", default=[], metavar="KEY",
+                        help="a numeric metrics.json key to average in a column of its own (repeatable), "
+                             "e.g. one a callback of yours records")
     args = parser.parse_args(argv)
     try:
         over = [k.strip().lstrip("+~") for k in args.over.split(",") if k.strip()]
         if not over:
             raise ConfigError("--over: no key given; write e.g. --over seed or --over seed,data.split_seed")
-        report(args.multirun_dir, args.against, args.out, args.overwrite, args.baseline, over)
+        report(args.multirun_dir, args.against, args.out, args.overwrite, args.baseline, over, args.metric)
     except VitlabError as err:
         exit_with_error(err)
 

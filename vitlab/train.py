@@ -12,7 +12,6 @@ original's own protocol, docs/seeds/) the final weights, beside the best of the 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -59,6 +58,7 @@ from vitlab.resume import (
     forget_refused_resume,
     forget_resume_subdirs,
 )
+from vitlab.run_metrics import RunMetrics
 from vitlab.runs import remove_orphaned_temp_files, run_lock
 from vitlab.utils import reuse_freed_memory
 
@@ -133,37 +133,39 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
         metrics = _fit_metrics(cfg, choices, protocol, module, trainer, curve, validates_on_test, fit_time)
         if cfg.test:
             metrics.update(_test_metrics(protocol, module, trainer, datamodule, output_dir))
-        metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
+        metrics.wall_time_s = round(time.perf_counter() - started, 1)
         _write_metrics(metrics, trainer, cfg, output_dir)
-    return metrics
+    return metrics.to_json()
 
 
 def _fit_metrics(cfg: DictConfig, choices: dict[str, str], protocol: str, module: Any, trainer: L.Trainer,
-                 curve: EpochCurve, validates_on_test: bool, fit_time: float) -> dict[str, Any]:
+                 curve: EpochCurve, validates_on_test: bool, fit_time: float) -> RunMetrics:
     """What a fit gives metrics.json: the run's choices, the network's size, steps, the curve and
     what the callbacks measured."""
-    metrics: dict[str, Any] = {
-        "protocol": protocol,
-        "model": cfg.model.net.name,
-        "data": choices.get("data"),
-        "recipe": choices.get("recipe"),
-        "hardware": choices.get("hardware"),
-        "params": sum(p.numel() for p in module.net.parameters()),
-        "trainable_params": sum(p.numel() for p in module.net.parameters() if p.requires_grad),
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "val/top1_best": module.best_val_top1,
-        "fit_time_s": round(fit_time, 1),  # includes validation; a resumed run counts only its own part
-    }
+    metrics = RunMetrics(
+        protocol=protocol,
+        model=cfg.model.net.name,
+        data=choices.get("data"),
+        recipe=choices.get("recipe"),
+        hardware=choices.get("hardware"),
+        params=sum(p.numel() for p in module.net.parameters()),
+        trainable_params=sum(p.numel() for p in module.net.parameters() if p.requires_grad),
+        epochs=trainer.current_epoch,
+        global_step=trainer.global_step,
+        val_top1_best=module.best_val_top1,
+        fit_time_s=round(fit_time, 1),
+    )
     if "val/images" in trainer.callback_metrics:  # what the last validation's scores are over
-        metrics["val/images"] = int(trainer.callback_metrics["val/images"].item())
+        metrics.val_images = int(trainer.callback_metrics["val/images"].item())
     metrics.update(collect_records(trainer.callbacks))  # what callbacks measured: FLOPs, images/s, MFU
-    curve_split = "test" if validates_on_test else "val"
-    metrics[f"{curve_split}/top1_per_epoch"] = [{"epoch": p["epoch"], "top1": p["top1"]} for p in curve.points]
-    if validates_on_test and curve.best is not None:
-        # The originals that scored the test split during training reported the best of those scores.
-        metrics["test/top1_best"] = curve.best["top1"]
-        metrics["test/top1_best_epoch"] = curve.best["epoch"]
+    points = [{"epoch": p["epoch"], "top1": p["top1"]} for p in curve.points]
+    if validates_on_test:
+        metrics.test_top1_per_epoch = points
+        if curve.best is not None:
+            # The originals that scored the test split during training reported the best of those scores.
+            metrics.test_top1_best, metrics.test_top1_best_epoch = curve.best["top1"], curve.best["epoch"]
+    else:
+        metrics.val_top1_per_epoch = points
     return metrics
 
 
@@ -267,8 +269,9 @@ def _save_config(cfg: DictConfig, output_dir: Path) -> None:
 
 
 @rank_zero_only
-def _write_metrics(metrics: dict[str, Any], trainer: L.Trainer, cfg: DictConfig, output_dir: Path) -> None:
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+def _write_metrics(record: RunMetrics, trainer: L.Trainer, cfg: DictConfig, output_dir: Path) -> None:
+    record.write(output_dir / "metrics.json")
+    metrics = record.to_json()
     hparams = {
         "model": cfg.model.net.name,
         "data": str(cfg.data._target_).rsplit(".", 1)[-1],
