@@ -177,11 +177,11 @@ FLAT = {
 }
 #: The same networks in today's form.
 NESTED = {
-    "vit_pe_dropout": dict(position={"table_drop": 0.1}),
+    "vit_pe_dropout": dict(position={"_target_": "learned", "table_drop": 0.1}),
     "vit_suppress": dict(attention={"_target_": "suppress", "radius": 2, "seed_init": True}),
-    "vit_rope_axial": dict(attention={"_target_": "mhsa", "rope": "axial", "rope_theta": 50.0}, position={"table": "none"}),
+    "vit_rope_axial": dict(attention={"_target_": "mhsa", "rope": "axial", "rope_theta": 50.0}, position={"_target_": "none"}),
     "vit_diff_entropy": dict(attention={"_target_": "diff", "entropy_source": "tokens", "lambda_mode": "replace"}),
-    "vit_cpe": dict(position={"table": "none", "cpe": True, "cpe_after": 1, "cpe_zero_init": True}),
+    "vit_cpe": dict(position={"_target_": "none", "cpe": True, "cpe_after": 1, "cpe_zero_init": True}),
     "mini_vit": dict(),
 }
 
@@ -203,7 +203,7 @@ def test_flat_settings_of_older_run_folders_build_the_same_network(name):
 def test_the_registry_holds_typed_nodes():
     cfg = get_model_config("vit_suppress")
     assert (cfg.attention._target_, cfg.attention.mode, cfg.attention.radius) == ("suppress", "token_conv", 1)
-    assert get_model_config("vit_rope").position.table == "none"
+    assert get_model_config("vit_rope").position._target_ == "none"
     assert get_model_config("mini_vit").block.mlp_ratio == 2.0
 
 
@@ -218,22 +218,22 @@ def test_a_run_folder_with_flat_overrides_continues(tmp_path, monkeypatch):
             "data.val_size=32", "data.test_size=32", "recipe.batch_size=32", "recipe.repeated_aug=1",
             "recipe.epochs=2", "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0", "paths.log_dir=logs",
             "model.net.depth=1", "model.net.embed_dim=32", "model.net.num_heads=2", "model.net.attention.rope=axial",
-            "model.net.position.table=none", "test=false"]
+            "model.net.position._target_=none", "test=false"]
     code, stderr = run_in_process(args)
     assert code == 0, stderr[-2000:]
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     saved = run_dir / ".hydra" / "overrides.yaml"
     text = saved.read_text()
-    assert "model.net.attention.rope=axial" in text and "model.net.position.table=none" in text
+    assert "model.net.attention.rope=axial" in text and "model.net.position._target_=none" in text
     saved.write_text(text.replace("model.net.attention.rope=axial", "model.net.rope=axial")
-                     .replace("model.net.position.table=none", "model.net.ape=false"))
+                     .replace("model.net.position._target_=none", "model.net.ape=false"))
 
     code, stderr = run_in_process([f"run_dir={run_dir}", "trainer.max_epochs=2"])
     assert code == 0, stderr[-2000:]
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 2
     net = ckpt["hyper_parameters"]["net"]
-    assert net["attention"]["rope"] == "axial" and net["position"]["table"] == "none"
+    assert net["attention"]["rope"] == "axial" and net["position"]["_target_"] == "none"
 
 
 def test_hydra_instantiate_of_a_model_node_leaves_the_attention_to_the_network(tmp_path):

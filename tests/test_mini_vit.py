@@ -22,9 +22,9 @@ def test_seed_bias_pattern_and_buffers():
     assert block.attn.qkv.bias is None and block.mlp.fc1.bias is None and block.mlp.fc2.bias is None
     assert block.attn.proj.bias is not None
     assert not any("pos_embed" in k for k in model.state_dict())  # fixed table, rebuilt from the config
-    assert torch.count_nonzero(model.cls_token) == 0 and model.pos_embed is None  # no learnable table
-    assert model.sincos_pos_embed.shape == (1, 64, 96)  # patches only: the CLS tokens carry no position
-    torch.testing.assert_close(model.sincos_pos_embed[0, 1, :4], torch.tensor([0.8415, 0.5403, 0.6298, 0.7768]), atol=1e-4, rtol=0)
+    assert torch.count_nonzero(model.cls_token) == 0 and not list(model.position.parameters())  # no learnable table
+    assert model.position.pos_embed.shape == (1, 64, 96)  # patches only: the CLS tokens carry no position
+    torch.testing.assert_close(model.position.pos_embed[0, 1, :4], torch.tensor([0.8415, 0.5403, 0.6298, 0.7768]), atol=1e-4, rtol=0)
 
 
 def test_forward_shapes_head_on_concatenated_cls_tokens():

@@ -74,7 +74,7 @@ def test_baseline_has_the_spec_parameter_count_and_layout():
     model = create_model("vit")
     assert _params(model) == BASELINE_PARAMS
     assert model.patch_size == 16 and model.grid == (16, 16)
-    assert model.pos_embed.shape == (1, 256, 192) and model.cls_token.shape == (1, 1, 192)
+    assert model.position.pos_embed.shape == (1, 256, 192) and model.cls_token.shape == (1, 1, 192)
     block = model.blocks[0]
     assert block.norm1.eps == 1e-6 and model.norm.eps == 1e-6
     assert block.attn.num_heads == 3 and block.attn.head_dim == 64
@@ -400,16 +400,16 @@ def test_every_parameter_gets_a_gradient(name):
 
 
 def test_pe_dropout_only_in_training_and_spares_cls():
-    model = _tiny("vit_pe_dropout", position={"table_drop": 0.5})
+    model = _tiny("vit_pe_dropout", position={"_target_": "learned", "table_drop": 0.5})
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(model(x), model(x))
     model.train()
     torch.manual_seed(0)
-    tokens = model._embed(x)
+    tokens = model._embed(x, model.grid)
     assert torch.equal(tokens[:, 0], model.cls_token[0].expand(2, -1))
     patches = model.patch_embed(x).flatten(2).transpose(1, 2)
     dropped = tokens[:, 1:] - patches
-    table = model.pos_embed.expand(2, -1, -1)
+    table = model.position.pos_embed.expand(2, -1, -1)
     kept = dropped.abs() > 0
     torch.testing.assert_close(dropped[kept], 2 * table[kept], atol=1e-5, rtol=1e-5)  # inverted scaling
     assert 0.3 < kept.float().mean() < 0.7
@@ -418,8 +418,8 @@ def test_pe_dropout_only_in_training_and_spares_cls():
 
 def test_no_weight_decay_covers_tables_frequencies_kernels_and_lambdas():
     cases = {
-        "vit_rope_mixed": {"cls_token", "pos_embed", "blocks.0.attn.rope.freqs", "blocks.1.attn.rope.freqs"},
-        "vit_suppress": {"cls_token", "pos_embed", "blocks.0.attn.kernel", "blocks.1.attn.kernel"},
+        "vit_rope_mixed": {"cls_token", "position.pos_embed", "blocks.0.attn.rope.freqs", "blocks.1.attn.rope.freqs"},
+        "vit_suppress": {"cls_token", "position.pos_embed", "blocks.0.attn.kernel", "blocks.1.attn.kernel"},
         "vit_alibi": {"cls_token"},
     }
     for name, expected in cases.items():
@@ -462,9 +462,14 @@ def test_seed_init_is_an_option():
         ({"attention": {"_target_": "mhsa", "rope_thta": 3}},
          r"^model\.net\.attention\.rope_thta: ViTAttention has no such option; did you mean rope_theta\?"),
         ({"attention": {"_target_": "diff", "lambda_mode": "half"}}, r"^model\.net\.attention\.lambda_mode: must be one of"),
-        ({"position": {"table": "none", "table_drop": 0.1}}, r"^model\.net\.position\.table_drop: needs the learned table"),
-        ({"position": {"cpe": True, "cpe_after": 12}}, r"^model\.net\.position\.cpe_after: 12 must index a block"),
-        ({"position": {"tabel": "none"}}, r"^model\.net\.position\.tabel: no such setting; did you mean table\?"),
+        ({"position": {"_target_": "none", "table_drop": 0.1}}, r"^model\.net\.position\.table_drop: needs the learned table"),
+        ({"position": {"_target_": "sincos", "cpe": True, "cpe_after": 12}},
+         r"^model\.net\.position\.cpe_after: 12 must index a block"),
+        ({"position": {"_target_": "learned", "cpe_aftr": 1}},
+         r"^model\.net\.position\.cpe_aftr: LearnedPosition has no such option; did you mean cpe_after\?"),
+        ({"position": {"_target_": "lerned"}}, r"^model\.net\.position\._target_: unknown position encoding 'lerned'; did you mean learned\?"),
+        ({"position": {"_target_": "sincos"}, "embed_dim": 30, "num_heads": 3},
+         r"^model\.net\.position\._target_: embed_dim 30 must be divisible by 4"),
         ({"rope_thta": 3}, "model.net.rope_thta"),
     ],
 )

@@ -31,6 +31,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
+from vitlab.compat import upgrade_checkpoint
 from vitlab.errors import ConfigError
 
 DIGEST_KEY = "vitlab_digest"
@@ -82,7 +83,8 @@ class DigestCheckpointIO(TorchCheckpointIO):
 
 def load_checkpoint(path: str | Path | None, key: str = "ckpt_path") -> dict[str, Any]:
     """The checkpoint at ``path``, loaded weights-only on the CPU (memory-mapped, nothing copied)
-    and checked against its digest when it has one.
+    and checked against its digest when it has one; tensors an older vitlab saved under other names
+    come under today's (:func:`vitlab.compat.upgrade_checkpoint`).
 
     A missing file, a file that is not a checkpoint, one whose pickle holds anything beyond tensors
     and plain containers, and one whose contents no longer match its digest each raise one
@@ -117,7 +119,7 @@ def load_checkpoint(path: str | Path | None, key: str = "ckpt_path") -> dict[str
             f"{key}: {path} fails its integrity check (its contents no longer match the SHA-256 saved with them: "
             "the file changed on disk after it was written); use another checkpoint of the run, e.g. its epoch_*.ckpt"
         )
-    return checkpoint
+    return upgrade_checkpoint(checkpoint)
 
 
 def check_network_name(checkpoint: dict[str, Any], wanted_name: str | None, path: str | Path, key: str = "ckpt_path") -> None:

@@ -10,6 +10,7 @@ loads, evaluates and resumes.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig, open_dict
@@ -51,16 +52,32 @@ FLAT_VIT_SETTINGS = {
 }
 
 
+def upgrade_position_node(node: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``position`` node of the form run folders held before position encodings were classes
+    (``table: learned | sincos | none`` beside ``table_drop``, ``token_drop`` and the ``cpe`` options) in
+    today's form: ``table`` is the ``_target_`` (over a ``_target_`` it was merged into, as an older
+    ``model.net.position.table=none`` override on today's node), and a node with neither meant the
+    learned table. Today's nodes pass unchanged."""
+    node = dict(node)
+    if "table" in node:
+        node["_target_"] = node.pop("table")
+    node.setdefault("_target_", "learned")
+    return node
+
+
 def upgrade_flat_vit_settings(cfg: Any, settings: dict[str, Any]) -> dict[str, Any]:
     """Settings of the flat form older run folders hold (``attention: suppress``, ``rope: mixed``,
-    ``ape: false``, ...) as overrides of ``cfg`` (a ``ViTConfig``) in the form ``ViT`` takes;
-    settings already in that form pass unchanged. A flat attention option the chosen layer does not
-    take is dropped: a saved flat config held every option of every variant, and the network ignored
-    the others."""
+    ``ape: false``, ...) as overrides of ``cfg`` (a ``ViTConfig``) in the form ``ViT`` takes, and an
+    older ``position`` node as today's (:func:`upgrade_position_node`); settings already in that form
+    pass unchanged. A flat attention option the chosen layer does not take is dropped: a saved flat
+    config held every option of every variant, and the network ignored the others."""
+    settings = dict(settings)
+    if isinstance(settings.get("position"), Mapping):
+        settings["position"] = upgrade_position_node(settings["position"])
     flat = {k for k, v in settings.items()
             if (k in FLAT_VIT_SETTINGS and (k != "attention" or isinstance(v, str))) or k in ("ape", "sincos_pe", "cls_init")}
     if not flat:
-        return dict(settings)
+        return settings
     out = {k: v for k, v in settings.items() if k not in flat}
     from vitlab.layers.vit_attention import attention_config
 
@@ -72,7 +89,7 @@ def upgrade_flat_vit_settings(cfg: Any, settings: dict[str, Any]) -> dict[str, A
         nodes[node][name] = settings[key]
     if "ape" in flat or "sincos_pe" in flat:
         table = "sincos" if settings.get("sincos_pe") else "learned" if settings.get("ape", True) else "none"
-        nodes["position"]["table"] = table
+        nodes["position"]["_target_"] = table
     if settings.get("init", cfg.init) == "torch" and settings.get("cls_init") == "trunc_normal":
         out["init"] = "torch_cls_trunc_normal"
     base_options = {f.name for f in dataclasses.fields(base)}
@@ -86,16 +103,57 @@ def upgrade_flat_vit_override(override: str) -> str:
     ``model.net.attention=suppress``, ``model.net.ape=false``) as today's key; others unchanged."""
     key, sep, value = override.partition("=")
     prefix, _, flat = key.lstrip("+").rpartition(".")
+    lead = key[: len(key) - len(key.lstrip("+"))]
+    if sep and prefix == "model.net.position" and flat == "table":
+        return f"{lead}model.net.position._target_={value}"
     if not sep or prefix != "model.net":
         return override
-    lead = key[: len(key) - len(key.lstrip("+"))]
     if flat == "ape":
-        return f"{lead}model.net.position.table={'none' if value.lower() == 'false' else 'learned'}"
+        return f"{lead}model.net.position._target_={'none' if value.lower() == 'false' else 'learned'}"
     if flat == "sincos_pe" and value.lower() == "true":
-        return f"{lead}model.net.position.table=sincos"
+        return f"{lead}model.net.position._target_=sincos"
     if flat == "cls_init" and value == "trunc_normal":
         return f"{lead}model.net.init=torch_cls_trunc_normal"
     if flat in FLAT_VIT_SETTINGS:
         node, name = FLAT_VIT_SETTINGS[flat]
         return f"{lead}model.net.{node}.{name}={value}"
     return override
+
+
+#: Tensors of the ViT family (networks of a ``ViTConfig``) that checkpoints written before position
+#: encodings were classes hold under other names: old name (or prefix, ending in ".") -> today's.
+VIT_STATE_RENAMES = {"pos_embed": "position.pos_embed", "peg.": "position.peg."}
+
+
+def upgrade_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's state dict with its network's tensors under today's names
+    (:data:`VIT_STATE_RENAMES` for a ViT network, named by ``hyper_parameters.net.name``); a
+    checkpoint already in today's form, or of another family, is returned as it is."""
+    state = checkpoint.get("state_dict")
+    name = ((checkpoint.get("hyper_parameters") or {}).get("net") or {}).get("name")
+    if not isinstance(state, Mapping) or not isinstance(name, str) or not _is_vit(name):
+        return checkpoint
+    renamed = {_renamed(key): value for key, value in state.items()}
+    if list(renamed) == list(state) or len(renamed) != len(state):
+        return checkpoint
+    return {**checkpoint, "state_dict": renamed}
+
+
+def _renamed(key: str) -> str:
+    if not key.startswith("net."):
+        return key
+    rest = key[len("net."):]
+    for old, new in VIT_STATE_RENAMES.items():
+        if rest == old or (old.endswith(".") and rest.startswith(old)):
+            return f"net.{new}{rest[len(old):]}"
+    return key
+
+
+def _is_vit(name: str) -> bool:
+    from vitlab.errors import ConfigError
+    from vitlab.models import get_model_config
+
+    try:
+        return type(get_model_config(name)).__name__ == "ViTConfig"
+    except ConfigError:
+        return False

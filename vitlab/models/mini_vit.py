@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from vitlab.compat import upgrade_flat_vit_settings
 from vitlab.layers.vit_attention import attention_config
+from vitlab.layers.vit_position import position_config
 from vitlab.models._registry import build_from_config, register_model
-from vitlab.models.vit import BlockConfig, PositionConfig, ViT, ViTConfig
+from vitlab.models.vit import BlockConfig, ViT, ViTConfig
 
 __all__ = ["model_cfgs"]
 
 _MINI_VIT = dict(
     img_size=32, patch_size=4, num_classes=10, drop_rate=0.1, head_pool="concat_prefix", init="torch",
     attention=attention_config("mhsa", qkv_bias=False, proj_bias=True, attn_drop=0.1),
-    position=PositionConfig(table="sincos", token_drop=0.0),
+    position=position_config("sincos", token_drop=0.0),
     block=BlockConfig(mlp_ratio=2.0, mlp_bias=False, norm_eps=1e-5),
 )
 

@@ -6,10 +6,11 @@ Re-implementation of the ImageNet-100 models of github.com/4adex/clear-vit follo
 position, input dropout, 12 pre-norm blocks (3 heads of 64, MLP 768, LayerNorm eps 1e-6), a final
 LayerNorm and a zero-initialised linear head on the CLS output: 5,555,044 parameters at 100 classes.
 
-The variants differ in the ``attention`` node (a layer of :mod:`vitlab.layers.vit_attention`,
-registered by name or the user's own class by its path, with the layer's own options) and the
-``position`` node (the absolute table, its dropout, CPVT's conditional encoding); the blocks' MLP and
-norm settings are the ``block`` node. Each node is a typed config that checks its own keys.
+The variants differ in the ``attention`` node (a layer of :mod:`vitlab.layers.vit_attention`) and
+the ``position`` node (an encoding of :mod:`vitlab.layers.vit_position`: the absolute table, its
+dropout, CPVT's conditional encoding): each is a class registered by name or the user's own class by
+its path, with the class's own options. The blocks' MLP and norm settings are the ``block`` node.
+Each node is a typed config that checks its own keys.
 
 ``patch_size: null`` picks the patch size from the image size: 4 up to 64 px (CIFAR), 16 above
 (ImageNet-100 at 224 / 256 px).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -32,17 +34,14 @@ from torch.utils.checkpoint import checkpoint
 from vitlab.compat import upgrade_flat_vit_settings
 from vitlab.errors import nearest_key_hint
 from vitlab.layers.attention_maps import AttentionMap, CLSMap, TokenMap
-from vitlab.layers.cpe import PEG
-from vitlab.layers.dropout import dropout
-from vitlab.layers.pos_embed import sincos_2d
 from vitlab.layers.transformer import TransformerBlock
 from vitlab.layers.vit_attention import AttentionContext, attention_config, build_attention
+from vitlab.layers.vit_position import build_position, position_config
 from vitlab.models._contract import ClassifierContract
 from vitlab.models._registry import build_from_config, config_dataclass, register_model
 
-__all__ = ["BlockConfig", "PositionConfig", "ViT", "ViTConfig", "default_patch_size", "model_cfgs"]
+__all__ = ["BlockConfig", "ViT", "ViTConfig", "default_patch_size", "model_cfgs"]
 
-TABLES = ("learned", "sincos", "none")
 HEAD_POOLS = ("token", "concat_prefix")
 INITS = ("b0", "torch", "torch_cls_trunc_normal")
 
@@ -50,42 +49,6 @@ INITS = ("b0", "torch", "torch_cls_trunc_normal")
 def default_patch_size(img_size: int) -> int:
     """4 for images up to 64 px (CIFAR's 8x8 grid at 32 px), 16 above (16x16 at 256 px)."""
     return 4 if img_size <= 64 else 16
-
-
-@dataclass(frozen=True)
-class PositionConfig:
-    """Where the patches' positions come from, besides what the attention layer adds (RoPE, ALiBi).
-
-    Args:
-        table: ``learned`` (N(0, 0.02^2), added to the patch tokens), ``sincos`` (a fixed 2D sin-cos
-            table) or ``none``.
-        table_drop: element-wise dropout (inverted scaling) on the learned table before it is added,
-            an independent mask per image; CLS unaffected (clear-vit's V1).
-        token_drop: dropout on the input tokens; ``None`` = the backbone's ``drop_rate`` (B0).
-        cpe: CPVT's conditional encoding: a PEG (depthwise ``cpe_kernel_size`` conv, residual on the
-            patches) after block ``cpe_after`` (0 = after the first block, as CPVT); ``cpe_zero_init``
-            starts it as the identity.
-    """
-
-    table: str = "learned"
-    table_drop: float = 0.0
-    token_drop: float | None = None
-    cpe: bool = False
-    cpe_after: int = 0
-    cpe_kernel_size: int = 3
-    cpe_zero_init: bool = False
-
-    def check(self, depth: int, embed_dim: int) -> None:
-        if self.table not in TABLES:
-            raise ValueError(f"position.table: must be one of {', '.join(TABLES)}, got {self.table!r}")
-        if not 0.0 <= self.table_drop < 1.0:
-            raise ValueError(f"position.table_drop: must be in [0, 1), got {self.table_drop}")
-        if self.table_drop > 0 and self.table != "learned":
-            raise ValueError("position.table_drop: needs the learned table (position.table: learned)")
-        if self.table == "sincos" and embed_dim % 4:
-            raise ValueError(f"position.table: embed_dim {embed_dim} must be divisible by 4 for the 2D sin-cos table")
-        if self.cpe and not 0 <= self.cpe_after < depth:
-            raise ValueError(f"position.cpe_after: {self.cpe_after} must index a block (0 .. {depth - 1})")
 
 
 @dataclass(frozen=True)
@@ -120,7 +83,10 @@ class ViT(ClassifierContract, nn.Module):
         attention: a ``_target_`` and the layer's options (:func:`vitlab.layers.vit_attention.attention_config`):
             ``mhsa`` (with ``rope``), ``diffsim`` (V2), ``suppress`` (V4), ``diff`` (V6), ``alibi``
             (2D ALiBi) or a class path.
-        position: :class:`PositionConfig`; block: :class:`BlockConfig`.
+        position: a ``_target_`` and the encoding's options (:func:`vitlab.layers.vit_position.position_config`):
+            ``learned`` (B0's table, with ``table_drop``), ``sincos``, ``none`` or a class path; each
+            takes ``token_drop`` and CPVT's ``cpe`` options.
+        block: :class:`BlockConfig`.
         num_prefix_tokens: CLS tokens in front of the patches (Mini-ViT: 2), none with a position.
         head_pool: ``token`` (the first CLS output) | ``concat_prefix`` (all prefix outputs side by
             side, Mini-ViT's head).
@@ -140,18 +106,22 @@ class ViT(ClassifierContract, nn.Module):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         attention: Any = attention_config("mhsa"),
-        position: PositionConfig | Mapping = PositionConfig(),
+        position: Any = position_config("learned"),
         block: BlockConfig | Mapping = BlockConfig(),
         num_prefix_tokens: int = 1,
         head_pool: str = "token",
         init: str = "b0",
     ) -> None:
         super().__init__()
+        # The position encoding's place among the submodules is first, so its table follows the CLS
+        # token in the parameter order (the order older checkpoints' optimizer states hold); the module
+        # is built after the blocks, where the random stream has always reached it.
+        self.register_module("position", None)
         patch_size = default_patch_size(img_size) if patch_size is None else patch_size
-        position, block = _typed(PositionConfig, position, "position"), _typed(BlockConfig, block, "block")
+        block = _typed(BlockConfig, block, "block")
         self.attention_config = attention_config(attention)
+        self.position_config = position_config(position)
         self._check(img_size, patch_size, embed_dim, depth, num_heads, num_prefix_tokens, head_pool, init)
-        position.check(depth, embed_dim)
         self.num_classes = num_classes
         self.num_features = embed_dim
         # The head reads the CLS output, or (head_pool=concat_prefix) all prefix outputs side by side.
@@ -163,22 +133,16 @@ class ViT(ClassifierContract, nn.Module):
         self.num_prefix_tokens = num_prefix_tokens
         self.head_pool = head_pool
         self.init = init
-        self.cpe_after = position.cpe_after if position.cpe else None
 
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, num_prefix_tokens, embed_dim))
         if init == "torch_cls_trunc_normal":
             trunc_normal_(self.cls_token, std=0.02)  # here, in construction order: the seed's RNG stream
-        num_patches = self.grid[0] * self.grid[1]
-        self.pos_embed = nn.Parameter(torch.empty(1, num_patches, embed_dim)) if position.table == "learned" else None
-        # A fixed table is derived from the config, so checkpoints need not carry it.
-        sincos = sincos_2d(*self.grid, embed_dim)[None] if position.table == "sincos" else None
-        self.register_buffer("sincos_pos_embed", sincos, persistent=False)
-        self.pe_drop_rate = position.table_drop
-        self.pos_drop = nn.Dropout(drop_rate if position.token_drop is None else position.token_drop)
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList(self._block(i, num_heads, drop_rate, dpr[i], block) for i in range(depth))
-        self.peg = PEG(embed_dim, position.cpe_kernel_size, zero_init=position.cpe_zero_init) if position.cpe else None
+        self.position = build_position(self.position_config, dim=embed_dim, grid=self.grid, depth=depth)
+        token_drop = self.position.token_drop
+        self.pos_drop = nn.Dropout(drop_rate if token_drop is None else token_drop)
         self.norm = nn.LayerNorm(embed_dim, eps=block.norm_eps)
         self.head = nn.Linear(self.head_features, num_classes)
         self.grad_checkpointing = False
@@ -217,16 +181,16 @@ class ViT(ClassifierContract, nn.Module):
     # ----------------------------------------------------------------------------- init
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """B0's init: LeCun truncated-normal stem, N(0, 0.02^2) CLS and position table, each attention
-        layer's own :meth:`init_weights` in block order (B0's projection init, or the seed's with the
-        layer's ``seed_init``), PyTorch's default for the MLP, zero head."""
+        """B0's init: LeCun truncated-normal stem, N(0, 0.02^2) CLS, the position encoding's own
+        :meth:`init_weights` (N(0, 0.02^2) for the learned table), each attention layer's own
+        :meth:`init_weights` in block order (B0's projection init, or the seed's with the layer's
+        ``seed_init``), PyTorch's default for the MLP, zero head."""
         fan_in = self.patch_embed.in_channels * self.patch_embed.kernel_size[0] * self.patch_embed.kernel_size[1]
         std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # std of N(0, 1) truncated to [-2, 2]
         trunc_normal_(self.patch_embed.weight, std=std, a=-2 * std, b=2 * std)
         nn.init.zeros_(self.patch_embed.bias)
         nn.init.normal_(self.cls_token, std=0.02)
-        if self.pos_embed is not None:
-            nn.init.normal_(self.pos_embed, std=0.02)
+        self.position.init_weights()
         for block in self.blocks:
             init_weights = getattr(block.attn, "init_weights", None)
             if init_weights is not None:
@@ -236,10 +200,10 @@ class ViT(ClassifierContract, nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """Position table, CLS token and what each attention layer names (RoPE frequencies,
-        suppression kernels, lambda vectors); biases and norm gains are 1-D and excluded by the
-        optimizer factory anyway."""
-        names = {"cls_token"} | ({"pos_embed"} if self.pos_embed is not None else set())
+        """CLS token and what the position encoding (its table) and each attention layer (RoPE
+        frequencies, suppression kernels, lambda vectors) name; biases and norm gains are 1-D and
+        excluded by the optimizer factory anyway."""
+        names = {"cls_token"} | {f"position.{name}" for name in self.position.no_weight_decay()}
         for i, block in enumerate(self.blocks):
             own = getattr(block.attn, "no_weight_decay", None)
             names |= {f"blocks.{i}.attn.{name}" for name in (own() if own is not None else ())}
@@ -252,24 +216,18 @@ class ViT(ClassifierContract, nn.Module):
         if H % p or W % p:
             raise ValueError(f"input {H}x{W} is not divisible by patch_size {p}")
         grid = (H // p, W // p)
-        if (self.pos_embed is not None or self.sincos_pos_embed is not None) and grid != self.grid:
+        table = self.position.table_grid
+        if table is not None and grid != table:
             raise ValueError(
                 f"input {H}x{W} gives a {grid[0]}x{grid[1]} grid but the position table is "
-                f"{self.grid[0]}x{self.grid[1]} (img_size {self.img_size}); it is not interpolated"
+                f"{table[0]}x{table[1]} (img_size {self.img_size}); it is not interpolated"
             )
         return grid
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        if self.pos_embed is not None:
-            table = self.pos_embed
-            if self.pe_drop_rate > 0 and self.training:
-                # An independent mask per image. Functional, not a module: torch's module tracker (flop
-                # counter) cannot hook a parameter's view made under no_grad.
-                table = dropout(table.expand(x.shape[0], -1, -1), self.pe_drop_rate)
-            x = x + table
-        if self.sincos_pos_embed is not None:
-            x = x + self.sincos_pos_embed
+    def _embed(self, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """The input tokens: the patches with their positions (the position encoding's
+        :meth:`~vitlab.layers.vit_position.ViTPosition.embed`), the CLS tokens in front, token dropout."""
+        x = self.position.embed(self.patch_embed(images).flatten(2).transpose(1, 2), grid)
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         return self.pos_drop(x)
 
@@ -281,7 +239,8 @@ class ViT(ClassifierContract, nn.Module):
         grid = self._grid_of(images)
         ctx = AttentionContext(grid=grid, num_prefix=self.num_prefix_tokens, images=images,
                                patch_size=self.patch_size, stats=stats)
-        x = self._embed(images)
+        x = self._embed(images, grid)
+        after = self.position.after_blocks
         weights = []
         for i, block in enumerate(self.blocks):
             block_ctx = dataclasses.replace(ctx, block_input=x)
@@ -290,8 +249,8 @@ class ViT(ClassifierContract, nn.Module):
             else:
                 x, w = block(x, need_weights=need_weights, ctx=block_ctx)
             weights.append(w)
-            if self.peg is not None and i == self.cpe_after:
-                x = self.peg(x, grid, self.num_prefix_tokens)
+            if i in after:
+                x = self.position.after_block(i, x, grid, self.num_prefix_tokens)
         return self.norm(x), weights
 
     def forward_features(self, x: torch.Tensor, return_aux: bool = False):
@@ -310,22 +269,29 @@ class ViT(ClassifierContract, nn.Module):
 
     def describe(self) -> str:
         """One line on the variant, logged when fitting starts."""
-        options = ", ".join(f"{f.name}={getattr(self.attention_config, f.name)}"
-                            for f in dataclasses.fields(self.attention_config) if f.name != "_target_")
+        def node(config: Any) -> str:
+            options = ", ".join(f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config) if f.name != "_target_")
+            return f"{config._target_} ({options})"
+
         return (
-            f"ViT variant: attention={self.attention_config._target_} ({options}), ape={self.pos_embed is not None}, "
-            f"cpe={self.peg is not None}, sincos_pe={self.sincos_pos_embed is not None}, patch {self.patch_size} -> "
-            f"{self.grid[0]}x{self.grid[1]} grid + {self.num_prefix_tokens} CLS, head on {self.head_pool}"
+            f"ViT variant: attention={node(self.attention_config)}, position={node(self.position_config)}, "
+            f"patch {self.patch_size} -> {self.grid[0]}x{self.grid[1]} grid + {self.num_prefix_tokens} CLS, "
+            f"head on {self.head_pool}"
         )
 
     # ----------------------------------------------------------------------------- timm's model API
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
-        """Parameter groups for timm's layer-wise LR decay: the stem, one group per block (the PEG
-        with the block it follows), then the final norm; the head is timm's last group."""
+        """Parameter groups for timm's layer-wise LR decay: the stem (the CLS token, the patch embedding
+        and the position encoding's table), one group per block (with the position encoding's
+        submodules that follow it, :meth:`~vitlab.layers.vit_position.ViTPosition.layer_groups`: the
+        PEG), then the final norm; the head is timm's last group."""
+        after = self.position.layer_groups()
+        with_blocks = [(rf"^position\.{re.escape(name)}\.", (index,)) for name, index in after.items()]
+        own = "".join(rf"(?!{re.escape(name)}\.)" for name in after)
         return dict(
-            stem=r"^cls_token|^pos_embed|^patch_embed",  # (sincos_pos_embed is a buffer, no parameter)
-            blocks=[(r"^blocks\.(\d+)", None), (r"^peg", (self.cpe_after or 0,)), (r"^norm", (99999,))],
+            stem=rf"^cls_token|^patch_embed|^position\.{own}",
+            blocks=[(r"^blocks\.(\d+)", None), *with_blocks, (r"^norm", (99999,))],
         )
 
     head_pools = ("token",)
@@ -394,14 +360,14 @@ class ViT(ClassifierContract, nn.Module):
 
 
 ViTConfig = config_dataclass(ViT)
-NO_TABLE = PositionConfig(table="none")
+NO_TABLE = position_config("none")
 
 #: The named sizes of the clear-vit study (README rows; parameter counts at 256 px / 100 classes).
 model_cfgs = dict(
     # Row 3, the baseline B0: ViT-Ti/16, learnable PE, standard attention (5,555,044 params).
     vit=ViTConfig(),
     # Row 1 (re-specified, no seed code): B0 with dropout p=0.1 on the position table.
-    vit_pe_dropout=ViTConfig(position=PositionConfig(table_drop=0.1)),
+    vit_pe_dropout=ViTConfig(position=position_config("learned", table_drop=0.1)),
     # Row 2 (re-specified, no seed code): difference-similarity attention, boundary `sequence`.
     vit_diffsim=ViTConfig(attention=attention_config("diffsim", boundary="sequence")),
     # Row 4: spatial-suppression attention, the seed's `token_conv` mode (+324 params).
@@ -421,7 +387,7 @@ model_cfgs = dict(
     # Extra: bidirectional 2D ALiBi (Euclidean patch distance, CLS unbiased), no absolute PE.
     vit_alibi=ViTConfig(attention=attention_config("alibi"), position=NO_TABLE),
     # Extra: CPVT's conditional positional encoding (PEG after the first block), no absolute PE.
-    vit_cpe=ViTConfig(position=PositionConfig(table="none", cpe=True, cpe_after=0)),
+    vit_cpe=ViTConfig(position=position_config("none", cpe=True, cpe_after=0)),
 )
 
 for _name, _cfg in model_cfgs.items():
