@@ -482,7 +482,7 @@ def test_imagenet100_plain_layout_restricted_to_the_class_list(tmp_path):
     # A "full ImageNet" tree: one folder outside the list, which must be ignored.
     write_imagenet_folder(tmp_path, extra_class="n09999999")
     (tmp_path / "classes.txt").write_text("# my three\n" + "\n".join(reversed(IN_WNIDS)) + "\n")
-    dm = imagenet(tmp_path, class_list=str(tmp_path / "classes.txt"))
+    dm = imagenet(tmp_path, class_list=str(tmp_path / "classes.txt"), augment={"random_resized_crop": [0.08, 1.0]})
     dm.setup()
     assert dm.resolved_layout() == "folder" and dm.classes == IN_WNIDS
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (9, 3, 6)
@@ -546,8 +546,6 @@ def test_imagenet100_loose_val_images_and_bad_options(tmp_path):
         folder.rmdir()
     with pytest.raises(DataError, match=r"val holds loose images; sort them into class folders <wnid>/"):
         imagenet(tmp_path, class_list=IN_WNIDS).setup()
-    with pytest.raises(ConfigError, match=r"^data\.random_resized_crop:"):
-        imagenet(tmp_path, random_resized_crop=[0.5, 2.0])
     with pytest.raises(ConfigError, match=r"^data\.layout:"):
         imagenet(tmp_path, layout="zip")
 
@@ -638,7 +636,8 @@ def test_data_yamls_instantiate_with_their_constants(tmp_path):
 
     in_dm = data_config("imagenet100", tmp_path)
     assert type(in_dm) is ImageNet100DataModule and in_dm.root == tmp_path / "imagenet100"
-    assert (in_dm.num_classes, in_dm.img_size) == (100, 256) and in_dm.augment["random_resized_crop"] == (0.08, 1.0)
+    assert (in_dm.num_classes, in_dm.img_size) == (100, 256)
+    assert in_dm.augment["random_resized_crop"] is None  # the crop is the recipe's (recipe.augment)
 
 
 def e2e_config(tmp_path: Path, *overrides: str):
@@ -683,3 +682,69 @@ def test_train_mini_vit_on_imagenet100(tmp_path):
     )
     metrics = train(cfg)
     assert metrics["global_step"] == 2 and 0.0 <= metrics["test/top1"] <= 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# ImageNet-100's crop is the recipe's (recipe.augment.random_resized_crop)
+
+IMAGENET100_RUNS = sorted(p.stem for p in (Path(__file__).parents[1] / "vitlab" / "conf" / "experiment").glob("imagenet100*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", IMAGENET100_RUNS)
+def test_imagenet100_experiments_train_with_the_random_resized_crop(experiment, tmp_path):
+    """Every ImageNet-100 experiment picks recipe=clear_vit, whose augment block starts with
+    RandomResizedCrop(img_size, scale 0.08-1, bilinear); the data config has no crop of its own."""
+    cfg = compose_config([f"experiment={experiment}", "hardware=cpu"], output_dir=tmp_path)
+    assert "random_resized_crop" not in cfg.data and list(cfg.recipe.augment.random_resized_crop) == [0.08, 1.0]
+    dm = instantiate(cfg.data, _convert_="all")
+    assert type(dm) is ImageNet100DataModule
+    crop = dm._train_transform(None).transforms[0]
+    assert type(crop).__name__ == "RandomResizedCrop" and crop.size == (256, 256) and crop.scale == (0.08, 1.0)
+    assert crop.interpolation.value == "bilinear"
+
+
+def test_older_spellings_of_the_crop_read_as_the_recipe_key():
+    from omegaconf import OmegaConf
+
+    from vitlab.compat import upgrade_override, upgrade_run_config
+
+    assert upgrade_override("data.random_resized_crop=[0.5,1.0]") == "recipe.augment.random_resized_crop=[0.5,1.0]"
+    assert upgrade_override("+data.random_resized_crop=null") == "recipe.augment.random_resized_crop=null"
+    assert upgrade_override("model.net.rope_theta=50") == "model.net.attention.rope_theta=50"  # the flat ViT keys too
+    assert upgrade_override("data.root=/x") == "data.root=/x"
+    # config.yaml of an older run: the data's crop applied when the recipe had none, and only then.
+    for recipe_crop, applied in ((None, [0.08, 1.0]), ([0.5, 1.0], [0.5, 1.0])):
+        augment = {"hflip": True, "random_resized_crop": recipe_crop}
+        old = OmegaConf.create({"data": {"root": "/x", "random_resized_crop": [0.08, 1.0], "augment": augment},
+                                "recipe": {"augment": augment}})
+        new = upgrade_run_config(old)
+        assert "random_resized_crop" not in new.data and old.data.random_resized_crop == [0.08, 1.0]
+        assert new.recipe.augment.random_resized_crop == applied and new.data.augment.random_resized_crop == applied
+
+
+def test_a_run_folder_with_data_random_resized_crop_continues(tmp_path, monkeypatch):
+    """A run folder whose .hydra/overrides.yaml holds ``data.random_resized_crop=...`` (ImageNet-100's
+    crop before it was the recipe's) continues with ``run_dir=``: the key is read as the recipe's."""
+    from test_config_errors import run_in_process
+
+    write_imagenet_folder(tmp_path / "in100")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    common = [o for o in SMOKE if not o.startswith(("data", "recipe.epochs", "recipe.batch_size"))]
+    args = [*common, "model=mini_vit", "data=imagenet100", f"data.root={tmp_path / 'in100'}", "data.img_size=64",
+            "data.num_classes=3", "data.class_list=folders", "data.val_size=3", "recipe.batch_size=4",
+            "recipe.epochs=2", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+            "paths.log_dir=logs", "test=false", "recipe.augment.random_resized_crop=[0.5,1.0]"]
+    code, stderr = run_in_process(args)
+    assert code == 0, stderr[-2000:]
+    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    text = saved.read_text()
+    assert "recipe.augment.random_resized_crop=[0.5,1.0]" in text
+    saved.write_text(text.replace("recipe.augment.random_resized_crop=", "data.random_resized_crop="))
+
+    code, stderr = run_in_process([f"run_dir={run_dir}", "trainer.max_epochs=2"])
+    assert code == 0, stderr[-2000:]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 1
+    assert list(ckpt["hyper_parameters"]["recipe"]["augment"]["random_resized_crop"]) == [0.5, 1.0]

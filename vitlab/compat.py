@@ -3,12 +3,13 @@
 A run folder keeps its ``config.yaml``, its command-line overrides (``.hydra/``) and checkpoints with
 the network's settings. When a key or a class is renamed, its old spelling is mapped here, and the
 code that reads a run folder (:func:`vitlab.instantiate.build_module`, the registry's
-``create_model``, ``vitlab-train run_dir=``) passes it through these maps, so an old run still
-loads, evaluates and resumes.
+``create_model``, :func:`vitlab.runs.read_run_config`, ``vitlab-train run_dir=``) passes it through
+these maps, so an old run still loads, evaluates and resumes.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
@@ -98,9 +99,45 @@ def upgrade_flat_vit_settings(cfg: Any, settings: dict[str, Any]) -> dict[str, A
     return out
 
 
-def upgrade_flat_vit_override(override: str) -> str:
-    """A command-line override of an older ViT run folder (``model.net.rope_theta=50``,
-    ``model.net.attention=suppress``, ``model.net.ape=false``) as today's key; others unchanged."""
+#: Keys that older run folders hold under another node, as typed on the command line: old -> today's.
+MOVED_KEYS = {
+    # ImageNet-100's crop is the recipe's train augmentation, where every other one is.
+    "data.random_resized_crop": "recipe.augment.random_resized_crop",
+}
+
+
+def upgrade_override(override: str) -> str:
+    """A command-line override of an older run folder as today's: a moved key (:data:`MOVED_KEYS`,
+    ``data.random_resized_crop=[0.5,1]`` -> ``recipe.augment.random_resized_crop=[0.5,1]``) or a flat
+    ViT key (``model.net.rope_theta=50``, ``model.net.attention=suppress``, ``model.net.ape=false``)
+    under today's name; others unchanged."""
+    key, sep, value = override.partition("=")
+    bare = key.lstrip("+~")
+    if bare in MOVED_KEYS:
+        lead = key[: len(key) - len(bare)]
+        lead = "" if lead == "+" else lead  # the key exists in today's schema: a plain override
+        return f"{lead}{MOVED_KEYS[bare]}{sep}{value}"
+    return _upgrade_flat_vit_override(override)
+
+
+def upgrade_run_config(config: DictConfig) -> DictConfig:
+    """An older run folder's resolved ``config.yaml`` as today's: ``data.random_resized_crop`` (the
+    crop ImageNet-100 applied when the recipe set none) becomes the recipe's
+    ``augment.random_resized_crop``, in the recipe and in the data's copy of it."""
+    data = config.get("data")
+    if not isinstance(data, DictConfig) or "random_resized_crop" not in data:
+        return config
+    config = copy.deepcopy(config)
+    with open_dict(config):
+        crop = config.data.pop("random_resized_crop")
+        for node in (config.get("recipe"), config.data):
+            augment = node.get("augment") if node is not None else None
+            if crop is not None and isinstance(augment, DictConfig) and augment.get("random_resized_crop") is None:
+                augment.random_resized_crop = crop
+    return config
+
+
+def _upgrade_flat_vit_override(override: str) -> str:
     key, sep, value = override.partition("=")
     prefix, _, flat = key.lstrip("+").rpartition(".")
     lead = key[: len(key) - len(key.lstrip("+"))]

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import II, MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vitlab.errors import ConfigError
@@ -222,8 +222,10 @@ class DataConfig:
     mean: list[float] = MISSING
     std: list[float] = MISSING
     batch_size: int = 128  # global batch; train.py replaces it by the per-device batch
-    num_workers: int = 4
-    pin_memory: bool = True
+    # The loader's processes and pinned memory are the hardware profile's (hardware.num_workers,
+    # hardware.pin_memory); data.num_workers=... overrides them for the data alone.
+    num_workers: int = II("hardware.num_workers")
+    pin_memory: bool = II("hardware.pin_memory")
     persistent_workers: bool = True  # keep loader workers alive between epochs
     val_size: Any = 5000  # images held out of the train split (int), a fraction (float), 0 = validate on test
     split_seed: int = 0
@@ -264,7 +266,6 @@ class ImageNet100DataConfig(FolderDataConfig):
     test_dir: str = "val"
     layout: str = "auto"
     class_list: Any = "auto"
-    random_resized_crop: Optional[list[float]] = None
 
 
 @dataclass

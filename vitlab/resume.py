@@ -158,11 +158,11 @@ def continued_run_config(run_dir: str | Path, today: list[str]) -> tuple[DictCon
 
 def _earlier_config(run_dir: Path, overrides: list[str]) -> tuple[list[str], DictConfig]:
     """The run's earlier overrides and the config they compose; overrides in an older spelling
-    (:func:`vitlab.compat.upgrade_flat_vit_override`) are read as today's when they no longer compose."""
+    (:func:`vitlab.compat.upgrade_override`) are read as today's when they no longer compose."""
     import hydra
     from hydra.errors import ConfigCompositionException
 
-    from vitlab.compat import upgrade_flat_vit_override as upgrade_override
+    from vitlab.compat import upgrade_override
 
     try:
         return overrides, hydra.compose(config_name="train", overrides=overrides)

@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vitlab.checkpoint import check_network_name, check_weights_fit, load_checkpoint
+from vitlab.compat import upgrade_run_config
 from vitlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,9 @@ def run_dir_of(ckpt_path: Path) -> Path:
 
 
 def read_run_config(run_dir: Path) -> DictConfig | None:
+    """The run's saved ``config.yaml``, an older run's read as today's (:mod:`vitlab.compat`)."""
     saved = run_dir / "config.yaml"
-    return OmegaConf.load(saved) if saved.is_file() else None
+    return upgrade_run_config(OmegaConf.load(saved)) if saved.is_file() else None
 
 
 def load_run(ckpt_path: str | Path | None, model_node: DictConfig | None = None) -> LoadedRun:

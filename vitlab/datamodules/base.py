@@ -24,6 +24,7 @@ from torchvision.datasets.folder import default_loader
 from torchvision.transforms.v2 import functional as TF
 
 from vitlab.checkpoint import gather_ranks
+from vitlab.config import HardwareConfig
 from vitlab.errors import ConfigError, DataError
 
 from .datasets import ArrayImageDataset, decode_all, first_per_class, known_labels, split_targets, with_transform
@@ -80,8 +81,8 @@ class ImageDataModule(lightning.LightningDataModule):
         mean: Sequence[float],
         std: Sequence[float],
         batch_size: int = 128,
-        num_workers: int = 4,
-        pin_memory: bool = True,
+        num_workers: int = HardwareConfig.num_workers,
+        pin_memory: bool = HardwareConfig.pin_memory,
         persistent_workers: bool = True,
         val_size: int | float = 5000,
         split_seed: int = 0,

@@ -13,7 +13,6 @@ from .base import ImageDataModule
 from .datasets import ImageFileDataset
 from .images import list_images
 from .tinyimagenet import IMAGENET_MEAN, IMAGENET_STD, _few, read_wnids
-from .transforms import resolve_augment
 
 #: The shipped class list: CMC's ImageNet-100 (Tian et al.), one wnid per line.
 CMC_CLASS_LIST = Path(__file__).with_name("imagenet100_classes.txt")
@@ -41,9 +40,8 @@ class ImageNet100DataModule(ImageDataModule):
     ``labels_json`` for the Kaggle layout and ``cmc`` otherwise. Class index = position of the wnid
     in the **sorted** list. A listed class without a folder is a DataError naming it.
 
-    Train transform: RandomResizedCrop(img_size, scale ``random_resized_crop``, bilinear), then the
-    recipe's augment block (flip, AutoAugment/RandAugment, random erasing); set
-    ``random_resized_crop: null`` for the recipe's resize + padded crop instead. Eval: resize to
+    Train transform: the recipe's augment block (``recipe=clear_vit``: RandomResizedCrop(img_size,
+    scale 0.08-1, bilinear), flip, the seed's RandAugment, random erasing). Eval: resize to
     ``img_size x img_size`` (bilinear, aspect ratio not kept, no centre crop), as the seed. The
     official val split is the test split; validation is ``val_size`` images held out of train.
     """
@@ -57,14 +55,12 @@ class ImageNet100DataModule(ImageDataModule):
         class_list: str | Sequence[str] = "auto",
         train_dir: str = "train",
         test_dir: str = "val",
-        random_resized_crop: Sequence[float] | None = (0.08, 1.0),
         *,
         num_classes: int = 100,
         img_size: int = 256,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         val_size: int | float = 5000,
-        augment: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if layout not in ("auto", "kaggle", "folder"):
@@ -73,15 +69,8 @@ class ImageNet100DataModule(ImageDataModule):
             not isinstance(class_list, Sequence) or not class_list or not all(isinstance(c, str) for c in class_list)
         ):
             raise ConfigError(f"data.class_list: expected {_CLASS_LISTS}; got {class_list!r}")
-        augment = dict(augment or {})
-        if random_resized_crop is not None and augment.get("random_resized_crop") is None:
-            try:
-                resolve_augment({"random_resized_crop": random_resized_crop})
-            except ConfigError as err:
-                raise ConfigError(str(err).replace("recipe.augment.", "data.", 1)) from None
-            augment["random_resized_crop"] = list(random_resized_crop)
         super().__init__(
-            num_classes=num_classes, img_size=img_size, mean=mean, std=std, val_size=val_size, augment=augment, **kwargs
+            num_classes=num_classes, img_size=img_size, mean=mean, std=std, val_size=val_size, **kwargs
         )
         self.root = Path(root).expanduser().resolve()
         self.layout = layout
