@@ -640,6 +640,20 @@ def test_data_yamls_instantiate_with_their_constants(tmp_path):
     assert in_dm.augment["random_resized_crop"] is None  # the crop is the recipe's (recipe.augment)
 
 
+def test_the_loader_settings_are_the_hardware_profiles(tmp_path):
+    """num_workers and pin_memory are defined by the hardware profile alone: no data config repeats
+    them, the data schema's default reads them, and data.num_workers=... still overrides the data's."""
+    import yaml
+
+    for path in sorted((Path(__file__).parents[1] / "vitlab" / "conf" / "data").glob("*.yaml")):
+        assert not {"num_workers", "pin_memory"} & set(yaml.safe_load(path.read_text())), path.name
+    for data in ("synthetic", "imagenet100", "tinyimagenet_c"):
+        cfg = compose_config([f"data={data}", "hardware=ddp", "hardware.num_workers=3"], output_dir=tmp_path)
+        assert (cfg.data.num_workers, cfg.data.pin_memory) == (3, cfg.hardware.pin_memory)
+    cfg = compose_config(["data=synthetic", "hardware=cpu", "data.num_workers=0"], output_dir=tmp_path)
+    assert (cfg.data.num_workers, cfg.hardware.num_workers) == (0, 2)
+
+
 def e2e_config(tmp_path: Path, *overrides: str):
     common = [o for o in SMOKE if not o.startswith("data")]
     short = ["recipe.batch_size=4", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
