@@ -3,11 +3,14 @@ column is a report column."""
 
 import json
 
+import lightning as L
 import pytest
 import yaml
 
+from vitlab.callbacks.records import RunRecord
 from vitlab.report import main, report
 from vitlab.run_metrics import Averaged, RunMetrics, averaged_columns
+from vitlab.train import train
 
 
 def _run(root, name, overrides, metrics):
@@ -77,3 +80,22 @@ def test_averaged_columns_name_an_extra_key_once():
     names = [column.name for _, column in averaged_columns(["test/top1", "mine/ece"])]
     assert names.count("top1") == 1 and names[-1] == "mine_ece"
     assert isinstance(averaged_columns()[0][1], Averaged) and averaged_columns()[0][0] == "test/top1"
+
+
+class RecordsAtTest(L.Callback):
+    """A user's callback whose figure exists only after testing."""
+
+    def __init__(self):
+        self.record, self.seen = RunRecord(), 0
+
+    def on_test_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.seen += len(batch[1])
+        self.record.put(**{"test/seen": self.seen})
+
+
+def test_a_figure_recorded_while_testing_reaches_metrics_json(smoke_cfg, tmp_path):
+    metrics = train(smoke_cfg("trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+                              "+callbacks.seen._target_=test_run_metrics.RecordsAtTest"))
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["test/seen"] == metrics["test/seen"] == saved["test/images"] > 0
+    assert RunMetrics.from_json(saved).extra == {"test/seen": saved["test/images"]}

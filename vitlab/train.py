@@ -133,6 +133,7 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
         metrics = _fit_metrics(cfg, choices, protocol, module, trainer, curve, validates_on_test, fit_time)
         if cfg.test:
             metrics.update(_test_metrics(protocol, module, trainer, datamodule, output_dir))
+        metrics.update(collect_records(trainer.callbacks))  # what callbacks measured: FLOPs, images/s, MFU, ...
         metrics.wall_time_s = round(time.perf_counter() - started, 1)
         _write_metrics(metrics, trainer, cfg, output_dir)
     return metrics.to_json()
@@ -157,7 +158,6 @@ def _fit_metrics(cfg: DictConfig, choices: dict[str, str], protocol: str, module
     )
     if "val/images" in trainer.callback_metrics:  # what the last validation's scores are over
         metrics.val_images = int(trainer.callback_metrics["val/images"].item())
-    metrics.update(collect_records(trainer.callbacks))  # what callbacks measured: FLOPs, images/s, MFU
     points = [{"epoch": p["epoch"], "top1": p["top1"]} for p in curve.points]
     if validates_on_test:
         metrics.test_top1_per_epoch = points
