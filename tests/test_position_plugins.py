@@ -17,6 +17,7 @@ from torch import nn
 
 from conftest import ROOT, SMOKE
 from test_attention_plugins import TINY, _run
+from vitlab.checkpoint import DigestCheckpointIO
 from vitlab.errors import ConfigError
 from vitlab.layers.pos_embed import sincos_2d
 from vitlab.layers.vit_position import POSITIONS, ViTPosition, position_config
@@ -199,7 +200,8 @@ def _older_checkpoint(module: nn.Module) -> dict:
 ])
 def test_an_older_run_folder_loads_its_weights(tmp_path, name, position):
     """An older run folder: its config.yaml holds the older position node, its checkpoint the older
-    tensor names; ``load_run`` (evaluate, analyze, export, predict) reads both as today's."""
+    tensor names; ``load_run`` (evaluate, analyze, export, predict) and train's resume read both as
+    today's."""
     from vitlab.instantiate import build_module
     from vitlab.runs import load_run
 
@@ -213,6 +215,9 @@ def test_an_older_run_folder_loads_its_weights(tmp_path, name, position):
     assert "net.peg.proj.weight" in older["state_dict"] and "net.position.peg.proj.weight" not in older["state_dict"]
     torch.save(older, tmp_path / "checkpoints" / "last.ckpt")
 
+    # train's resume reads the checkpoint through the same loader
+    resumed = DigestCheckpointIO().load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert list(resumed["state_dict"]) == list(module.state_dict())
     loaded = load_run(tmp_path / "checkpoints" / "last.ckpt").module
     for key, value in module.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
