@@ -737,8 +737,8 @@ def test_older_spellings_of_the_crop_read_as_the_recipe_key():
 
 
 def test_a_run_folder_with_data_random_resized_crop_continues(tmp_path, monkeypatch):
-    """A run folder whose .hydra/overrides.yaml holds ``data.random_resized_crop=...`` (ImageNet-100's
-    crop before it was the recipe's) continues with ``run_dir=``: the key is read as the recipe's."""
+    """A run folder whose .hydra/overrides.yaml holds ``data.random_resized_crop=...`` (the spelling
+    older run folders hold) continues with ``run_dir=``: the key is read as the recipe's."""
     from test_config_errors import run_in_process
 
     write_imagenet_folder(tmp_path / "in100")

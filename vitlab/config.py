@@ -157,8 +157,8 @@ class HardwareConfig:
     sync_batchnorm: bool = False  # BatchNorm statistics over all devices (several devices only)
     precision: str = "32-true"
     batch_per_device: Optional[int] = None  # micro-batch; null = recipe batch / devices, no accumulation
-    num_workers: int = 4
-    pin_memory: bool = True
+    num_workers: int = 4  # DataLoader worker processes; the data config reads it (data.num_workers)
+    pin_memory: bool = True  # pinned loader memory (CUDA only); the data config reads it (data.pin_memory)
     compile: bool = False  # torch.compile the network
     # Recompute each block's activations in the backward pass instead of keeping them: less memory
     # for about one more forward of compute (the network's set_grad_checkpointing).
