@@ -102,10 +102,21 @@ CASES = [
     (["trainer.limit_train_batches=abc"], "error: trainer.limit_train_batches: expected a number of batches"),
     (["trainer.limit_val_batches=2.5"], "error: trainer.limit_val_batches: expected a number of batches"),
     (["model.net.depth=0"], "error: model.net: depth must be >= 1, got 0"),
+    (["trainer.limit_train_batches=0"], "error: trainer.limit_train_batches: trainer.limit_train_batches=0 trains no step"),
+    (["trainer.max_epochs=0"], "error: trainer.max_epochs: trainer.max_epochs=0 trains no step"),
+    (["+trainer.accumulate_grad_batches=2"], "error: trainer.accumulate_grad_batches: accumulation follows from the batch sizes"),
+    (["callbacks.model_checkpoint.monitor=val/nonexistent"], "error: callbacks.model_checkpoint.monitor: 'val/nonexistent' is not logged during fit; use one of"),
+    # the template's groups
+    (["trainer=cpu"], "error: trainer=cpu: no trainer group in vitlab; hardware profiles are chosen with hardware=<auto|cpu|"),
+    (["hparams_search=mnist_optuna"], "error: hparams_search=mnist_optuna: no hparams_search group in vitlab; sweeps are chosen with sweep=<"),
     # where the run folder would go
     (["paths.log_dir=a_file/logs"], "error: paths.log_dir: cannot create run folders under a_file/logs"),
     pytest.param(["paths.log_dir=read_only/logs"], "error: paths.log_dir: cannot create run folders under read_only/logs",
                  marks=pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes anywhere")),
+    pytest.param(["paths.log_dir=/proc/forbidden"], "error: paths.log_dir: cannot create run folders under /proc/forbidden: /proc is not writable",
+                 marks=pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")),
+    (["paths.output_dir=a_file/run"], "error: paths.output_dir: cannot create the run folder a_file/run: "),
+    (["paths.output_dir=" + "x" * 300], "error: paths.output_dir: cannot create the run folder xxx"),
     (["callbacks.model_checkpoint.preemption_signals=[SIGNOPE]"], "error: callbacks.model_checkpoint.preemption_signals: unknown signal 'SIGNOPE'"),
     # callbacks
     (["callbacks.nan_guard.mode=ignore"], "error: callbacks.nan_guard.mode: unknown mode 'ignore'; use stop or skip"),

@@ -391,3 +391,21 @@ def test_sigkill_and_sigterm_in_epoch_2_with_persistent_workers_resume_bit_ident
         assert final["global_step"] == reference["global_step"] == 3 * PROCESS_STEPS_PER_EPOCH
         _weights_equal(reference, final)
         assert not list(run_dir.glob("checkpoints/.*.tmp")) and not (run_dir / LOCK_NAME).exists()
+
+
+def test_an_explicit_output_dir_is_the_run_folder_and_run_dir_continues_it(tmp_path, monkeypatch, one_thread):
+    """``paths.output_dir=<folder>`` puts Hydra's record there too, so the resume command a preempted
+    run prints (``run_dir=<paths.output_dir>``) works as printed, also from another folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    code, stderr = run_in_process([*COMMON, *SYNTHETIC, "recipe.epochs=2", "trainer.max_epochs=1", "test=false", "paths.output_dir=mine"])
+    assert code == 0, stderr[-2000:]
+    assert (tmp_path / "mine" / ".hydra" / "overrides.yaml").is_file() and (tmp_path / "mine" / "train.log").is_file()
+    assert not (tmp_path / "logs").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, stderr = run_in_process([f"run_dir={tmp_path / 'mine'}", "trainer.max_epochs=2"])
+    assert code == 0, stderr[-2000:]
+    assert json.loads((tmp_path / "mine" / "metrics.json").read_text())["epochs"] == 2
+    assert not list(elsewhere.iterdir())

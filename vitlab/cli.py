@@ -40,6 +40,23 @@ def check_group_choices(argv: Sequence[str], conf_dir: Path) -> None:
                 raise ConfigError(f"{key}={choice}: no such {key} config; choose one of: {', '.join(options)} ({where})")
 
 
+# Groups that lightning-hydra-template users reach for, and vitlab's way of doing the same.
+TEMPLATE_GROUPS = {
+    "trainer": "hardware profiles are chosen with hardware=<{hardware}>; one Trainer argument is trainer.<key>=<value>",
+    "hparams_search": "sweeps are chosen with sweep=<{sweep}> and -m (sweep=optuna_mini_vit is an Optuna search)",
+}
+
+
+def check_template_groups(argv: Sequence[str], conf_dir: Path) -> None:
+    """``trainer=cpu`` or ``hparams_search=...`` (the template's groups) name vitlab's equivalent in
+    one line instead of Hydra's composition error."""
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if sep and key in TEMPLATE_GROUPS:
+            options = {group: "|".join(_group_options(group, conf_dir)) for group in ("hardware", "sweep")}
+            raise ConfigError(f"{key}={value}: no {key} group in vitlab; " + TEMPLATE_GROUPS[key].format(**options))
+
+
 def _group_options(group: str, conf_dir: Path) -> list[str]:
     if group == "model":
         from vitlab.models._registry import model_config_names

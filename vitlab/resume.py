@@ -43,7 +43,8 @@ __all__ = [
     "resume_subdir",
 ]
 
-_SKIPPED_OVERRIDES = ("run_dir=", "ckpt_path=")
+# Overrides that say where a run is, not what it is: a resume names the folder itself.
+_SKIPPED_OVERRIDES = ("run_dir=", "ckpt_path=", "paths.output_dir=")
 
 
 # ----------------------------------------------------------------------------- the resume's Hydra folder

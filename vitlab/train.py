@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 import warnings
@@ -41,6 +42,7 @@ from vitlab.checkpoint import DigestCheckpointIO, check_resume_checkpoint
 from vitlab.cli import (
     check_group_choices,
     check_overrides_compose,
+    check_template_groups,
     composition_error,
     one_line_errors,
     print_resolved_config,
@@ -89,6 +91,8 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
         raise ConfigError(f"seed: expected an integer in [0, 2**32), got {cfg.seed!r}")
 
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    check_trainer_args(trainer_args)
     warn_if_past_schedule(cfg.trainer.get("max_epochs"), recipe.epochs)
     protocol = cfg.get("protocol", "heldout")
     if protocol not in PROTOCOLS:
@@ -101,8 +105,7 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
     module = build_module(cfg.model, recipe=OmegaConf.to_container(cfg.recipe, resolve=True))
     if ckpt_path:
         check_resume_checkpoint(ckpt_path, module)
-    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    check_trainer_args(trainer_args)
+    check_monitors(cfg.get("callbacks"), module)
     # vitlab's classifiers clamp log_every_n_steps to an epoch's steps, so a short run still logs its
     # step metrics; Lightning's warning that it would not is then wrong.
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
@@ -201,6 +204,21 @@ def warn_if_past_schedule(max_epochs: Any, recipe_epochs: int) -> None:
         )
 
 
+def check_monitors(callbacks: DictConfig | None, module: Any) -> None:
+    """A callback's ``monitor`` must name something fit logs, or Lightning refuses it only after the
+    first epoch's validation."""
+    known = getattr(module, "monitorable", None)
+    if not callbacks or known is None:
+        return
+    for name, node in callbacks.items():
+        monitor = node.get("monitor") if isinstance(node, DictConfig) else None
+        if monitor is None or monitor in known or (str(monitor).startswith("train/") and getattr(module, "net_returns_aux", False)):
+            continue
+        raise ConfigError(
+            f"callbacks.{name}.monitor: {monitor!r} is not logged during fit; use one of {', '.join(sorted(known))}"
+        )
+
+
 def split_size(loaders: Any) -> int:
     """Images in the datasets behind a loader or a list of loaders (the whole split, whatever was scored)."""
     loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
@@ -247,6 +265,17 @@ def check_trainer_args(args: dict[str, Any]) -> None:
             raise ConfigError(
                 f"trainer.{key}: expected a number of batches (an integer >= 0) or a fraction in [0, 1], got {value!r}"
             )
+    if "accumulate_grad_batches" in args:
+        raise ConfigError(
+            "trainer.accumulate_grad_batches: accumulation follows from the batch sizes: recipe.batch_size (the "
+            "effective batch) over hardware.batch_per_device x devices; set those instead"
+        )
+    no_step = [f"trainer.{k}=0" for k in ("max_epochs", "max_steps", "limit_train_batches") if args.get(k) == 0]
+    if no_step:
+        raise ConfigError(
+            f"{no_step[0].split('=')[0]}: {no_step[0]} trains no step, and the run would report an untrained network; "
+            "use vitlab-evaluate to score a checkpoint, or a value of at least 1"
+        )
     precision = args.get("precision")
     if precision is not None and str(precision) not in PRECISIONS:
         raise ConfigError(f"trainer.precision: unknown precision {precision!r}; use one of {', '.join(SUGGESTED_PRECISIONS)} (or set hardware.precision)")
@@ -360,33 +389,72 @@ def check_sweep_can_use_ddp(cfg: DictConfig) -> None:
 
 
 def check_log_dir_writable(argv: list[str]) -> None:
-    """The folder that will hold the run folders (``paths.log_dir``, or ``run_dir``) can be written;
-    checked before Hydra tries to create the run folder there (its failure is a long traceback)."""
+    """The run folder can be created where it will go: the folder named by ``paths.output_dir`` or
+    ``hydra.run.dir``, else a new folder under ``run_dir`` or ``paths.log_dir``. Checked before Hydra
+    tries to create it (its failure is a long traceback), by creating and removing a folder there."""
     values = dict(arg.lstrip("+").split("=", 1) for arg in argv if "=" in arg and not arg.startswith("-"))
-    if any(k in values for k in ("hydra.run.dir", "hydra.sweep.dir")):
+    if "hydra.sweep.dir" in values or {"-m", "--multirun"} & set(argv):
         return
-    if values.get("run_dir") not in (None, "", "null"):
-        key, target = "run_dir", Path(values["run_dir"].strip("'\""))
+    for key in ("paths.output_dir", "hydra.run.dir", "run_dir", "paths.log_dir"):
+        if values.get(key) not in (None, "", "null"):
+            break
     else:
-        key, target = "paths.log_dir", Path(values.get("paths.log_dir", os.environ.get("VITLAB_LOG_DIR", "logs")).strip("'\""))
+        key, values["paths.log_dir"] = "paths.log_dir", os.environ.get("VITLAB_LOG_DIR", "logs")
+    if "${" in values[key]:
+        return  # an interpolation: Hydra resolves it
+    target = Path(values[key].strip("'\""))
+    check_folder_can_be_made(target, key, folder_itself=key in ("paths.output_dir", "hydra.run.dir"))
+
+
+def check_folder_can_be_made(target: Path, key: str, folder_itself: bool) -> None:
+    """``target`` (``folder_itself``), or a folder inside it, can be created: no part of it is a file,
+    no name is longer than the file system allows, and its nearest existing folder takes a new folder."""
+    what = f"cannot create the run folder {target}" if folder_itself else f"cannot create run folders under {target}"
+    fix = f"give {key}=<a writable folder>"
     existing = target.absolute()
-    while not existing.exists() and existing != existing.parent:
+    while not _exists(existing) and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise ConfigError(f"{key}: cannot create run folders under {target}: {existing} is a file, not a folder; give {key}=<a writable folder>")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}: cannot create run folders under {target}: {existing} is not writable; give {key}=<a writable folder>")
+        raise ConfigError(f"{key}: {what}: {existing} is a file, not a folder; {fix}")
+    longest = max((len(part.encode()) for part in target.absolute().parts), default=0)
+    limit = os.pathconf(existing, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    if longest > limit:
+        raise ConfigError(f"{key}: {what}: a folder name of {longest} bytes is longer than the {limit} the file system allows; {fix}")
+    try:
+        probe = tempfile.mkdtemp(prefix=".vitlab-write-check-", dir=existing)
+    except OSError as err:
+        raise ConfigError(f"{key}: {what}: {existing} is not writable ({err.strerror}); {fix}") from None
+    os.rmdir(probe)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. a name too long to look up
+        return False
+
+
+def run_folder_follows_output_dir(argv: list[str]) -> list[str]:
+    """``paths.output_dir=<folder>`` makes that folder the run folder, Hydra's record (``.hydra/``)
+    and log included, so that ``run_dir=<folder>`` continues it."""
+    given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("paths.output_dir=")]
+    multirun = {"-m", "--multirun"} & set(argv)
+    if not given or multirun or any(a.lstrip("+").startswith("hydra.run.dir=") for a in argv):
+        return argv
+    return [*argv, f"hydra.run.dir={given[-1]}"]
 
 
 def main() -> None:
     global _command_started
     _command_started = time.time()
     forget_resume_subdirs()
+    sys.argv[1:] = run_folder_follows_output_dir(sys.argv[1:])
     run_entry_point(
         _hydra_main,
         partial(print_resolved_config, conf_dir=CONF_DIR, config_name="train"),
         check_run_dir_exists,
         check_log_dir_writable,
+        partial(check_template_groups, conf_dir=CONF_DIR),
         partial(check_group_choices, conf_dir=CONF_DIR),
         partial(warn_unknown_groups, conf_dir=CONF_DIR),
         partial(check_overrides_compose, conf_dir=CONF_DIR, config_name="train"),

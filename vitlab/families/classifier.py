@@ -61,6 +61,12 @@ class ImageClassifier(L.LightningModule):
     """
 
     attention_tol: float = 1e-4
+    #: What fit logs that a checkpoint or early-stopping callback can monitor (besides the network's
+    #: own figures, ``train/<name>``, for networks that return them).
+    monitorable: frozenset[str] = frozenset({
+        "train/loss", "train/loss_step", "train/lr", "train/grad_norm", "train/top1", "train/top5",
+        "val/top1", "val/top5", "val/loss", "val/loss_smoothed", "val/images", "val/top1_best",
+    })
 
     def __init__(
         self,
