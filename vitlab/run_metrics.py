@@ -29,9 +29,10 @@ class Averaged:
     digits: int = 2
 
 
-def entry(key: str, column: Averaged | None = None, default: Any = None) -> Any:
-    """A field stored under ``key`` in metrics.json (keys hold ``/``, field names cannot)."""
-    return field(default=default, metadata={"key": key, "column": column})
+def entry(key: str, column: Averaged | None = None, default: Any = None, null_with: str | None = None) -> Any:
+    """A field stored under ``key`` in metrics.json (keys hold ``/``, field names cannot); left out
+    while ``None``, unless the field ``null_with`` names is set (then ``null`` says something)."""
+    return field(default=default, metadata={"key": key, "column": column, "null_with": null_with})
 
 
 # What each annotation admits when a metrics.json is read back.
@@ -62,7 +63,7 @@ class RunMetrics:
     test_loss_smoothed: Optional[float] = entry("test/loss_smoothed")  # against the recipe's smoothed targets
     test_images: Optional[int] = entry("test/images")  # how many test images the scores are over
     test_partial: Optional[bool] = entry("test/partial")  # fewer than the whole split
-    tested_ckpt: Optional[str] = entry("tested_ckpt")  # relative to the run folder
+    tested_ckpt: Optional[str] = entry("tested_ckpt", null_with="tested_weights")  # relative to the run folder; null: final weights
     tested_weights: Optional[str] = entry("tested_weights")  # best | final
     test_top1_final: Optional[float] = entry("test/top1_final")
     test_top1_best: Optional[float] = entry("test/top1_best")  # best test score during fit (data.val_size=0)
@@ -96,8 +97,12 @@ class RunMetrics:
 
     def to_json(self) -> dict[str, Any]:
         """The metrics.json object: known keys in field order, then :attr:`extra`."""
-        out = {f.metadata["key"]: getattr(self, f.name) for f in _entries() if getattr(self, f.name) is not None}
+        out = {f.metadata["key"]: getattr(self, f.name) for f in _entries() if self._written(f)}
         return {**out, **self.extra}
+
+    def _written(self, f: Any) -> bool:
+        with_field = f.metadata["null_with"]
+        return getattr(self, f.name) is not None or (with_field is not None and getattr(self, with_field) is not None)
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=2, default=float) + "\n")
