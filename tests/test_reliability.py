@@ -409,3 +409,20 @@ def test_an_explicit_output_dir_is_the_run_folder_and_run_dir_continues_it(tmp_p
     assert code == 0, stderr[-2000:]
     assert json.loads((tmp_path / "mine" / "metrics.json").read_text())["epochs"] == 2
     assert not list(elsewhere.iterdir())
+
+
+def test_a_run_resumed_after_its_last_epoch_reports_the_same_keys(tmp_path, monkeypatch, one_thread):
+    """Killed between its last epoch and metrics.json (kill -9 while testing), a run resumed from
+    last.ckpt trains nothing more; its metrics.json still holds every key of an uninterrupted run."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    code, stderr = run_in_process([*COMMON, *SYNTHETIC, "paths.output_dir=run"])
+    assert code == 0, stderr[-2000:]
+    whole = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    (tmp_path / "run" / "metrics.json").unlink()  # as if killed while testing
+    code, stderr = run_in_process(["run_dir=run"])
+    assert code == 0, stderr[-2000:]
+    resumed = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert sorted(resumed) == sorted(whole)
+    for key in ("val/images", "train/images_per_s", "val/images_per_s", "val/top1_best", "epochs", "global_step"):
+        assert resumed[key] == whole[key], key

@@ -159,8 +159,11 @@ def _fit_metrics(cfg: DictConfig, choices: dict[str, str], protocol: str, module
         val_top1_best=module.best_val_top1,
         fit_time_s=round(fit_time, 1),
     )
-    if "val/images" in trainer.callback_metrics:  # what the last validation's scores are over
+    # What the last validation's scores are over (that of the checkpoint when this process ran none).
+    if "val/images" in trainer.callback_metrics:
         metrics.val_images = int(trainer.callback_metrics["val/images"].item())
+    else:
+        metrics.val_images = getattr(module, "val_images", None)
     points = [{"epoch": p["epoch"], "top1": p["top1"]} for p in curve.points]
     if validates_on_test:
         metrics.test_top1_per_epoch = points

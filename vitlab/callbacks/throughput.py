@@ -46,6 +46,13 @@ class ThroughputCallback(Callback):
         self._val_watch: Stopwatch | None = None
         self._resume_training = False
 
+    def state_dict(self) -> dict[str, Any]:
+        # A resumed run that trains no further epoch still reports the last epoch's figures.
+        return {"record": dict(self.record)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.record.put(**state_dict.get("record", {}))
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         device = pl_module.device
         self._train_watch, self._val_watch = Stopwatch(device), Stopwatch(device)

@@ -120,6 +120,7 @@ class ImageClassifier(L.LightningModule):
         self.val_acc = _accuracy_metrics(self.num_classes, "val/")
         self.test_acc = _accuracy_metrics(self.num_classes, "test/")
         self.best_val_top1 = 0.0
+        self.val_images: int | None = None  # what the last validation's scores are over
         self._grad_norm: torch.Tensor | None = None
         self._rng_state_to_restore: dict[str, Any] | None = None
         self._resumed = False
@@ -299,10 +300,15 @@ class ImageClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["best_val_top1"] = self.best_val_top1
+        if "val/images" in self.trainer.callback_metrics:
+            self.val_images = int(self.trainer.callback_metrics["val/images"].item())
+        if self.val_images is not None:
+            checkpoint["val_images"] = self.val_images
         checkpoint["rng_states"] = gather_ranks(capture_rng_state())  # every rank has its own streams
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_val_top1 = float(checkpoint.get("best_val_top1", 0.0))
+        self.val_images = checkpoint.get("val_images")
         self._resumed = True
         states = checkpoint.get("rng_states") or []
         rank = self.trainer.global_rank if self._trainer is not None else 0
