@@ -132,3 +132,41 @@ def test_resume_continues_data_order_and_rng_exactly(smoke_cfg, tmp_path, one_th
     assert resumed["rng_states"][0]["torch"].equal(straight["rng_states"][0]["torch"])
     for name, weight in straight["state_dict"].items():
         assert torch.equal(resumed["state_dict"][name], weight), name
+
+
+@pytest.mark.parametrize("layer_decay", [None, 0.75])
+def test_optimizer_state_follows_parameter_names_when_modules_moved(layer_decay):
+    """A checkpoint written while vit_cpe's PEG came after the blocks (its parameters now come first,
+    with the position module): each parameter gets its own Adam moments back, not its neighbour's."""
+    from vitlab.families.classifier import ImageClassifier
+    from vitlab.optim import build_optimizer
+    from vitlab.resume import in_order
+
+    recipe = {"optimizer": {"name": "adamw", "lr": 1e-3, "layer_decay": layer_decay}}
+    module = ImageClassifier({"name": "vit_cpe", "num_classes": 10, "depth": 2, "img_size": 32, "patch_size": 8}, recipe)
+    today = [n for n, _ in module.net.named_parameters()]
+    peg = [n for n in today if n.startswith("position.peg.")]
+    assert peg and today.index(peg[0]) < today.index("blocks.0.norm1.weight")
+    then = [n for n in today if n not in peg]
+    then[then.index("norm.weight"):then.index("norm.weight")] = peg  # the PEG after the blocks, as it was
+    params = dict(module.net.named_parameters())
+    old_optimizer = build_optimizer(in_order(module.net, then), module.recipe.optimizer)
+    for k, name in enumerate(sorted(today)):  # one step with a gradient that names the parameter
+        params[name].grad = torch.full_like(params[name], float(k + 1))
+    old_optimizer.step()
+    checkpoint = {"state_dict": {f"net.{n}": params[n].detach().clone() for n in then},
+                  "optimizer_states": [old_optimizer.state_dict()]}
+    plain = build_optimizer(module.net, module.recipe.optimizer)
+    try:  # as torch would restore it: by position
+        plain.load_state_dict(checkpoint["optimizer_states"][0])
+        by_position = {n: plain.state[params[n]]["exp_avg"].flatten()[0].item() for n in today}
+    except ValueError:
+        by_position = {}
+    module.on_load_checkpoint(checkpoint)
+    restored = build_optimizer(module.net, module.recipe.optimizer)
+    restored.load_state_dict(checkpoint["optimizer_states"][0])
+    for k, name in enumerate(sorted(today)):
+        assert restored.state[params[name]]["exp_avg"].flatten()[0].item() == pytest.approx(0.1 * (k + 1)), name
+    expected = {n: 0.1 * (k + 1) for k, n in enumerate(sorted(today))}
+    wrong = [n for n in today if n not in by_position or abs(by_position[n] - expected[n]) > 1e-6]
+    assert wrong, "by position, every parameter got its own state: the test shows nothing"

@@ -268,3 +268,62 @@ def apply_recipe_settings(optimizer: Any, scheduler: Any, settings: dict[str, An
 def _plain(value: Any) -> Any:
     """A restored optimizer holds lists where a fresh one holds tuples (Adam's betas)."""
     return list(value) if isinstance(value, tuple) else value
+
+
+# ----------------------------------------------------------------------------- optimizer state by name
+def optimizer_state_by_name(saved: dict[str, Any], saved_names: list[str], groups: list[list[str]]) -> dict[str, Any]:
+    """A saved optimizer state (torch's ``state_dict()``: per-parameter state by flat index, and
+    param groups listing indices) re-indexed for an optimizer whose groups hold the parameters
+    ``groups`` names, in that order. ``saved_names`` names the saved flat indices. Each group keeps
+    its saved settings; the saved groups are matched to today's by the names they hold.
+
+    Torch matches a saved state to parameters by position only, so a network whose modules were
+    reordered (a checkpoint written before a refactor) would give one parameter another's moments."""
+    by_names = {frozenset(saved_names[i] for i in group["params"]): group for group in saved["param_groups"]}
+    flat = {name: i for i, name in enumerate(saved_names)}
+    state, param_groups, index = {}, [], 0
+    for names in groups:
+        group = dict(by_names[frozenset(names)])
+        group["params"] = list(range(index, index + len(names)))
+        for offset, name in enumerate(names):
+            if flat[name] in saved["state"]:
+                state[index + offset] = saved["state"][flat[name]]
+        param_groups.append(group)
+        index += len(names)
+    return {**saved, "state": state, "param_groups": param_groups}
+
+
+def parameter_names(optimizer: Any, net: Any) -> list[list[str]]:
+    """Each param group's parameter names, in the optimizer's order."""
+    names = {id(p): n for n, p in net.named_parameters()}
+    return [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
+
+
+def saved_parameter_order(state_dict: dict[str, Any], net: Any, prefix: str = "net.") -> list[str]:
+    """The network's parameter names in the order a checkpoint's state dict holds them (the order of
+    ``named_parameters()`` when it was written)."""
+    params = {n for n, _ in net.named_parameters()}
+    return [k[len(prefix):] for k in state_dict if k.startswith(prefix) and k[len(prefix):] in params]
+
+
+def in_order(net: Any, order: list[str]) -> Any:
+    """``net`` as an optimizer factory sees it, with its parameters named in ``order``: the groups an
+    optimizer built from it gets are those of the network when its parameters were in that order."""
+    import torch
+
+    class _InOrder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.__dict__["_net"] = net
+
+        def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+            params = dict(net.named_parameters())
+            return ((name, params[name]) for name in order)
+
+        def parameters(self, recurse: bool = True):
+            return (p for _, p in self.named_parameters())
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.__dict__["_net"], name)
+
+    return _InOrder()

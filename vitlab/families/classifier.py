@@ -33,7 +33,14 @@ from vitlab.errors import ConfigError
 from vitlab.layers.attention_maps import AttentionMap
 from vitlab.models import create_model
 from vitlab.optim import build_optimizer, build_scheduler
-from vitlab.resume import apply_recipe_settings, recipe_settings
+from vitlab.resume import (
+    apply_recipe_settings,
+    in_order,
+    optimizer_state_by_name,
+    parameter_names,
+    recipe_settings,
+    saved_parameter_order,
+)
 from vitlab.utils import derive_seed
 
 
@@ -314,6 +321,20 @@ class ImageClassifier(L.LightningModule):
         rank = self.trainer.global_rank if self._trainer is not None else 0
         if rank < len(states):
             self._rng_state_to_restore = states[rank]
+        self._optimizer_state_by_name(checkpoint)
+
+    def _optimizer_state_by_name(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint whose network held its parameters in another order (written before a module
+        moved) gets its optimizer state re-indexed by parameter name (:mod:`vitlab.resume`)."""
+        saved = checkpoint.get("optimizer_states")
+        order = saved_parameter_order(checkpoint.get("state_dict") or {}, self.net)
+        today = [name for name, _ in self.net.named_parameters()]
+        if not saved or len(saved) != 1 or order == today or sorted(order) != sorted(today):
+            return
+        then = build_optimizer(in_order(self.net, order), self.recipe.optimizer)
+        now = build_optimizer(self.net, self.recipe.optimizer)
+        saved_names = [name for group in parameter_names(then, self.net) for name in group]
+        checkpoint["optimizer_states"] = [optimizer_state_by_name(saved[0], saved_names, parameter_names(now, self.net))]
 
     # ----------------------------------------------------------------------------- optim
     def configure_optimizers(self) -> dict[str, Any]:
