@@ -1,4 +1,9 @@
-"""CIFAR-10 and CIFAR-100 read from the official python-pickle batches."""
+"""CIFAR-10 and CIFAR-100 read from the official python-pickle batches.
+
+The batches are pickles, and a pickle can name any Python callable to run while it loads. They are
+read with :class:`BatchUnpickler`, which admits only what the official batches hold (dicts, lists,
+bytes, ints and uint8/integer numpy arrays) and refuses any other global before anything is called.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,65 @@ from .base import ImageDataModule
 from .datasets import ArrayImageDataset
 
 _CIFAR_SIDE = 32
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle asks for something a CIFAR batch never holds; ``what`` names it."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+def _numpy_dtype(*args: Any) -> np.dtype:
+    """``numpy.dtype`` for the dtypes a batch holds (unsigned and signed integers) only."""
+    dtype = np.dtype(*args)
+    if dtype.kind not in "ui" or dtype.fields is not None or dtype.subdtype is not None:
+        raise RefusedGlobal(f"a numpy array of dtype {dtype}")
+    return dtype
+
+
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as a protocol-2 pickle written by Python 3 uses it: a str to latin-1 bytes."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise RefusedGlobal(f"_codecs.encode with {encoding!r}")
+    return text.encode("latin1")
+
+
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    try:  # numpy 2
+        from numpy._core.multiarray import _reconstruct
+        from numpy._core.numeric import _frombuffer
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import _reconstruct
+        from numpy.core.numeric import _frombuffer
+
+    admitted: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): _numpy_dtype,
+                                            ("_codecs", "encode"): _latin1}
+    for core in ("numpy.core", "numpy._core"):  # numpy 1 writes numpy.core, numpy 2 numpy._core
+        admitted[(f"{core}.multiarray", "_reconstruct")] = _reconstruct
+        admitted[(f"{core}.numeric", "_frombuffer")] = _frombuffer
+    return admitted
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """An unpickler that admits only the globals of a pickled numpy integer array: the official
+    batches (protocol 2, Python 2) name ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and
+    ``numpy.dtype``; a batch re-pickled by Python 3 also ``_codecs.encode`` (protocol 2) or
+    ``numpy._core.numeric._frombuffer`` (protocol 5), and numpy 2 spells ``numpy.core`` as
+    ``numpy._core``. Any other global raises :class:`RefusedGlobal` without importing its module."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = _ADMITTED.get((module, name))
+        if found is None:
+            raise RefusedGlobal(f"{module}.{name}")
+        return found
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise RefusedGlobal(f"the persistent object {str(pid)[:40]!r}")
+
+
+_ADMITTED: dict[tuple[str, str], Any] = {}
 
 
 class CIFAR10DataModule(ImageDataModule):
@@ -95,10 +159,18 @@ class CIFAR10DataModule(ImageDataModule):
 
     def _read(self, name: str) -> dict[bytes, Any]:
         path = self.folder / name
+        if not _ADMITTED:
+            _ADMITTED.update(_numpy_globals())
         try:
             with path.open("rb") as f:
-                content = pickle.load(f, encoding="bytes")
-        except (pickle.UnpicklingError, EOFError, ValueError) as err:
+                content = BatchUnpickler(f, encoding="bytes").load()
+        except RefusedGlobal as err:
+            raise DataError(
+                f"data.data_dir: {path} asks to load {err.what}, which a {self.display_name} batch never holds; the "
+                f"file is not an official {self.display_name} batch: delete it and run with data.download=true to "
+                "fetch it again"
+            ) from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, MemoryError) as err:
             raise DataError(
                 f"data.data_dir: {path} is not a readable {self.display_name} pickle ({err}); re-download it"
             ) from err

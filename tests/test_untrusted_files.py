@@ -1,0 +1,152 @@
+"""Files from the internet never run code: dataset files, tensor caches and checkpoints that name a
+Python callable are refused in one line before anything is called."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+from conftest import compose_data_config
+from test_datamodules import CIFAR_LAYOUTS, _planes_row, write_cifar
+from vitlab.errors import DataError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class _CreatesMarker:
+    """Pickled as a call to ``open(marker, "w")``: what a doctored batch would run while it loads."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+# ----------------------------------------------------------------------------------- CIFAR batches
+def _py2_str(data: bytes) -> bytes:
+    """A Python 2 ``str`` in a protocol-2 pickle (SHORT_BINSTRING / BINSTRING)."""
+    return (b"U" + bytes([len(data)]) + data) if len(data) < 256 else (b"T" + struct.pack("<i", len(data)) + data)
+
+
+def _py2_int(value: int) -> bytes:
+    return (b"K" + bytes([value])) if 0 <= value < 256 else (b"J" + struct.pack("<i", value))
+
+
+def _py2_uint8_array(array: np.ndarray) -> bytes:
+    """A 2-D uint8 array as cPickle under numpy 1 wrote it: ``_reconstruct(ndarray, (0,), 'b')``, then
+    its state (version, shape, ``dtype('u1', 0, 1)`` with its own state, Fortran order, raw bytes)."""
+    rows, cols = array.shape
+    return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + _py2_int(0) + b"\x85" + _py2_str(b"b")
+            + b"\x87R(" + _py2_int(1) + _py2_int(rows) + _py2_int(cols) + b"\x86"
+            + b"cnumpy\ndtype\n" + _py2_str(b"u1") + _py2_int(0) + _py2_int(1) + b"\x87R"
+            + b"(" + _py2_int(3) + _py2_str(b"|") + b"NNN" + _py2_int(-1) + _py2_int(-1) + _py2_int(0) + b"tb"
+            + b"\x89" + _py2_str(array.tobytes()) + b"tb")
+
+
+def python2_batch(content: dict[bytes, object]) -> bytes:
+    """``content`` pickled the way the official archive's batches are: protocol 2 by Python 2 (str
+    keys and values, lists of ints or str, uint8 arrays)."""
+    out = b"\x80\x02}("
+    for key, value in content.items():
+        out += _py2_str(key)
+        if isinstance(value, np.ndarray):
+            out += _py2_uint8_array(value)
+        elif isinstance(value, list):
+            out += b"](" + b"".join(_py2_int(v) if isinstance(v, int) else _py2_str(v) for v in value) + b"e"
+        else:
+            out += _py2_str(value)
+    return out + b"u."
+
+
+def _cifar10_module(tmp_path: Path):
+    cfg = compose_data_config("cifar10", tmp_path, "data.val_size=10", "data.download=false")
+    return instantiate(cfg.data, _convert_="all")
+
+
+def test_a_batch_with_a_reduce_payload_is_refused_in_one_line_and_never_runs(tmp_path):
+    write_cifar("cifar10", tmp_path / "cifar10")
+    marker = tmp_path / "payload_ran"
+    batch = tmp_path / "cifar10" / "cifar-10-batches-py" / "data_batch_1"
+    batch.write_bytes(pickle.dumps({b"data": _CreatesMarker(marker), b"labels": [0]}, protocol=2))
+    # The payload is real: plain pickle runs it.
+    probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(_CreatesMarker(probe), protocol=2)).close()
+    assert probe.exists()
+
+    dm = _cifar10_module(tmp_path)
+    with pytest.raises(DataError) as refused:
+        dm.setup("fit")
+    message = str(refused.value)
+    assert not marker.exists()
+    assert "\n" not in message
+    assert message == (
+        f"data.data_dir: {batch} asks to load io.open, which a CIFAR-10 batch never holds; the file is not an "
+        "official CIFAR-10 batch: delete it and run with data.download=true to fetch it again"
+    )
+
+
+@pytest.mark.parametrize(("global_name", "what"), [
+    (b"cposix\nsystem\n", "posix.system"),
+    (b"cno_such_module_here\nthing\n", "no_such_module_here.thing"),  # refused by name, never imported
+    (b"c__builtin__\neval\n", "__builtin__.eval"),
+])
+def test_any_other_global_is_refused_by_name(tmp_path, global_name, what):
+    write_cifar("cifar10", tmp_path / "cifar10")
+    batch = tmp_path / "cifar10" / "cifar-10-batches-py" / "test_batch"
+    batch.write_bytes(b"\x80\x02" + global_name + _py2_str(b"touch x") + b"\x85R.")
+    with pytest.raises(DataError) as refused:
+        _cifar10_module(tmp_path).setup("test")
+    assert str(refused.value).startswith(f"data.data_dir: {batch} asks to load {what}, which a CIFAR-10 batch never holds")
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize(("array", "what"), [
+    (np.array([object()], dtype=object), "a numpy array of dtype object"),
+    (np.zeros((2, 3072), dtype=np.float32), "a numpy array of dtype float32"),
+])
+def test_arrays_of_other_dtypes_are_refused(tmp_path, array, what):
+    write_cifar("cifar100", tmp_path / "cifar100")
+    batch = tmp_path / "cifar100" / "cifar-100-python" / "train"
+    batch.write_bytes(pickle.dumps({b"data": array, b"fine_labels": [0, 1]}, protocol=2))
+    cfg = compose_data_config("cifar100", tmp_path, "data.val_size=10", "data.download=false")
+    with pytest.raises(DataError, match=rf"^data\.data_dir: .*train asks to load {what}, which a CIFAR-100 batch"):
+        instantiate(cfg.data, _convert_="all").setup("fit")
+
+
+@pytest.mark.parametrize("kind", ["cifar10", "cifar100"])
+def test_batches_in_the_official_format_still_load(tmp_path, kind):
+    """Every file rewritten as Python 2 pickled them (protocol 2, str as SHORT_BINSTRING, numpy's
+    ``_reconstruct``), with the official batches' other keys."""
+    files = write_cifar(kind, tmp_path / kind)
+    module_class, folder, train_files, test_file, meta_file, label_key, names_key, classes = CIFAR_LAYOUTS[kind]
+    root = tmp_path / kind / folder
+    per_file = len(files.train_images) // len(train_files)
+    for index, name in enumerate(train_files):
+        part = slice(index * per_file, (index + 1) * per_file)
+        labels = files.train_labels[part].tolist()
+        content = {b"batch_label": f"training batch {index + 1} of {len(train_files)}".encode(), label_key: labels,
+                   b"data": np.stack([_planes_row(image) for image in files.train_images[part]]),
+                   b"filenames": [f"image_{i}.png".encode() for i in range(len(labels))]}
+        if kind == "cifar100":
+            content[b"coarse_labels"] = [label // 5 for label in labels]
+        (root / name).write_bytes(python2_batch(content))
+    (root / test_file).write_bytes(python2_batch({
+        b"batch_label": b"testing batch 1 of 1", label_key: files.test_labels.tolist(),
+        b"data": np.stack([_planes_row(image) for image in files.test_images])}))
+    (root / meta_file).write_bytes(python2_batch({names_key: [name.encode() for name in files.names]}))
+    assert (root / test_file).read_bytes().startswith(b"\x80\x02}(U")  # Python 2's protocol 2, not Python 3's
+
+    cfg = compose_data_config(kind, tmp_path, "data.val_size=0", "data.download=false")
+    dm = instantiate(cfg.data, _convert_="all")
+    assert type(dm) is module_class
+    dm.setup("fit")
+    assert len(dm.train_set) == len(files.train_images) and dm.classes == files.names
+    np.testing.assert_array_equal(dm.test_set.images, files.test_images)
+    np.testing.assert_array_equal(dm.test_set.labels, files.test_labels)
+    assert len(dm.classes) == classes
