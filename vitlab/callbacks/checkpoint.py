@@ -52,7 +52,11 @@ class AtomicModelCheckpoint(ModelCheckpoint):
       overwritten, not joined by a ``last-v1.ckpt``.
     - **Preemption.** On one of ``preemption_signals`` (default SIGTERM and SIGUSR1) the run finishes
       the step it is in, saves ``last.ckpt`` at that step (mid-epoch included) and stops with
-      :class:`Preempted`, whose message says how to resume; the entry point exits non-zero. Inside
+      :class:`Preempted`, whose message says how to resume; the entry point exits non-zero. Loader
+      workers ignore these signals (:meth:`handled_signals`, ``datamodules/workers.py``), so a signal
+      sent to the whole process group (``scancel``, ``timeout``) reaches only this handler. A second
+      signal while the checkpoint is written is dropped; after the save the previous handlers are
+      back, so one during the shutdown that follows ends the process as usual. Inside
       a submitit job (Hydra's SLURM launcher), submitit's own preemption signal is handled the same
       way and then handed to submitit's handler, which requeues the job: the requeued job finds
       ``last.ckpt`` in its folder and continues from it.
@@ -148,12 +152,17 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         if self._previous_handlers or threading.current_thread() is not threading.main_thread():
             return
         self._owner_pid = os.getpid()
+        for signum in self.handled_signals():
+            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def handled_signals(self) -> list[int]:
+        """The signals this callback handles in the main process: ``preemption_signals``, and inside a
+        submitit job submitit's requeue signal. Loader workers ignore them (``datamodules/workers.py``)."""
         signums = list(self.preemption_signals)
         if os.environ.get("SUBMITIT_EXECUTOR"):  # submitit's requeue signal, USR2 unless configured
             submitit_signal = _signal_of(os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
             signums += [] if submitit_signal in signums else [submitit_signal]
-        for signum in signums:
-            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+        return signums
 
     def _restore_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():

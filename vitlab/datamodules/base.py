@@ -32,6 +32,7 @@ from .images import load_image
 from .samplers import FixedOrderSampler, RepeatedAugmentationSampler, SeededItems, class_interleaved_order, derive_seed
 from .settings import check_channels, check_device_augment, check_settings
 from .transforms import _INTERPOLATIONS, build_eval_transform, build_train_transform, resolve_augment
+from .workers import WorkerInit, main_process_signals
 
 Transform = Callable[[Any], Any]
 
@@ -237,6 +238,11 @@ class ImageDataModule(lightning.LightningDataModule):
         # leaves the global RNG alone, so when a loader is first iterated (a resumed run skips the
         # sanity check) cannot shift the training streams.
         kwargs.setdefault("generator", torch.Generator().manual_seed(derive_seed(self.seed, "eval-loader")))
+        if self.num_workers > 0:
+            # The workers leave the run's preemption signals (SIGTERM, SIGUSR1) to the main process,
+            # which saves at the next step boundary; a loader's own worker_init_fn runs after.
+            kwargs["worker_init_fn"] = WorkerInit(main_process_signals(self.trainer), kwargs.get("worker_init_fn"),
+                                                  rank=getattr(self.trainer, "global_rank", 0))
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
