@@ -134,10 +134,11 @@ class _RunsPrint:
 def _write_checkpoints(folder) -> None:
     net = create_model("mini_vit", num_classes=5)
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    torch.save({"state_dict": state, "hyper_parameters": {"net": {"name": "mini_vit", "num_classes": 5}}},
-               folder / "five_classes.ckpt")
-    torch.save({"state_dict": {"net.head.weight": torch.zeros(2, 2)}, "hyper_parameters": {"net": {"name": "outgrid_7m"}}},
-               folder / "other_model.ckpt")
+    DigestCheckpointIO().save_checkpoint(
+        {"state_dict": state, "hyper_parameters": {"net": {"name": "mini_vit", "num_classes": 5}}}, folder / "five_classes.ckpt")
+    DigestCheckpointIO().save_checkpoint(
+        {"state_dict": {"net.head.weight": torch.zeros(2, 2)}, "hyper_parameters": {"net": {"name": "outgrid_7m"}}},
+        folder / "other_model.ckpt")
     torch.save({"state_dict": state, "callbacks": {"x": _RunsPrint()}}, folder / "tampered.ckpt")
     (folder / "truncated.ckpt").write_bytes((folder / "five_classes.ckpt").read_bytes()[:300])
     # A checkpoint of the configured model, with its digest, and then one byte of a weight flipped on disk.

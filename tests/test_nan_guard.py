@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from vitlab.callbacks import AtomicModelCheckpoint, NaNGuard, NonFiniteLossError
-from vitlab.checkpoint import load_checkpoint
+from vitlab.checkpoint import DigestCheckpointIO, load_checkpoint
 from vitlab.errors import ConfigError, VitlabError
 from vitlab.families import ImageClassifier
 from vitlab.train import train
@@ -39,7 +39,7 @@ def _fit(module, tmp_path, guard, max_steps=6):
     data = TensorDataset(torch.randn(8, 4, generator=torch.Generator().manual_seed(0)), torch.randn(8, 1))
     checkpoint = AtomicModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True, save_top_k=0)
     trainer = L.Trainer(max_steps=max_steps, callbacks=[guard, checkpoint], logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
+                        enable_model_summary=False, accelerator="cpu", plugins=[DigestCheckpointIO()])
     trainer.fit(module, DataLoader(data, batch_size=2))
     return trainer
 

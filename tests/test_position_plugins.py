@@ -213,7 +213,7 @@ def test_an_older_run_folder_loads_its_weights(tmp_path, name, position):
     OmegaConf.save(OmegaConf.create({"model": node, "recipe": {}}), tmp_path / "config.yaml")
     older = _older_checkpoint(module)
     assert "net.peg.proj.weight" in older["state_dict"] and "net.position.peg.proj.weight" not in older["state_dict"]
-    torch.save(older, tmp_path / "checkpoints" / "last.ckpt")
+    DigestCheckpointIO().save_checkpoint(older, tmp_path / "checkpoints" / "last.ckpt")
 
     # train's resume reads the checkpoint through the same loader
     resumed = DigestCheckpointIO().load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")

@@ -21,7 +21,7 @@ from vitlab.callbacks.checkpoint import Preempted
 from vitlab.callbacks.nan_guard import NonFiniteLossError
 from conftest import CONF_DIR, ROOT, flip_tensor_byte
 from test_config_errors import COMMON, SYNTHETIC, run_in_process
-from vitlab.checkpoint import DIGEST_KEY, DigestCheckpointIO, load_checkpoint, state_digest
+from vitlab.checkpoint import ALLOW_UNSIGNED_ENV, DIGEST_KEY, DigestCheckpointIO, load_checkpoint, state_digest
 from vitlab.cli import warn_unknown_groups
 from vitlab.errors import ConfigError
 from vitlab.optim import WarmupCosine
@@ -165,9 +165,19 @@ def test_digest_is_saved_inside_and_a_flipped_byte_in_tensor_data_is_refused(tmp
     assert not torch.equal(altered, state["state_dict"]["net.w"])
 
 
-def test_a_checkpoint_without_a_digest_still_loads(tmp_path):
-    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "plain.ckpt")
-    assert torch.equal(load_checkpoint(tmp_path / "plain.ckpt")["state_dict"]["w"], torch.zeros(2))
+def test_a_checkpoint_without_a_digest_loads_only_with_the_switch(tmp_path, monkeypatch):
+    path = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
+    monkeypatch.delenv(ALLOW_UNSIGNED_ENV, raising=False)
+    with pytest.raises(ConfigError) as refused:
+        load_checkpoint(path)
+    assert str(refused.value) == (
+        f"ckpt_path: {path} carries no vitlab_digest (it was not written by vitlab, or its digest was removed), so its "
+        "integrity cannot be checked and it is refused; if you trust its source, set VITLAB_ALLOW_UNSIGNED_CHECKPOINTS=1 "
+        "to load it"
+    )
+    monkeypatch.setenv(ALLOW_UNSIGNED_ENV, "1")
+    assert torch.equal(load_checkpoint(path)["state_dict"]["w"], torch.zeros(2))
 
 
 # ----------------------------------------------------------------------------------- moved run folders

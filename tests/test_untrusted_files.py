@@ -3,17 +3,22 @@ Python callable are refused in one line before anything is called."""
 
 from __future__ import annotations
 
+import math
 import pickle
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from conftest import compose_data_config
 from test_datamodules import CIFAR_LAYOUTS, _planes_row, write_cifar
-from vitlab.errors import DataError
+from test_evaluate import compose_evaluate
+from vitlab.checkpoint import ALLOW_UNSIGNED_ENV, DIGEST_KEY, DigestCheckpointIO, load_checkpoint
+from vitlab.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -150,3 +155,66 @@ def test_batches_in_the_official_format_still_load(tmp_path, kind):
     np.testing.assert_array_equal(dm.test_set.images, files.test_images)
     np.testing.assert_array_equal(dm.test_set.labels, files.test_labels)
     assert len(dm.classes) == classes
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+def _signed(path: Path, state_dict: dict, **extra) -> Path:
+    DigestCheckpointIO().save_checkpoint({"state_dict": state_dict, "epoch": 1, **extra}, path)
+    return path
+
+
+def test_deleting_the_digest_does_not_get_a_checkpoint_past_the_loader(tmp_path, monkeypatch):
+    monkeypatch.delenv(ALLOW_UNSIGNED_ENV, raising=False)
+    path = _signed(tmp_path / "last.ckpt", {"net.w": torch.ones(3)})
+    assert torch.equal(load_checkpoint(path)["state_dict"]["net.w"], torch.ones(3))
+    edited = torch.load(path, weights_only=True)
+    del edited[DIGEST_KEY]
+    edited["state_dict"]["net.w"] = torch.full((3,), 7.0)  # the edit the digest would have caught
+    torch.save(edited, path)
+    with pytest.raises(ConfigError) as refused:
+        load_checkpoint(path, key="ckpt_path")
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"ckpt_path: {path} carries no vitlab_digest")
+    assert message.endswith(f"if you trust its source, set {ALLOW_UNSIGNED_ENV}=1 to load it")
+    monkeypatch.setenv(ALLOW_UNSIGNED_ENV, "1")
+    assert torch.equal(load_checkpoint(path)["state_dict"]["net.w"], torch.full((3,), 7.0))
+
+
+@pytest.mark.parametrize(("bad", "kind"), [(math.nan, "NaN"), (math.inf, "Inf"), (-math.inf, "Inf")])
+def test_non_finite_weights_are_refused_naming_the_first_tensor(tmp_path, bad, kind):
+    weights = torch.ones(4)
+    weights[2] = bad
+    state = {"net.a": torch.ones(2), "net.steps": torch.tensor([3]), "net.b": weights, "net.c": torch.full((2,), bad)}
+    path = _signed(tmp_path / "diverged.ckpt", state)
+    with pytest.raises(ConfigError) as refused:
+        load_checkpoint(path)
+    assert str(refused.value) == (
+        f"ckpt_path: {path} holds non-finite weights (net.b has {kind} values); the run diverged before this "
+        "checkpoint was saved: use an earlier checkpoint of the run, e.g. its epoch_*.ckpt"
+    )
+
+
+def test_the_switch_reaches_the_python_api_and_evaluate(tmp_path, monkeypatch, one_thread):
+    """``vitlab.load_run`` (predict and export use it) and ``vitlab.evaluate`` read checkpoints
+    through the one loader: an unsigned one is refused without the switch and loads with it."""
+    import vitlab
+    from vitlab.evaluate import evaluate
+
+    cfg = vitlab.compose("model=mini_vit", "data=synthetic", "data.num_classes=4", "data.img_size=32",
+                         output_dir=tmp_path / "run")
+    module = vitlab.build_module(cfg)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    OmegaConf.save(cfg, run / "config.yaml")
+    ckpt = run / "checkpoints" / "last.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, ckpt)
+
+    monkeypatch.delenv(ALLOW_UNSIGNED_ENV, raising=False)
+    with pytest.raises(ConfigError, match=rf"^ckpt_path: {ckpt} carries no vitlab_digest .*{ALLOW_UNSIGNED_ENV}=1"):
+        vitlab.load_run(run)
+    with pytest.raises(ConfigError, match=rf"^ckpt_path: {ckpt} carries no vitlab_digest"):
+        evaluate(compose_evaluate(f"ckpt_path={ckpt}", out_dir=tmp_path / "eval"))
+    monkeypatch.setenv(ALLOW_UNSIGNED_ENV, "1")
+    loaded = vitlab.load_run(run)
+    for name, value in module.state_dict().items():
+        assert torch.equal(loaded.module.state_dict()[name], value), name

@@ -1,17 +1,21 @@
 """Checkpoint files: the one loader, the integrity digest, the fit check, atomic writes, RNG state and
 :func:`gather_ranks` (every rank's state, for the one checkpoint rank 0 writes).
 
-Every command that reads a checkpoint (train's resume, evaluate, analyze) goes through
-:func:`load_checkpoint`: the file must exist, load with ``torch.load(weights_only=True)`` (a file that
-needs more, i.e. pickled Python objects from a tampered or foreign file, is refused with one line
-instead of being executed) and, when it carries a content digest, match it. :func:`check_weights_fit`
-is the one comparison of a checkpoint's network (name, tensor names and shapes) with a module, so a
-mismatch is one line naming the tensor, not a ``load_state_dict`` traceback.
+Every command that reads a checkpoint (train's resume, evaluate, analyze, predict, export and
+:func:`vitlab.load_run`) goes through :func:`load_checkpoint`: the file must exist, load with
+``torch.load(weights_only=True)`` (a file that needs more, i.e. pickled Python objects from a tampered
+or foreign file, is refused with one line instead of being executed), carry a content digest that
+matches it, and hold finite weights. :func:`check_weights_fit` is the one comparison of a
+checkpoint's network (name, tensor names and shapes) with a module, so a mismatch is one line naming
+the tensor, not a ``load_state_dict`` traceback.
 
 The digest is a SHA-256 over everything a checkpoint holds (tensor bytes, dtypes, shapes and plain
 values, in key order), computed when the checkpoint is saved (:class:`DigestCheckpointIO`) and stored
 inside it under ``vitlab_digest``. A byte that changes on disk afterwards (bit rot, a bad copy, an
-edited file) makes the digest disagree and the file is refused, naming it.
+edited file) makes the digest disagree and the file is refused, naming it. A checkpoint without a
+digest (written by other code, or one whose digest was deleted) is refused too, unless the
+environment variable ``VITLAB_ALLOW_UNSIGNED_CHECKPOINTS=1`` (:data:`ALLOW_UNSIGNED_ENV`) says to
+load it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from vitlab.compat import upgrade_checkpoint
 from vitlab.errors import ConfigError
 
 DIGEST_KEY = "vitlab_digest"
+#: The one switch that lets :func:`load_checkpoint` read a checkpoint without a digest: ``=1``.
+ALLOW_UNSIGNED_ENV = "VITLAB_ALLOW_UNSIGNED_CHECKPOINTS"
 
 
 def state_digest(checkpoint: dict[str, Any]) -> str:
@@ -82,12 +88,13 @@ class DigestCheckpointIO(TorchCheckpointIO):
 
 
 def load_checkpoint(path: str | Path | None, key: str = "ckpt_path") -> dict[str, Any]:
-    """The checkpoint at ``path``, loaded weights-only on the CPU (memory-mapped, nothing copied)
-    and checked against its digest when it has one; tensors an older vitlab saved under other names
-    come under today's (:func:`vitlab.compat.upgrade_checkpoint`).
+    """The checkpoint at ``path``, loaded weights-only on the CPU (memory-mapped, nothing copied),
+    checked against its digest and for non-finite weights; tensors an older vitlab saved under other
+    names come under today's (:func:`vitlab.compat.upgrade_checkpoint`).
 
     A missing file, a file that is not a checkpoint, one whose pickle holds anything beyond tensors
-    and plain containers, and one whose contents no longer match its digest each raise one
+    and plain containers, one without a digest (unless ``VITLAB_ALLOW_UNSIGNED_CHECKPOINTS=1``), one
+    whose contents no longer match its digest and one with a NaN or Inf weight each raise one
     :class:`ConfigError` naming ``key`` and the file.
     """
     if path in (None, ""):
@@ -98,8 +105,17 @@ def load_checkpoint(path: str | Path | None, key: str = "ckpt_path") -> dict[str
             f"{key}: no checkpoint file at {path.resolve()}; give a .ckpt from a run's checkpoints/ folder "
             "(or run_dir=<run folder> to continue a run)"
         )
+    checkpoint = _read_weights_only(path, key)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"{key}: {path} is not a Lightning checkpoint (no state_dict); give a .ckpt written by vitlab.train")
+    _check_digest(checkpoint, path, key)
+    _check_finite(checkpoint["state_dict"], path, key)
+    return upgrade_checkpoint(checkpoint)
+
+
+def _read_weights_only(path: Path, key: str) -> Any:
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
         # torch's message spans a dozen lines; the line naming the offending global is the useful one.
         found = re.search(r"Unsupported global: GLOBAL (\S+)|Unsupported operand \d+|Unsupported class \S+", str(err))
@@ -111,15 +127,40 @@ def load_checkpoint(path: str | Path | None, key: str = "ckpt_path") -> dict[str
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0][:160]
         raise ConfigError(f"{key}: {path} is not a readable checkpoint ({reason}); was it truncated? use another .ckpt") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ConfigError(f"{key}: {path} is not a Lightning checkpoint (no state_dict); give a .ckpt written by vitlab.train")
+
+
+def unsigned_allowed() -> bool:
+    """Whether ``VITLAB_ALLOW_UNSIGNED_CHECKPOINTS`` says to load checkpoints without a digest."""
+    return os.environ.get(ALLOW_UNSIGNED_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def _check_digest(checkpoint: dict[str, Any], path: Path, key: str) -> None:
     saved = checkpoint.get(DIGEST_KEY)
-    if saved is not None and saved != state_digest(checkpoint):
+    if saved is None:
+        if unsigned_allowed():
+            return
+        raise ConfigError(
+            f"{key}: {path} carries no {DIGEST_KEY} (it was not written by vitlab, or its digest was removed), so "
+            f"its integrity cannot be checked and it is refused; if you trust its source, set {ALLOW_UNSIGNED_ENV}=1 "
+            "to load it"
+        )
+    if saved != state_digest(checkpoint):
         raise ConfigError(
             f"{key}: {path} fails its integrity check (its contents no longer match the SHA-256 saved with them: "
             "the file changed on disk after it was written); use another checkpoint of the run, e.g. its epoch_*.ckpt"
         )
-    return upgrade_checkpoint(checkpoint)
+
+
+def _check_finite(state_dict: Any, path: Path, key: str) -> None:
+    """Refuse a state_dict with a NaN or Inf in any floating-point tensor, naming the first one."""
+    for name, tensor in (state_dict or {}).items():
+        if isinstance(tensor, torch.Tensor) and (tensor.is_floating_point() or tensor.is_complex()):
+            if not bool(torch.isfinite(tensor).all()):
+                kind = "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
+                raise ConfigError(
+                    f"{key}: {path} holds non-finite weights ({name} has {kind} values); the run diverged "
+                    "before this checkpoint was saved: use an earlier checkpoint of the run, e.g. its epoch_*.ckpt"
+                )
 
 
 def check_network_name(checkpoint: dict[str, Any], wanted_name: str | None, path: str | Path, key: str = "ckpt_path") -> None:
