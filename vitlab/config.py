@@ -211,6 +211,19 @@ class HardwareConfig:
         return "gpu" if self.accelerator == "cuda" else self.accelerator
 
 
+def where_or_how(default: Any) -> Any:
+    """A data key that says where the files are or how they are loaded, not which images arrive in
+    which order: a run may change it when it continues (:mod:`vitlab.resume`)."""
+    return field(default=default, metadata={"may_change_on_resume": True})
+
+
+def data_keys_that_may_change() -> set[str]:
+    """The data keys of every schema declared with :func:`where_or_how`."""
+    from dataclasses import fields
+
+    return {f.name for schema in DATA_SCHEMAS.values() for f in fields(schema) if f.metadata.get("may_change_on_resume")}
+
+
 @dataclass
 class DataConfig:
     """Keys every image DataModule takes (``datamodules.ImageDataModule``); each data config extends
@@ -224,29 +237,29 @@ class DataConfig:
     batch_size: int = 128  # global batch; train.py replaces it by the per-device batch
     # The loader's processes and pinned memory are the hardware profile's (hardware.num_workers,
     # hardware.pin_memory); data.num_workers=... overrides them for the data alone.
-    num_workers: int = II("hardware.num_workers")
-    pin_memory: bool = II("hardware.pin_memory")
-    persistent_workers: bool = True  # keep loader workers alive between epochs
+    num_workers: int = where_or_how(II("hardware.num_workers"))
+    pin_memory: bool = where_or_how(II("hardware.pin_memory"))
+    persistent_workers: bool = where_or_how(True)  # keep loader workers alive between epochs
     val_size: Any = 5000  # images held out of the train split (int), a fraction (float), 0 = validate on test
     split_seed: int = 0
-    augment: Any = None  # the recipe's augment block (recipe.augment)
+    augment: Any = where_or_how(None)  # the recipe's augment block (recipe.augment)
     repeated_aug: int = 1
     seed: int = 0
-    cache: bool = False  # decode every image once into memory (small datasets only)
+    cache: bool = where_or_how(False)  # decode every image once into memory (small datasets only)
     subset: Optional[int] = None  # keep the first N train images of each class; null = all
     resize_interpolation: Optional[str] = None  # null = the dataset's default
     # Where augmentation runs: workers (CPU loader processes) or device (on the accelerator); the
     # DataModule checks the value.
     pipeline: str = "workers"
-    cache_dir: Optional[str] = None  # data.pipeline=device: the decoded-image cache (null: $VITLAB_DATA_DIR/cache)
+    cache_dir: Optional[str] = where_or_how(None)  # data.pipeline=device: the decoded-image cache (null: $VITLAB_DATA_DIR/cache)
 
 
 @dataclass
 class DownloadDataConfig(DataConfig):
     """CIFAR-10/100, TinyImageNet: a folder the files are downloaded into."""
 
-    data_dir: str = MISSING
-    download: bool = True
+    data_dir: str = where_or_how(MISSING)
+    download: bool = where_or_how(True)
 
 
 @dataclass
@@ -256,7 +269,7 @@ class SVHNDataConfig(DownloadDataConfig):
 
 @dataclass
 class FolderDataConfig(DataConfig):
-    root: str = MISSING
+    root: str = where_or_how(MISSING)
     train_dir: str = "train"
     test_dir: str = "test"
 
@@ -272,7 +285,7 @@ class ImageNet100DataConfig(FolderDataConfig):
 class CorruptionDataConfig(DataConfig):
     """TinyImageNet-C: evaluation only."""
 
-    root: str = MISSING
+    root: str = where_or_how(MISSING)
     train_wnids: Any = MISSING
     corruptions: Optional[list[str]] = None
     severities: Optional[list[int]] = None

@@ -183,21 +183,21 @@ def override_history(run_dir: Path) -> list[str]:
     return [str(o) for f in files for o in OmegaConf.load(f)]
 
 
-# Keys of a run that stay as they are when it continues: they decide the network's tensors or the
-# data stream (which images, in which order, in which batches). Everything else may change on resume
-# and takes effect from the next step (the recipe's optimizer and schedule settings included).
-_DATA_KEYS_THAT_MAY_CHANGE = ("num_workers", "pin_memory", "persistent_workers", "cache", "download", "augment", "data_dir", "root")
-
-
 def fixed_for_a_run(key: str) -> bool:
-    """Whether the dotted config ``key`` must keep its value when the run continues."""
+    """Whether the dotted config ``key`` must keep its value when the run continues: what decides the
+    network's tensors or the data stream (which images, in which order, in which batches). Everything
+    else may change and takes effect from the next step (the recipe's optimizer and schedule settings
+    included); the data schemas declare their keys that say where or how, not what
+    (:func:`vitlab.config.where_or_how`)."""
+    from vitlab.config import data_keys_that_may_change
+
     parts = key.split(".")
     if key in ("seed", "recipe.batch_size", "recipe.repeated_aug"):
         return True
     if parts[0] == "model":
         return key != "model.compile" and "drop" not in parts[-1]
     if parts[0] == "data":
-        return len(parts) > 1 and parts[1] not in _DATA_KEYS_THAT_MAY_CHANGE
+        return len(parts) > 1 and parts[1] not in data_keys_that_may_change()
     return False
 
 
