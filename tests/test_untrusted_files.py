@@ -218,3 +218,35 @@ def test_the_switch_reaches_the_python_api_and_evaluate(tmp_path, monkeypatch, o
     loaded = vitlab.load_run(run)
     for name, value in module.state_dict().items():
         assert torch.equal(loaded.module.state_dict()[name], value), name
+
+
+# ----------------------------------------------------------------------------------- tensor caches
+def test_a_cache_file_holding_a_pickle_counts_as_corrupt_and_never_runs(tmp_path):
+    from vitlab.datamodules.tensor_cache import _check_cache, cache_paths
+
+    marker = tmp_path / "payload_ran"
+    paths = cache_paths(tmp_path, "TinyImageNetDataModule-train-0123")
+    np.save(paths["images"], np.zeros((1, 4, 4, 3), dtype=np.uint8))
+    np.save(paths["labels"], np.array([_CreatesMarker(marker)], dtype=object), allow_pickle=True)
+    paths["meta"].write_text('{"key": "k", "shape": [1, 4, 4, 3], "format": 1}\n')
+    found = _check_cache(paths, "k", 1)
+    assert isinstance(found, str) and found.startswith("corrupt (ValueError: Object arrays cannot be loaded")
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------------- SVHN .mat files
+def test_an_svhn_file_of_cells_is_refused_in_one_line(tmp_path):
+    import scipy.io
+
+    from vitlab.datamodules import SVHNDataModule
+
+    cells = np.empty((32, 32, 3, 2), dtype=object)
+    cells[...] = "x"
+    scipy.io.savemat(tmp_path / "train_32x32.mat", {"X": cells, "y": np.ones((2, 1), np.uint8)})
+    scipy.io.savemat(tmp_path / "test_32x32.mat", {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.ones((2, 1))})
+    with pytest.raises(DataError) as refused:
+        SVHNDataModule(str(tmp_path), download=False, val_size=1).setup("fit")
+    assert str(refused.value) == (
+        f"data.data_dir: {tmp_path / 'train_32x32.mat'} holds X of type object and y of type uint8, expected uint8 "
+        "pixels and numeric labels (an official SVHN file); delete it and run with data.download=true to fetch it again"
+    )

@@ -102,6 +102,8 @@ class SVHNDataModule(ImageDataModule):
 
         path = self.data_dir / _FILES[split]
         try:
+            # loadmat parses the MAT format into numpy arrays (cells and MATLAB objects become object
+            # arrays, refused below): it unpickles nothing and runs no code the file names.
             content = loadmat(str(path), variable_names=("X", "y"))
         except Exception as err:  # scipy raises many kinds (MatReadError, IndexError, ...) on a damaged file
             message = str(err).replace("\n", " ")
@@ -109,6 +111,12 @@ class SVHNDataModule(ImageDataModule):
         if "X" not in content or "y" not in content:
             raise DataError(f"data.data_dir: {path} lacks the variables X and y of an SVHN file; re-download it")
         images, labels = np.asarray(content["X"]), np.asarray(content["y"]).reshape(-1)
+        if images.dtype != np.uint8 or labels.dtype.kind not in "uif":
+            raise DataError(
+                f"data.data_dir: {path} holds X of type {images.dtype} and y of type {labels.dtype}, expected uint8 "
+                "pixels and numeric labels (an official SVHN file); delete it and run with data.download=true to "
+                "fetch it again"
+            )
         if images.ndim != 4 or images.shape[:3] != (_SIDE, _SIDE, 3) or images.shape[3] != len(labels):
             raise DataError(
                 f"data.data_dir: {path} holds X of shape {images.shape} and {len(labels)} labels, expected "

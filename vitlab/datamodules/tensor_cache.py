@@ -89,8 +89,10 @@ def _check_cache(paths: dict[str, Path], key: str, count: int) -> tuple[np.ndarr
         return "missing"
     try:
         meta = json.loads(paths["meta"].read_text())
-        images = np.load(paths["images"], mmap_mode="c")  # copy-on-write: writable views, the file never changes
-        labels = np.load(paths["labels"])
+        # copy-on-write: writable views, the file never changes; allow_pickle=False: an object array (a
+        # pickle, which could run code) is refused with a ValueError, i.e. the cache counts as corrupt
+        images = np.load(paths["images"], mmap_mode="c", allow_pickle=False)
+        labels = np.load(paths["labels"], allow_pickle=False)
     except (OSError, ValueError, json.JSONDecodeError) as err:
         return f"corrupt ({type(err).__name__}: {str(err)[:120]})"
     if meta.get("key") != key:
@@ -179,7 +181,7 @@ def cached_split(
             f"data.cache_dir: cannot write the {name} cache into {paths['images'].parent} ({err.strerror or err}); "
             "point data.cache_dir at a writable folder"
         ) from err
-    images = np.load(paths["images"], mmap_mode="c")
+    images = np.load(paths["images"], mmap_mode="c", allow_pickle=False)
     log.info("data.pipeline=device: %s split decoded once into %s (%d images, %.1f MB)", name, paths["images"],
              len(images), images.nbytes / 2**20)
     return ArrayImageDataset(images, np.asarray(labels, dtype=np.int64))
