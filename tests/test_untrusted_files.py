@@ -250,3 +250,23 @@ def test_an_svhn_file_of_cells_is_refused_in_one_line(tmp_path):
         f"data.data_dir: {tmp_path / 'train_32x32.mat'} holds X of type object and y of type uint8, expected uint8 "
         "pixels and numeric labels (an official SVHN file); delete it and run with data.download=true to fetch it again"
     )
+
+
+# ----------------------------------------------------------------------------------- image files
+def test_an_image_named_jpeg_that_is_postscript_never_reaches_ghostscript(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin, Image
+
+    from vitlab.datamodules.images import ImageDecodeError, load_image
+
+    calls = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: calls.append(args))
+    path = tmp_path / "n01443537_0.JPEG"
+    path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 lineto stroke\nshowpage\n")
+    with Image.open(path) as image:  # what PIL makes of it when every format is allowed
+        assert image.format == "EPS"
+    with pytest.raises(ImageDecodeError) as refused:
+        load_image(path)
+    assert str(refused.value).startswith(f"{path}: cannot decode image (") and "\n" not in str(refused.value)
+    assert calls == []
+    Image.new("RGB", (4, 4), (9, 8, 7)).save(tmp_path / "fine.png")
+    assert load_image(tmp_path / "fine.png").getpixel((0, 0)) == (9, 8, 7)

@@ -15,6 +15,9 @@ from vitlab.errors import DataError
 
 # File name endings read as images (compared in lower case).
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+# The PIL decoders a file may use, whatever its name says: raster formats decoded by PIL itself. Others
+# are left out, EPS above all (PIL hands it to the Ghostscript interpreter, which runs the PostScript).
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "PPM", "TIFF", "GIF")
 
 
 class ImageDecodeError(DataError):
@@ -43,7 +46,7 @@ class ImageDecodeError(DataError):
 def load_image(path: str | Path) -> Image.Image:
     """Decode an image file into an RGB PIL image; :class:`ImageDecodeError` naming ``path`` if it fails."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=IMAGE_FORMATS) as image:
             return image.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         reason = str(err).replace("\n", " ").replace(f" '{path}'", "").replace(str(path), "the file").strip()
