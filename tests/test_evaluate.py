@@ -150,6 +150,13 @@ def test_evaluate_errors_name_the_key(trained_run, tmp_path):
     with pytest.raises(ConfigError, match=r"^ckpt_path: the weights in .* do not fit model mini_vit \(\d+ tensors missing, \d+ unexpected, \d+ of another shape"):
         evaluate(compose_evaluate(f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}", "model=mini_vit", "data=synthetic",
                                   "model.net.depth=7", out_dir=tmp_path / "c"))
+    # A 10-class network on 3-class data would print top-1 0.00; refused before anything is written.
+    with pytest.raises(ConfigError, match=r"^data.num_classes: the checkpoint's mini_vit classifies 10 classes but the data has 3; "):
+        evaluate(compose_evaluate(f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}", "data=synthetic", "data.num_classes=3",
+                                  out_dir=tmp_path / "d"))
+    assert not (tmp_path / "d").exists()
+    with pytest.raises(ConfigError, match=r"^limit_batches: expected a number of batches >= 1 \(or null for every batch\), got -1$"):
+        evaluate(compose_evaluate(f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}", "limit_batches=-1", out_dir=tmp_path / "e"))
     (tmp_path / "not.ckpt").write_text("hello")
     with pytest.raises(ConfigError, match=r"^ckpt_path: .*not.ckpt is not a readable checkpoint"):
         evaluate(compose_evaluate(f"ckpt_path={tmp_path / 'not.ckpt'}", out_dir=tmp_path / "b"))

@@ -56,6 +56,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split: unknown split {cfg.split!r}; use test or val")
+    limit = cfg.limit_batches
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit_batches: expected a number of batches >= 1 (or null for every batch), got {limit!r}")
     model_node = cfg.model if cfg.get("model") else None
     if model_node is not None:
         model_node = OmegaConf.create(OmegaConf.to_container(model_node, resolve=True))
@@ -65,11 +68,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         reuse_freed_memory()
     device = torch.device("cuda" if hardware.resolved_accelerator() == "gpu" else "cpu")
     module = run.module.to(device)
-    out_dir = prepare_output_dir(Path(cfg.out_dir or cfg.paths.output_dir), ["eval_metrics.json", *ROBUSTNESS_FILES], cfg.overwrite)
-
     loader_args = {"batch_size": cfg.batch_size, "num_workers": hardware.num_workers, "pin_memory": hardware.pin_memory}
     data_node = cfg.data if cfg.get("data") else _run_data(run)
     datamodule = build(data_node, **loader_args)
+    check_classes_match(module, datamodule, run.model_name)
+    out_dir = prepare_output_dir(Path(cfg.out_dir or cfg.paths.output_dir), ["eval_metrics.json", *ROBUSTNESS_FILES], cfg.overwrite)
     img_size = getattr(datamodule, "img_size", None)
     flops = image_flops(getattr(module, "net", module), img_size) if img_size else None  # before any dtype cast
     scorer = Scorer(module, device, hardware.precision, module.recipe.label_smoothing, cfg.warmup_iters, cfg.limit_batches,
@@ -114,6 +117,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("reference: only used with corruption data (sets named <corruption>/<severity>), e.g. data=tinyimagenet_c")
     write_json(out_dir / "eval_metrics.json", result)
     return result
+
+
+def check_classes_match(module: Any, datamodule: Any, model_name: str) -> None:
+    """A network scored on data with another number of classes gives a meaningless top-1."""
+    have, data = getattr(module, "num_classes", None), getattr(datamodule, "num_classes", None)
+    if have is not None and data is not None and have != data:
+        raise ConfigError(
+            f"data.num_classes: the checkpoint's {model_name} classifies {have} classes but the data has {data}; "
+            "score it on data with the run's classes (leave data= out to use the run's own data)"
+        )
 
 
 class Scorer:
