@@ -270,3 +270,28 @@ def test_an_image_named_jpeg_that_is_postscript_never_reaches_ghostscript(tmp_pa
     assert calls == []
     Image.new("RGB", (4, 4), (9, 8, 7)).save(tmp_path / "fine.png")
     assert load_image(tmp_path / "fine.png").getpixel((0, 0)) == (9, 8, 7)
+
+
+# ----------------------------------------------------------------------------------- run folders
+@pytest.mark.parametrize(("key", "node", "what"), [
+    ("model", {"_target_": "builtins.open"}, "model._target_ 'builtins.open'"),
+    ("data", {"_target_": "os.system", "_args_": ["touch payload_ran"]}, "data._target_ 'os.system'"),
+    ("data", {"augment": {"_target_": "builtins.open", "file": "payload_ran", "mode": "w"}}, "data.augment._target_"),
+])
+def test_a_run_config_naming_another_callable_is_refused(tmp_path, monkeypatch, key, node, what):
+    import vitlab
+
+    monkeypatch.chdir(tmp_path)
+    cfg = vitlab.compose("model=mini_vit", "data=synthetic", "data.num_classes=4", "data.img_size=32",
+                         output_dir=tmp_path / "run")
+    module = vitlab.build_module(cfg)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    cfg = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), {key: node})
+    OmegaConf.save(cfg, run / "config.yaml")
+    _signed(run / "checkpoints" / "last.ckpt", module.state_dict(), hyper_parameters=dict(module.hparams))
+    with pytest.raises(ConfigError) as refused:
+        vitlab.load_run(run)
+    assert str(refused.value).startswith(f"ckpt_path: {run / 'config.yaml'} names {what}, which is not a ")
+    assert "\n" not in str(refused.value)
+    assert not (tmp_path / "payload_ran").exists()

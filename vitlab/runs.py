@@ -46,9 +46,49 @@ def run_dir_of(ckpt_path: Path) -> Path:
 
 
 def read_run_config(run_dir: Path) -> DictConfig | None:
-    """The run's saved ``config.yaml``, an older run's read as today's (:mod:`vitlab.compat`)."""
+    """The run's saved ``config.yaml``, an older run's read as today's (:mod:`vitlab.compat`), its
+    classes checked (:func:`check_run_targets`)."""
     saved = run_dir / "config.yaml"
-    return upgrade_run_config(OmegaConf.load(saved)) if saved.is_file() else None
+    if not saved.is_file():
+        return None
+    config = upgrade_run_config(OmegaConf.load(saved))
+    check_run_targets(config, saved)
+    return config
+
+
+def check_run_targets(config: DictConfig, saved: Path) -> None:
+    """Refuse a run config whose ``model`` / ``data`` ``_target_`` (what loading a run builds) is not
+    a LightningModule / LightningDataModule class, or whose ``data`` holds another ``_target_``: a
+    config.yaml from elsewhere could otherwise name any callable (``os.system``) for Hydra to call."""
+    import lightning as L
+    from hydra.utils import get_class
+
+    for key, base in (("model", L.LightningModule), ("data", L.LightningDataModule)):
+        node = OmegaConf.to_container(config[key], resolve=False) if key in config else {}
+        target = node.get("_target_") if isinstance(node, dict) else None
+        nested = [] if key == "model" else [f"{key}.{path}" for path in _nested_targets(node)]
+        try:
+            cls = get_class(target) if isinstance(target, str) else None
+        except (ImportError, ValueError, AttributeError):
+            cls = None
+        if key in config and (cls is None or not issubclass(cls, base) or nested):
+            what = f"{nested[0]}._target_" if nested else f"{key}._target_ {target!r}"
+            raise ConfigError(
+                f"ckpt_path: {saved} names {what}, which is not a {base.__name__} class that loading a run builds, "
+                "and is refused (loading it could run code); restore the run's own config.yaml, or give model=<config>"
+            )
+
+
+def _nested_targets(node: object, path: str = "") -> list[str]:
+    """The paths of the ``_target_`` keys below the top of ``node``."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    found = []
+    for name, value in items:
+        inner = f"{path}.{name}" if path else str(name)
+        if isinstance(value, dict) and "_target_" in value:
+            found.append(inner)
+        found += _nested_targets(value, inner)
+    return found
 
 
 def load_run(ckpt_path: str | Path | None, model_node: DictConfig | None = None) -> LoadedRun:
@@ -92,7 +132,10 @@ def prepare_output_dir(
     present = [n for n in names if (path / n).exists()]
     if present and not overwrite:
         raise ConfigError(f"{key}: {path.resolve()} already holds {present[0]}; {how}")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{key}: cannot create {path} ({err.strerror}); give {key} a folder that can be written") from None
     return path
 
 
