@@ -86,6 +86,47 @@ def test_export_cli_writes_every_format_with_the_config(finished_run, tmp_path, 
     assert exit_info.value.code == 2 and "already holds" in capsys.readouterr().err
 
 
+def _export_error(capsys, *args) -> str:
+    from vitlab.export import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*map(str, args)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    (line,) = err.strip().splitlines()
+    return line
+
+
+def test_export_refusals_are_one_line_and_leave_an_earlier_export_whole(finished_run, tmp_path, capsys, monkeypatch):
+    import vitlab.export as export
+
+    out = tmp_path / "export"
+    export.main([str(finished_run), "--out", str(out), "--formats", "safetensors"])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # An opset the exporter cannot write (it wrote its own before): refused, nothing changed.
+    line = _export_error(capsys, finished_run, "--out", out, "--formats", "onnx", "--opset", "1", "--overwrite")
+    assert line == "error: --opset: the ONNX exporter cannot write opset 1 (it wrote 18); ask for 18 or leave --opset out"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # A full disk while writing: one line, the earlier export whole, no partial file.
+    def full_disk(net, path):
+        path.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "save_safetensors", full_disk)
+    line = _export_error(capsys, finished_run, "--out", out, "--formats", "safetensors", "--overwrite")
+    assert line == f"error: --out: cannot write the export into {out} (No space left on device); nothing was changed there"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # A folder that cannot be made; the flags are named as they are spelled.
+    (tmp_path / "a_file").write_text("")
+    line = _export_error(capsys, finished_run, "--out", tmp_path / "a_file" / "export")
+    assert line.startswith("error: --out: cannot create ") and line.endswith("give --out a folder that can be written")
+    line = _export_error(capsys, finished_run, "--out", out, "--formats", "safetensors")
+    assert line.endswith("already holds export.json; give another --out <folder> or add --overwrite")
+    # A refused export into a new folder leaves no folder.
+    line = _export_error(capsys, finished_run, "--out", tmp_path / "new", "--formats", "onnx", "--opset", "1")
+    assert line.startswith("error: --opset: ") and not (tmp_path / "new").exists()
+
+
 def test_predict_scores_files_and_folders(finished_run, tmp_path, capsys):
     from vitlab.predict import main
 

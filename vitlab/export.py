@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +49,18 @@ def export_program(net: nn.Module, img_size: int, batch: int = 2) -> torch.expor
 
 
 def export_onnx(program: torch.export.ExportedProgram, path: Path, opset: int | None = None) -> None:
-    onnx_program = torch.onnx.export(program, f=None, input_names=["images"], output_names=["logits"], optimize=False,
-                                     opset_version=opset, dynamo=True, external_data=False, verbose=False)
+    # The exporter and onnxscript's version converter log (with a traceback) an opset they cannot
+    # convert to; check_opset reports that in one line instead.
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "torch.onnx")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        onnx_program = torch.onnx.export(program, f=None, input_names=["images"], output_names=["logits"], optimize=False,
+                                         opset_version=opset, dynamo=True, external_data=False, verbose=False)
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
     onnx_program.save(str(path), external_data=False)
 
 
@@ -80,6 +94,17 @@ def save_safetensors(net: nn.Module, path: Path) -> None:
     save_file({name: tensor.detach().contiguous().clone() for name, tensor in net.state_dict().items()}, str(path))
 
 
+def check_opset(path: Path, opset: int | None) -> None:
+    """The ONNX file holds the opset asked for (the exporter writes its own when it cannot convert)."""
+    if opset is None:
+        return
+    import onnx
+
+    written = next((i.version for i in onnx.load(str(path), load_external_data=False).opset_import if i.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise VitlabError(f"--opset: the ONNX exporter cannot write opset {opset} (it wrote {written}); ask for {written} or leave --opset out")
+
+
 def export_network(net: nn.Module, img_size: int, out_dir: Path, formats=FORMATS, opset: int | None = None) -> dict[str, Any]:
     """Write ``net`` in each of ``formats`` into ``out_dir``; returns the summary of ``export.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,6 +117,7 @@ def export_network(net: nn.Module, img_size: int, out_dir: Path, formats=FORMATS
             summary["files"]["pt2"] = "model.pt2"
         if "onnx" in formats:
             export_onnx(program, out_dir / "model.onnx", opset)
+            check_opset(out_dir / "model.onnx", opset)
             summary["files"]["onnx"] = "model.onnx"
             summary["onnx_check"] = check_onnx(out_dir / "model.onnx", net, img_size)
     if "safetensors" in formats:
@@ -108,8 +134,28 @@ def export_run(run: str | Path, out_dir: str | Path | None = None, formats=FORMA
 
     loaded = load_run(run)
     out = Path(out_dir) if out_dir is not None else loaded.ckpt_path.parent.parent / "export"
-    names = ["export.json"] + [f"model.{f}" for f in formats]
-    prepare_output_dir(out, names, overwrite)
+    names = ["export.json", "config.yaml", "classes.json"] + [f"model.{f}" for f in formats]
+    made = not out.exists()
+    prepare_output_dir(out, names, overwrite, key="--out", how="give another --out <folder> or add --overwrite")
+    # Everything is written into a folder beside `out` and moved in at the end: a failed export (a
+    # full disk, a refused opset) leaves no partial file, and an earlier export stays whole.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out))
+    try:
+        summary = _write_export(loaded, staging, formats, opset)
+        for name in sorted(p.name for p in staging.iterdir()):
+            os.replace(staging / name, out / name)
+    except BaseException as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if made:  # a folder this export made holds nothing else
+            shutil.rmtree(out, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise VitlabError(f"--out: cannot write the export into {out} ({err.strerror}); nothing was changed there") from None
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    return summary | {"out_dir": str(out)}
+
+
+def _write_export(loaded: Any, out: Path, formats, opset: int | None) -> dict[str, Any]:
     net = loaded.module.net.float().cpu()
     summary = export_network(net, int(loaded.config.data.img_size), out, formats, opset)
     OmegaConf.save(loaded.config, out / "config.yaml")
@@ -117,7 +163,7 @@ def export_run(run: str | Path, out_dir: str | Path | None = None, formats=FORMA
     summary.update(model=str(loaded.config.model.net.name), checkpoint=str(loaded.ckpt_path),
                    mean=list(loaded.config.data.mean), std=list(loaded.config.data.std))
     (out / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary | {"out_dir": str(out)}
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:
