@@ -147,3 +147,18 @@ def test_predict_scores_files_and_folders(finished_run, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(finished_run), str(tmp_path / "missing.png")])
     assert "images: no file or folder" in capsys.readouterr().err
+
+
+def test_predict_out_that_cannot_be_written_is_one_line_before_scoring(finished_run, tmp_path, capsys):
+    from vitlab.predict import main
+
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(image)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(finished_run), str(image), "--out", str(tmp_path / "a_file" / "p.csv")])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and captured.out == "", captured
+    (line,) = captured.err.strip().splitlines()
+    assert line == (f"error: --out: cannot create the folder {tmp_path / 'a_file'}: {tmp_path / 'a_file'} is a file, not a folder; "
+                    "give --out a file in a folder that can be written")

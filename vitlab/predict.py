@@ -20,8 +20,10 @@ from typing import Any
 
 import torch
 
+from vitlab.checkpoint import atomic_write
 from vitlab.errors import VitlabError
 from vitlab.inference import INFERENCE_MODES
+from vitlab.runs import check_folder_can_be_made
 
 
 def predict(run: Any, images: list[Path], top_k: int = 5, batch_size: int = 64, inference: str = "eager") -> list[dict[str, Any]]:
@@ -42,16 +44,19 @@ def predict(run: Any, images: list[Path], top_k: int = 5, batch_size: int = 64, 
 
 
 def write_rows(rows: list[dict[str, Any]], out: Path) -> None:
+    """The predictions as CSV or JSON lines, written whole or not at all (:func:`atomic_write`)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".csv":
-        with out.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["path", "rank", "index", "class", "prob"])
-            for row in rows:
-                for top in row["top"]:
-                    writer.writerow([row["path"], top["rank"], top["index"], top["class"], top["prob"]])
-    else:
-        out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    def write(path: str) -> None:
+        with open(path, "w", newline="") as handle:
+            if out.suffix == ".csv":
+                writer = csv.writer(handle)
+                writer.writerow(["path", "rank", "index", "class", "prob"])
+                writer.writerows([row["path"], t["rank"], t["index"], t["class"], t["prob"]] for row in rows for t in row["top"])
+            else:
+                handle.write("".join(json.dumps(row) + "\n" for row in rows))
+
+    atomic_write(out, write)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
             raise VitlabError(f"--top-k: must be >= 1, got {args.top_k}")
         if args.out is not None and args.out.exists() and not args.overwrite:
             raise VitlabError(f"--out: {args.out.resolve()} exists; give another file or --overwrite")
+        if args.out is not None:
+            check_folder_can_be_made(args.out.parent, "--out", folder_itself=True, noun="folder",
+                                     fix="give --out a file in a folder that can be written")
         run = load_run(args.run)
         rows = predict(run, load_images(args.images), args.top_k, inference=args.inference)
     except VitlabError as err:
@@ -80,7 +88,11 @@ def main(argv: list[str] | None = None) -> None:
         best = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in row["top"])
         print(f"{row['path']}: {best}")
     if args.out is not None:
-        write_rows(rows, args.out)
+        try:
+            write_rows(rows, args.out)
+        except OSError as err:
+            print(f"error: --out: cannot write {args.out} ({err.strerror}); nothing was written", file=sys.stderr)
+            sys.exit(2)
         print(f"wrote {len(rows)} predictions to {args.out}")
 
 

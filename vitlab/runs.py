@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -137,6 +138,35 @@ def prepare_output_dir(
     except OSError as err:
         raise ConfigError(f"{key}: cannot create {path} ({err.strerror}); give {key} a folder that can be written") from None
     return path
+
+
+def check_folder_can_be_made(target: Path, key: str, folder_itself: bool, noun: str = "run folder", fix: str | None = None) -> None:
+    """``target`` (``folder_itself``), or a folder inside it, can be created: no part of it is a file,
+    no name is longer than the file system allows, and its nearest existing folder takes a new folder.
+    The error names ``key``, the ``noun`` (what the folder is for) and ``fix``."""
+    what = f"cannot create the {noun} {target}" if folder_itself else f"cannot create {noun}s under {target}"
+    fix = fix or f"give {key}=<a writable folder>"
+    existing = target.absolute()
+    while not _exists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}: {what}: {existing} is a file, not a folder; {fix}")
+    longest = max((len(part.encode()) for part in target.absolute().parts), default=0)
+    limit = os.pathconf(existing, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    if longest > limit:
+        raise ConfigError(f"{key}: {what}: a folder name of {longest} bytes is longer than the {limit} the file system allows; {fix}")
+    try:
+        probe = tempfile.mkdtemp(prefix=".vitlab-write-check-", dir=existing)
+    except OSError as err:
+        raise ConfigError(f"{key}: {what}: {existing} is not writable ({err.strerror}); {fix}") from None
+    os.rmdir(probe)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. a name too long to look up
+        return False
 
 
 def write_json(path: Path, data: Any) -> None:

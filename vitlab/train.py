@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 import warnings
@@ -61,7 +60,7 @@ from vitlab.resume import (
     forget_resume_subdirs,
 )
 from vitlab.run_metrics import RunMetrics
-from vitlab.runs import remove_orphaned_temp_files, run_lock
+from vitlab.runs import check_folder_can_be_made, remove_orphaned_temp_files, run_lock
 from vitlab.utils import reuse_freed_memory
 
 register_configs()
@@ -407,34 +406,6 @@ def check_log_dir_writable(argv: list[str]) -> None:
         return  # an interpolation: Hydra resolves it
     target = Path(values[key].strip("'\""))
     check_folder_can_be_made(target, key, folder_itself=key in ("paths.output_dir", "hydra.run.dir"))
-
-
-def check_folder_can_be_made(target: Path, key: str, folder_itself: bool) -> None:
-    """``target`` (``folder_itself``), or a folder inside it, can be created: no part of it is a file,
-    no name is longer than the file system allows, and its nearest existing folder takes a new folder."""
-    what = f"cannot create the run folder {target}" if folder_itself else f"cannot create run folders under {target}"
-    fix = f"give {key}=<a writable folder>"
-    existing = target.absolute()
-    while not _exists(existing) and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"{key}: {what}: {existing} is a file, not a folder; {fix}")
-    longest = max((len(part.encode()) for part in target.absolute().parts), default=0)
-    limit = os.pathconf(existing, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
-    if longest > limit:
-        raise ConfigError(f"{key}: {what}: a folder name of {longest} bytes is longer than the {limit} the file system allows; {fix}")
-    try:
-        probe = tempfile.mkdtemp(prefix=".vitlab-write-check-", dir=existing)
-    except OSError as err:
-        raise ConfigError(f"{key}: {what}: {existing} is not writable ({err.strerror}); {fix}") from None
-    os.rmdir(probe)
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except OSError:  # e.g. a name too long to look up
-        return False
 
 
 def run_folder_follows_output_dir(argv: list[str]) -> list[str]:
