@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from vitlab.callbacks.checkpoint import Preempted
 from vitlab.callbacks.nan_guard import NonFiniteLossError
@@ -436,3 +437,24 @@ def test_a_run_resumed_after_its_last_epoch_reports_the_same_keys(tmp_path, monk
     assert sorted(resumed) == sorted(whole)
     for key in ("val/images", "train/images_per_s", "val/images_per_s", "val/top1_best", "epochs", "global_step"):
         assert resumed[key] == whole[key], key
+
+
+def test_a_hand_edited_config_yaml_is_refused_on_resume_not_rewritten(tmp_path, monkeypatch, one_thread):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    code, stderr = run_in_process([*COMMON, *SYNTHETIC, "recipe.epochs=2", "trainer.max_epochs=1", "test=false", "paths.output_dir=run"])
+    assert code == 0, stderr[-2000:]
+    saved = tmp_path / "run" / "config.yaml"
+    original = saved.read_text()
+    lr = yaml.safe_load(original)["recipe"]["optimizer"]["lr"]
+    saved.write_text(original.replace(f"lr: {lr}", "lr: 0.5", 1))
+    code, stderr = run_in_process(["run_dir=run", "trainer.max_epochs=2"])
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1, stderr[-2000:]
+    assert errors[0].startswith(f"error: config.yaml: recipe.optimizer.lr is 0.5 in {Path('run') / 'config.yaml'} but the run's "
+                                f"recorded overrides give {lr}; a run resumes from its overrides: change a setting with run_dir=run "
+                                "recipe.optimizer.lr=<value>"), errors
+    assert saved.read_text() != original and not list((tmp_path / "run" / ".hydra").glob("resume_*"))  # left as it was
+    saved.write_text(original)
+    code, stderr = run_in_process(["run_dir=run", "trainer.max_epochs=2"])
+    assert code == 0, stderr[-2000:]

@@ -146,6 +146,7 @@ def continued_run_config(run_dir: str | Path, today: list[str]) -> tuple[DictCon
     if not saved.is_file():
         raise ConfigError(f"run_dir: {run_dir.resolve()} holds no .hydra/overrides.yaml; give the folder of an earlier vitlab run")
     earlier, before = _earlier_config(run_dir, [o for o in override_history(run_dir) if not o.startswith(_SKIPPED_OVERRIDES)])
+    check_saved_config(run_dir, before)
     composed = hydra.compose(config_name="train", overrides=earlier + today, return_hydra_config=True)
     choices = dict(composed.hydra.runtime.choices)
     with open_dict(composed):
@@ -219,6 +220,41 @@ def check_resume_changes(before: DictConfig, after: DictConfig, run_dir: Path, t
             f"{key}: cannot change when continuing run_dir={run_dir} ({had}, {gives}); a run keeps its model shape "
             "and data stream: drop the override, or start a new run"
         )
+
+
+def check_saved_config(run_dir: Path, composed: DictConfig) -> None:
+    """A run continues from the overrides it recorded, not from its ``config.yaml`` (which each
+    invocation writes, resolved, for reading): a value there that the overrides do not give (a hand
+    edit) is refused in one line rather than rewritten without a word. Compared are the settings of
+    the run itself (model, recipe, seed, protocol, the data stream), values both hold under the same
+    key; machine-dependent ones (paths, hardware, loader settings) are not."""
+    from vitlab.compat import upgrade_run_config
+
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        return
+    try:
+        saved = _leaves(OmegaConf.to_container(upgrade_run_config(OmegaConf.load(saved_file)), resolve=False))
+    except Exception as err:  # noqa: BLE001 - any unreadable YAML
+        raise ConfigError(f"config.yaml: {saved_file} is not readable YAML ({type(err).__name__}); restore it, or delete it "
+                          "(each run writes it again; the run resumes from .hydra/overrides.yaml)") from None
+    given = _leaves(OmegaConf.to_container(composed, resolve=True))
+    for key in sorted(saved.keys() & given.keys()):
+        if _the_runs_own(key) and saved[key] != given[key]:
+            raise ConfigError(
+                f"config.yaml: {key} is {saved[key]!r} in {saved_file} but the run's recorded overrides give {given[key]!r}; "
+                f"a run resumes from its overrides: change a setting with run_dir={run_dir} {key}=<value>, and restore or "
+                "delete config.yaml (each run writes it again)"
+            )
+
+
+def _the_runs_own(key: str) -> bool:
+    from vitlab.config import data_keys_that_may_change
+
+    parts = key.split(".")
+    if parts[0] in ("model", "recipe") or key in ("seed", "protocol"):
+        return key != "model.compile"
+    return parts[0] == "data" and len(parts) > 1 and parts[1] not in data_keys_that_may_change() | {"batch_size"}
 
 
 def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
