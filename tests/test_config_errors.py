@@ -91,6 +91,7 @@ CASES = [
     (["ckpt_path=last"], "error: ckpt_path=last: no checkpoint at"),
     (["run_dir=no_such_run"], "error: run_dir: no folder at"),
     (["run_dir=not_a_run"], "error: run_dir: "),
+    (["run_dir=damaged_run"], "error: run_dir: damaged_run/.hydra/overrides.yaml is damaged (ParserError: while parsing a flow sequence); "),
     (["ckpt_path=other_model.ckpt"], "error: ckpt_path: other_model.ckpt holds weights of outgrid_7m, not of model mini_vit; use model=outgrid_7m"),
     (["ckpt_path=five_classes.ckpt"], "error: ckpt_path: the weights in five_classes.ckpt do not fit model mini_vit (0 tensors missing, 0 unexpected, 2 of another shape; e.g. net.head.weight is [5, "),
     (["ckpt_path=flipped.ckpt"], "error: ckpt_path: flipped.ckpt fails its integrity check"),
@@ -101,7 +102,8 @@ CASES = [
     (["trainer.precision=fp8"], "error: trainer.precision: unknown precision 'fp8'"),
     (["trainer.limit_train_batches=abc"], "error: trainer.limit_train_batches: expected a number of batches"),
     (["trainer.limit_val_batches=2.5"], "error: trainer.limit_val_batches: expected a number of batches"),
-    (["model.net.depth=0"], "error: model.net: depth must be >= 1, got 0"),
+    (["model.net.depth=0"], "error: model.net.depth: must be positive, got 0"),
+    (["model.net.embed_dim=0"], "error: model.net.embed_dim: must be positive, got 0"),
     (["trainer.limit_train_batches=0"], "error: trainer.limit_train_batches: trainer.limit_train_batches=0 trains no step"),
     (["trainer.max_epochs=0"], "error: trainer.max_epochs: trainer.max_epochs=0 trains no step"),
     (["+trainer.accumulate_grad_batches=2"], "error: trainer.accumulate_grad_batches: accumulation follows from the batch sizes"),
@@ -149,6 +151,8 @@ def _write_checkpoints(folder) -> None:
     )
     flip_tensor_byte(folder / "flipped.ckpt")
     (folder / "not_a_run").mkdir()
+    (folder / "damaged_run" / ".hydra").mkdir(parents=True)
+    (folder / "damaged_run" / ".hydra" / "overrides.yaml").write_text("[model=mini_vit, data=synth")
 
 
 def run_in_process(args: list[str]) -> tuple[int, str]:

@@ -181,7 +181,23 @@ def override_history(run_dir: Path) -> list[str]:
     current = this_resume_subdir(run_dir)
     files = [run_dir / ".hydra" / "overrides.yaml"]
     files += [f for f in sorted((run_dir / ".hydra").glob("resume_*/overrides.yaml")) if f.parent != current]
-    return [str(o) for f in files for o in OmegaConf.load(f)]
+    return [str(o) for f in files for o in _recorded_overrides(f)]
+
+
+def _recorded_overrides(path: Path) -> list[Any]:
+    """The list of overrides Hydra recorded in ``path``; a damaged file is one line."""
+    try:
+        overrides = OmegaConf.load(path)
+    except Exception as err:  # noqa: BLE001 - any YAML or read error
+        overrides, reason = None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    else:
+        reason = "not a list of overrides"
+    if not OmegaConf.is_list(overrides) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError(
+            f"run_dir: {path} is damaged ({reason}); it records how the run was started, so the run cannot be "
+            "re-composed: restore it (it is a YAML list like [model=mini_vit, data=cifar10]) or start a new run"
+        )
+    return list(overrides)
 
 
 def fixed_for_a_run(key: str) -> bool:

@@ -105,7 +105,27 @@ def get_model_config(name: str, **overrides: Any) -> Any:
         if key not in fields:
             hint = nearest_key_hint(key, fields)
             raise ConfigError(f"model.net.{key}: {name} ({type(cfg).__name__}) has no such setting; {hint}")
-    return dataclasses.replace(cfg, **overrides)
+    cfg = dataclasses.replace(cfg, **overrides)
+    _check_sizes(cfg)
+    return cfg
+
+
+#: Config fields that count or measure something in every family (widths, depths, heads, patch and
+#: image sizes, ratios): each value, or each entry of a per-stage tuple, is positive. A zero would
+#: build a network that fails only at its first forward, deep inside a kernel.
+POSITIVE_FIELDS = frozenset({
+    "img_size", "in_chans", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "stem_dim", "dims", "depths",
+    "outlook_heads", "outlook_mlp_ratio", "kernel_size", "grid_sizes", "window_size", "bank_size", "num_groups",
+    "compress_ratio", "bottleneck_ratio", "dilations",
+})
+
+
+def _check_sizes(cfg: Any) -> None:
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        if f.name in POSITIVE_FIELDS and any(isinstance(v, int | float) and not isinstance(v, bool) and v <= 0 for v in values):
+            raise ConfigError(f"model.net.{f.name}: must be positive, got {value!r}")
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
