@@ -1,16 +1,15 @@
-"""`--cfg hydra --resolve` prints a resolved config (and claims no run folder); the warning when a
-run would go on past its LR schedule."""
+"""`--cfg hydra --resolve` prints a resolved config (and claims no run folder); a run that
+would go on past its LR schedule is refused."""
 
 from __future__ import annotations
-
-import logging
 
 import pytest
 import yaml
 
 from conftest import CONF_DIR
 from vitlab.cli import print_resolved_config
-from vitlab.train import warn_if_past_schedule
+from vitlab.errors import ConfigError
+from vitlab.train import check_within_schedule
 
 
 def test_cfg_hydra_resolve_prints_the_run_dir_and_creates_nothing(tmp_path, monkeypatch, capsys):
@@ -42,13 +41,12 @@ def test_other_commands_are_left_to_hydra(argv):
     assert print_resolved_config(argv, CONF_DIR, "train") is None
 
 
-def test_max_epochs_past_the_recipe_is_one_warning_line(caplog):
-    with caplog.at_level(logging.WARNING, logger="vitlab.train"):
-        warn_if_past_schedule(3, 3)
-        warn_if_past_schedule(None, 3)
-        assert not caplog.records
-        warn_if_past_schedule(5, 3)
-    (record,) = caplog.records
-    assert record.levelno == logging.WARNING and "\n" not in record.getMessage()
-    assert record.getMessage().startswith("trainer.max_epochs=5 is larger than recipe.epochs=3")
-    assert "set recipe.epochs=5" in record.getMessage()
+def test_max_epochs_past_the_recipe_is_refused_in_one_line():
+    check_within_schedule(3, 3)
+    check_within_schedule(None, 3)
+    check_within_schedule(2, 3)
+    with pytest.raises(ConfigError) as refused:
+        check_within_schedule(5, 3)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith("trainer.max_epochs: 5 is past recipe.epochs=3")
+    assert "set recipe.epochs=5 to extend the schedule" in message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from timm.optim import create_optimizer_v2
 from torch import nn
 
@@ -93,14 +94,40 @@ class WarmupCosine:
         return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def warmup_steps(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> int:
+    """The warmup's length in steps. A schedule of ``epochs`` no longer than the recipe's
+    ``warmup_epochs`` (``recipe.epochs=2`` on a recipe that warms up for 10) warms up over the first
+    half of its steps instead, so that it always ends on a cosine decay (:func:`shortened_warmup`
+    says so in one line)."""
+    total = steps_per_epoch * epochs
+    if cfg.warmup_epochs is None:
+        return round((cfg.warmup_ratio or 0.0) * total)
+    if cfg.warmup_epochs >= epochs:
+        return total // 2
+    return round(cfg.warmup_epochs * steps_per_epoch)
+
+
+def shortened_warmup(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> str | None:
+    """The line that tells a run its warmup was shortened to half the run; None when it was not."""
+    if cfg.warmup_epochs is None or cfg.warmup_epochs < epochs:
+        return None
+    warmup = warmup_steps(cfg, steps_per_epoch, epochs) / steps_per_epoch
+    return (
+        f"recipe.epochs={epochs} leaves no decay after the recipe's {cfg.warmup_epochs:g} warmup epochs: "
+        f"warmup {warmup:g} epoch(s) of {epochs} (half the run), then the cosine decay"
+    )
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, lr: float, steps_per_epoch: int, epochs: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup then cosine decay over ``epochs`` (:class:`WarmupCosine`), stepped per optimizer
+    step; the warmup as :func:`warmup_steps` says."""
     total = steps_per_epoch * epochs
-    if cfg.warmup_epochs is not None:
-        warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    else:
-        warmup = round((cfg.warmup_ratio or 0.0) * total)
+    warmup = warmup_steps(cfg, steps_per_epoch, epochs)
+    note = shortened_warmup(cfg, steps_per_epoch, epochs)
+    if note:
+        rank_zero_info(note)
     schedule = WarmupCosine(
         warmup_steps=warmup,
         total_steps=total,
