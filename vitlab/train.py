@@ -92,7 +92,7 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
 
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     check_trainer_args(trainer_args)
-    warn_if_past_schedule(cfg.trainer.get("max_epochs"), recipe.epochs)
+    check_within_schedule(cfg.trainer.get("max_epochs"), recipe.epochs)
     protocol = cfg.get("protocol", "heldout")
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol: unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)} (files in conf/protocol/)")
@@ -196,13 +196,15 @@ def _test_metrics(protocol: str, module: Any, trainer: L.Trainer, datamodule: An
     return metrics
 
 
-def warn_if_past_schedule(max_epochs: Any, recipe_epochs: int) -> None:
-    """One warning line when the run would go on after its LR schedule has ended."""
+def check_within_schedule(max_epochs: Any, recipe_epochs: int) -> None:
+    """A run (a resumed one too) stops within its LR schedule: ``trainer.max_epochs`` past
+    ``recipe.epochs`` is refused in one line, since the extra epochs would train at the schedule's
+    final LR; ``recipe.epochs`` is what lengthens a schedule."""
     if isinstance(max_epochs, int) and max_epochs > recipe_epochs > 0:
-        rank_zero_only(log.warning)(
-            f"trainer.max_epochs={max_epochs} is larger than recipe.epochs={recipe_epochs}: the LR schedule ends after "
-            f"epoch {recipe_epochs} and the remaining epochs run at its final LR; set recipe.epochs={max_epochs} to "
-            "stretch the schedule over the whole run"
+        raise ConfigError(
+            f"trainer.max_epochs: {max_epochs} is past recipe.epochs={recipe_epochs}, where the LR schedule ends (the "
+            f"extra epochs would train at its final LR); set recipe.epochs={max_epochs} to extend the schedule "
+            f"(trainer.max_epochs follows it), or trainer.max_epochs<={recipe_epochs} to stop early on it"
         )
 
 
