@@ -129,7 +129,11 @@ class SeededItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item: tuple[int, int]) -> Any:
+    def __getitem__(self, item: tuple[int, int] | int) -> Any:
+        if isinstance(item, int):
+            # A plain index: Lightning's overfit_batches swaps the sampler for a sequential one, whose
+            # items carry no seed; the augmentations then draw from the RNGs as they are.
+            return self.dataset[item]
         index, seed = item
         if get_worker_info() is not None:
             _seed_all(seed)
