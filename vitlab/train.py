@@ -119,6 +119,7 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
         )
     except (MisconfigurationException, ValueError, TypeError) as err:
         raise ConfigError(f"trainer: {(str(err).splitlines() or [type(err).__name__])[0]}; check the trainer.* overrides") from None
+    _check_data(datamodule)
     # Nothing is written into the run folder before here: a refused run leaves it as it was.
     with _folder_lock(output_dir):
         if trainer.is_global_zero:
@@ -227,6 +228,16 @@ def split_size(loaders: Any) -> int:
     """Images in the datasets behind a loader or a list of loaders (the whole split, whatever was scored)."""
     loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
     return sum(len(loader.dataset) for loader in loaders)
+
+
+def _check_data(datamodule: Any) -> None:
+    """Fetch, read and check the dataset before the run writes anything (config.yaml, the loggers'
+    files): a missing, corrupt or inconsistent dataset is refused while the run folder holds only
+    Hydra's record. The first process does it; Lightning's calls in fit then find it done, and the
+    other ranks of a multi-process run set up there, as before."""
+    if rank_zero_only.rank == 0:
+        datamodule.prepare_data()
+        datamodule.setup("fit")
 
 
 def _folder_lock(output_dir: Path) -> Any:
@@ -362,8 +373,9 @@ def _forget_refused_invocation(resumed: bool) -> None:
     if resumed:
         forget_refused_resume(run_dir)
         return
-    # Hydra's record of the command, and the config the run saved before its data failed to load.
-    nothing_of_value = {".hydra", f"{hydra_cfg.job.name}.log", "config.yaml"}
+    # Hydra's record of the command, the config the run saved, and the loggers' files of a run that was
+    # refused during fit before it saved a checkpoint.
+    nothing_of_value = {".hydra", f"{hydra_cfg.job.name}.log", "config.yaml", "tensorboard", "csv", "wandb", "mlruns"}
     try:
         entries = list(run_dir.iterdir())
     except OSError:

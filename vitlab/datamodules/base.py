@@ -27,8 +27,16 @@ from vitlab.checkpoint import gather_ranks
 from vitlab.config import HardwareConfig
 from vitlab.errors import ConfigError, DataError
 
-from .datasets import ArrayImageDataset, decode_all, first_per_class, known_labels, split_targets, with_transform
-from .images import load_image
+from .datasets import (
+    ArrayImageDataset,
+    decode_all,
+    first_per_class,
+    image_paths,
+    known_labels,
+    split_targets,
+    with_transform,
+)
+from .images import check_image_files, load_image
 from .samplers import FixedOrderSampler, RepeatedAugmentationSampler, SeededItems, class_interleaved_order, derive_seed
 from .settings import check_channels, check_device_augment, check_settings
 from .transforms import _INTERPOLATIONS, build_eval_transform, build_train_transform, resolve_augment
@@ -150,7 +158,8 @@ class ImageDataModule(lightning.LightningDataModule):
         return count
 
     def _prepare_split(self, split: Dataset, name: str, subset: int | None) -> Dataset:
-        """Checked image decoding, then the first ``subset`` images per class, then the optional cache."""
+        """Checked image decoding, then the first ``subset`` images per class, the cheap check of their
+        files (:func:`~vitlab.datamodules.images.check_image_files`), then the optional cache."""
         if len(split) == 0:
             raise DataError(f"{type(self).__name__}: the {name} split has no images; check the data.* paths")
         if isinstance(split, DatasetFolder) and split.loader is default_loader:
@@ -162,6 +171,9 @@ class ImageDataModule(lightning.LightningDataModule):
                     split = ArrayImageDataset(split.images[keep], split.labels[keep])
                 else:
                     split = Subset(split, keep)
+        paths = image_paths(split)
+        if paths is not None:  # a corrupt file is reported now, not when a loader reaches it
+            check_image_files(paths, cache_dir=self.cache_dir, stamp=f"{type(self).__name__}-{name}")
         if self.pipeline == "device":
             from .tensor_cache import cached_split
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.datasets import DatasetFolder
 
 from .images import load_image
 
@@ -137,6 +138,20 @@ def split_targets(split: Dataset) -> np.ndarray:
     if targets is not None:
         return np.asarray(targets, dtype=np.int64)
     return np.asarray([split[i][1] for i in range(len(split))], dtype=np.int64)
+
+
+def image_paths(split: Dataset) -> list[str] | None:
+    """The image file of every item of ``split``, in order, for a split read from image files
+    (:class:`ImageFileDataset`, torchvision's ``DatasetFolder``/``ImageFolder``, a ``Subset`` of one);
+    None for any other split."""
+    if isinstance(split, Subset):
+        inner = image_paths(split.dataset)
+        return None if inner is None else [inner[i] for i in split.indices]
+    if isinstance(split, TransformedView):
+        return image_paths(split.dataset)
+    if isinstance(split, ImageFileDataset | DatasetFolder):
+        return [str(path) for path, _ in split.samples]
+    return None
 
 
 def known_labels(split: Dataset) -> np.ndarray | None:
