@@ -234,7 +234,7 @@ class DataConfig:
     img_size: int = MISSING
     mean: list[float] = MISSING
     std: list[float] = MISSING
-    batch_size: int = 128  # global batch; train.py replaces it by the per-device batch
+    batch_size: int = II("recipe.batch_size")  # global batch; train.py replaces it by the per-device batch
     # The loader's processes and pinned memory are the hardware profile's (hardware.num_workers,
     # hardware.pin_memory); data.num_workers=... overrides them for the data alone.
     num_workers: int = where_or_how(II("hardware.num_workers"))
@@ -242,16 +242,16 @@ class DataConfig:
     persistent_workers: bool = where_or_how(True)  # keep loader workers alive between epochs
     val_size: Any = 5000  # images held out of the train split (int), a fraction (float), 0 = validate on test
     split_seed: int = 0
-    augment: Any = where_or_how(None)  # the recipe's augment block (recipe.augment)
-    repeated_aug: int = 1
-    seed: int = 0
+    augment: Any = where_or_how(II("recipe.augment"))  # the recipe's augment block
+    repeated_aug: int = II("recipe.repeated_aug")
+    seed: int = II("seed")
     cache: bool = where_or_how(False)  # decode every image once into memory (small datasets only)
     subset: Optional[int] = None  # keep the first N train images of each class; null = all
     resize_interpolation: Optional[str] = None  # null = the dataset's default
     # Where augmentation runs: workers (CPU loader processes) or device (on the accelerator); the
     # DataModule checks the value.
     pipeline: str = "workers"
-    cache_dir: Optional[str] = where_or_how(None)  # data.pipeline=device: the decoded-image cache (null: $VITLAB_DATA_DIR/cache)
+    cache_dir: Optional[str] = where_or_how("${paths.data_dir}/cache")  # data.pipeline=device: the decoded-image cache (null: $VITLAB_DATA_DIR/cache)
 
 
 @dataclass
