@@ -24,6 +24,7 @@ GROUPS = {
     "logger": "where scalars go; a list picks several (`logger=[tensorboard,wandb]`), `~logger` none",
     "experiment": "a seed's headline run: only its deltas over the groups above",
     "sweep": "a multirun that produces one of the seeds' tables (`-m` is implied)",
+    "debug": "a short run marked as debug in metrics.json (lightning-hydra-template's debug configs); `smoke` runs in seconds",
     "paths": "`paths.data_dir`, `paths.log_dir` (or `VITLAB_DATA_DIR`, `VITLAB_LOG_DIR`)",
 }
 

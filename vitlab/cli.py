@@ -18,7 +18,7 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from vitlab.errors import ConfigError, VitlabError
 
-GROUPS = ("model", "data", "recipe", "hardware", "callbacks", "logger", "paths", "experiment", "sweep", "protocol")
+GROUPS = ("model", "data", "recipe", "hardware", "callbacks", "logger", "paths", "experiment", "sweep", "protocol", "debug")
 
 
 def check_group_choices(argv: Sequence[str], conf_dir: Path) -> None:
