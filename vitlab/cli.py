@@ -29,15 +29,36 @@ def check_group_choices(argv: Sequence[str], conf_dir: Path) -> None:
     options. Sweep lists (``model=a,b``) and lists of configs (``logger=[csv,wandb]``) are checked item
     by item; sweep functions are left to Hydra.
     """
+    extra = user_config_dirs(argv)
+    if extra is None:  # a package on the search path: its configs are Hydra's to find
+        return
     for arg in argv:
         key, sep, value = arg.lstrip("+~").partition("=")
         if not sep or key not in GROUPS or not value or value == "null" or "(" in value:
             continue
-        options = _group_options(key, conf_dir)
+        options = sorted({*_group_options(key, conf_dir), *(o for d in extra for o in _group_options(key, d) if key != "model")})
         for choice in value.strip("[]").split(","):  # a sweep a,b or a list [a,b] (logger=[csv,wandb])
             if choice not in options:
                 where = "the model registry, vitlab.models" if key == "model" else f"files in vitlab/conf/{key}/"
+                where += "".join(f" or {d / key}/" for d in extra)
                 raise ConfigError(f"{key}={choice}: no such {key} config; choose one of: {', '.join(options)} ({where})")
+
+
+def user_config_dirs(argv: Sequence[str]) -> list[Path] | None:
+    """The folders ``hydra.searchpath=[file://<folder>, ...]`` adds (a user's own configs); None when
+    it names a ``pkg://`` package too."""
+    dirs: list[Path] = []
+    for arg in argv:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key != "hydra.searchpath":
+            continue
+        for item in value.strip("[]").split(","):
+            item = item.strip().strip("'\"")
+            if item.startswith("pkg://"):
+                return None
+            if item:
+                dirs.append(Path(item.removeprefix("file://")))
+    return dirs
 
 
 # Groups that lightning-hydra-template users reach for, and vitlab's way of doing the same.

@@ -392,6 +392,9 @@ def register_configs() -> None:
     cs.store(group="hardware", name="schema", node=HardwareConfig)
     for name, schema in DATA_SCHEMAS.items():
         cs.store(group="schema/data", name=name, node=schema)
+    # The keys every DataModule takes, with their defaults, open to a class's own keys: the schema of
+    # a data config for a DataModule of the user's own package (docs/extending.md).
+    cs.store(group="schema/data", name="open", node=OmegaConf.to_container(OmegaConf.structured(DataConfig)))
     from vitlab.models._registry import register_net_configs  # late: it imports torch and timm
 
     register_net_configs()

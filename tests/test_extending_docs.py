@@ -1,0 +1,79 @@
+"""docs/extending.md's walkthroughs, run as written: the code blocks become files of a package outside
+vitlab, and the documented command runs (with a batch limit appended, to stay fast)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import textwrap
+
+import pytest
+
+from conftest import ROOT
+from test_config_errors import run_in_process
+
+DOC = (ROOT / "docs" / "extending.md").read_text()
+FAST = ["trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "callbacks.progress_bar.kind=tqdm"]
+
+
+def section(title: str) -> str:
+    start = DOC.index(f"## {title}")
+    end = DOC.find("\n## ", start + 1)
+    return DOC[start:] if end < 0 else DOC[start:end]
+
+
+def blocks(text: str, language: str) -> list[str]:
+    return [textwrap.dedent(b) for b in re.findall(rf"```{language}\n(.*?)```", text, re.S)]
+
+
+def command(text: str) -> list[str]:
+    """The arguments of the documented ``vitlab-train`` command (an indented line, continued by ``\\``)."""
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if re.match(r"^\s+(PYTHONPATH=\S+ )?vitlab-train ", ln))
+    end = start
+    while lines[end].rstrip().endswith("\\"):
+        end += 1
+    words = " ".join(ln.rstrip().rstrip("\\") for ln in lines[start:end + 1]).split()
+    return words[words.index("vitlab-train") + 1:]
+
+
+@pytest.fixture
+def user_folder(tmp_path, monkeypatch):
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    yield tmp_path
+    for name in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:
+        del sys.modules[name]
+
+
+def test_a_dataset_of_ones_own_package_trains_as_documented(user_folder, one_thread):
+    text = section("A new dataset")
+    (code,), (yaml_text,) = blocks(text, "python"), blocks(text, "yaml")
+    (user_folder / "mypkg" / "noise.py").write_text(code)
+    (user_folder / "myconf" / "data").mkdir(parents=True)
+    (user_folder / "myconf" / "data" / "noise.yaml").write_text(yaml_text)
+    args = command(text)
+    assert "data=noise" in args and "hydra.searchpath=[file://myconf]" in args
+    code, stderr = run_in_process([*args, *FAST, "paths.output_dir=run"])
+    assert code == 0, stderr[-3000:]
+    metrics = json.loads((user_folder / "run" / "metrics.json").read_text())
+    assert metrics["data"] == "noise" and metrics["test/images"] == 400  # 4 classes x per_class 100
+    # A mistyped name lists the user's configs too.
+    code, stderr = run_in_process([*[a if a != "data=noise" else "data=nois" for a in args], *FAST])
+    assert code == 2 and "error: data=nois: no such data config; choose one of: " in stderr and "noise" in stderr
+
+
+def test_a_report_metric_of_ones_own_callback_reaches_metrics_json(user_folder, one_thread):
+    text = section("A new report metric")
+    (code,) = blocks(text, "python")
+    (user_folder / "mypkg" / "calibration.py").write_text(code)
+    args = [a for a in command(text) if a not in ("-m", "seed=0,1")]
+    code, stderr = run_in_process([*args, *FAST, "data.train_size=64", "data.val_size=16", "data.test_size=32", "recipe.batch_size=16",
+                                   "paths.output_dir=run"])
+    assert code == 0, stderr[-3000:]
+    metrics = json.loads((user_folder / "run" / "metrics.json").read_text())
+    assert 0 <= metrics["test/ece"] <= 1
