@@ -256,9 +256,9 @@ def test_tinyimagenet_num_classes_must_match_wnids(tmp_path):
 def test_corrupt_image_is_a_data_error_naming_the_file(tmp_path, kind):
     root = write_tinyimagenet(tmp_path)
     bad = root / "train" / TIN_SORTED[1] / "images" / f"{TIN_SORTED[1]}_0.JPEG"
-    bad.write_bytes(b"not an image at all" if kind == "garbage" else bad.read_bytes()[:300])
     dm = tin(tmp_path, val_size=0)
-    dm.setup()  # only lists files: the damage shows when the image is loaded
+    dm.setup()  # set-up refuses such a file (test_data_refusals.py); damage done after it shows when loaded
+    bad.write_bytes(b"not an image at all" if kind == "garbage" else bad.read_bytes()[:300])
     index = dm.train_set.dataset.samples.index((str(bad), 1))
     with pytest.raises(DataError) as info:
         dm.train_set[index]
@@ -269,9 +269,9 @@ def test_corrupt_image_is_a_data_error_naming_the_file(tmp_path, kind):
 def test_corrupt_image_in_a_loader_worker_is_still_a_one_line_data_error(tmp_path):
     root = write_tinyimagenet(tmp_path)
     bad = root / "val" / "images" / "val_5.JPEG"
-    bad.write_bytes(b"\xff\xd8 broken")
     dm = tin(tmp_path, num_workers=1, persistent_workers=False)
     dm.setup()
+    bad.write_bytes(b"\xff\xd8 broken")  # after set-up, whose check would refuse it
     with pytest.raises(DataError) as info:
         for _ in dm.test_dataloader():
             pass
@@ -284,9 +284,9 @@ def test_image_folder_module_reports_corrupt_images_too(tmp_path):
         for name in ("a", "b"):
             for i in range(2):
                 write_jpeg(tmp_path / split / name / f"{i}.jpg", (10, 20, 30), (32, 32))
-    (tmp_path / "test" / "b" / "1.jpg").write_bytes(b"junk")
     dm = ImageFolderDataModule(str(tmp_path), num_classes=2, img_size=32, val_size=0, **IDENTITY_NORM, **LOADER)
     dm.setup()
+    (tmp_path / "test" / "b" / "1.jpg").write_bytes(b"junk")  # after set-up, whose check would refuse it
     with pytest.raises(DataError, match=r"1\.jpg: cannot decode image"):
         list(dm.test_dataloader())
 
