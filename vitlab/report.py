@@ -122,7 +122,8 @@ def _dotted(config: dict[str, Any], key: str) -> Any:
 
 def read_run(path: Path, over: list[str]) -> Run:
     """One run folder: its overrides, its replicate (the ``over`` keys' values, from the overrides or
-    else the saved config) and its metrics, or why it cannot be averaged."""
+    else the saved config) and its metrics, or why it cannot be averaged (a debug run, one that
+    metrics.json marks ``debug``, is never averaged)."""
     overrides = read_overrides(path)
     config = _saved_config(path)
     replicate = tuple(overrides[k] if k in overrides else _text(_dotted(config, k)) for k in over)
@@ -144,7 +145,9 @@ def read_run(path: Path, over: list[str]) -> Run:
         run.problem = f"metrics.json {err}"
         return run
     top1 = run.metrics.test_top1
-    if top1 is None:
+    if run.metrics.debug:
+        run.problem = f"a debug run ({run.metrics.debug})"
+    elif top1 is None:
         run.problem = "no test/top1 in metrics.json (test=false?)"
     elif not _finite(top1):
         run.problem = f"test/top1 is {top1} (diverged)"

@@ -51,6 +51,11 @@ class RunMetrics:
     data: Optional[str] = entry("data")
     recipe: Optional[str] = entry("recipe")
     hardware: Optional[str] = entry("hardware")
+    tags: Optional[list] = entry("tags")  # the run's tags=[...], when it has any
+    # What made it a debug run, which vitlab-report leaves out of its averages: the debug config
+    # (debug=smoke) and trainer settings that train on less than the data (fast_dev_run,
+    # overfit_batches=N, limit_train_batches=N), joined by ", "; absent for a full run.
+    debug: Optional[str] = entry("debug")
     params: Optional[int] = entry("params")
     trainable_params: Optional[int] = entry("trainable_params")
     epochs: Optional[int] = entry("epochs")  # epochs completed

@@ -32,7 +32,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from vitlab.callbacks import EpochCurve, SDPABackend, collect_records
@@ -93,6 +93,7 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     check_trainer_args(trainer_args)
     check_within_schedule(cfg.trainer.get("max_epochs"), recipe.epochs)
+    run_tags(cfg.get("tags"))  # a value that is no list of labels is refused before the run
     protocol = cfg.get("protocol", "heldout")
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol: unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)} (files in conf/protocol/)")
@@ -152,6 +153,8 @@ def _fit_metrics(cfg: DictConfig, choices: dict[str, str], protocol: str, module
         data=choices.get("data"),
         recipe=choices.get("recipe"),
         hardware=choices.get("hardware"),
+        tags=run_tags(cfg.get("tags")) or None,
+        debug=debug_mode(choices.get("debug"), cfg.trainer),
         params=sum(p.numel() for p in module.net.parameters()),
         trainable_params=sum(p.numel() for p in module.net.parameters() if p.requires_grad),
         epochs=trainer.current_epoch,
@@ -195,6 +198,31 @@ def _test_metrics(protocol: str, module: Any, trainer: L.Trainer, datamodule: An
         metrics["test/images"] = int(results["test/images"])
         metrics["test/partial"] = metrics["test/images"] < split_size(trainer.test_dataloaders)
     return metrics
+
+
+def run_tags(tags: Any) -> list[str]:
+    """The run's labels (``tags=[a,b]``) as strings; one label (``tags=a``) is a list of one."""
+    if tags is None:
+        return []
+    items = list(tags) if isinstance(tags, (ListConfig, list, tuple)) else [tags]
+    if isinstance(tags, (DictConfig, dict)) or any(isinstance(t, (DictConfig, ListConfig, dict, list)) for t in items):
+        raise ConfigError("tags: expected a list of labels, e.g. tags=[baseline,lr_sweep]")
+    return [str(t) for t in items]
+
+
+def debug_mode(debug_config: str | None, trainer: DictConfig) -> str | None:
+    """What makes a run a debug run, for metrics.json: the debug config it was started with
+    (``debug=smoke``) and the trainer settings that train on less than the data (``fast_dev_run``,
+    ``overfit_batches=N``, ``limit_train_batches=N``); None for a full run."""
+    marks = [f"debug={debug_config}"] if debug_config else []
+    if trainer.get("fast_dev_run"):
+        marks.append("fast_dev_run")
+    if trainer.get("overfit_batches"):
+        marks.append(f"overfit_batches={trainer.overfit_batches}")
+    limit = trainer.get("limit_train_batches")
+    if limit is not None and not (isinstance(limit, float) and limit == 1.0):
+        marks.append(f"limit_train_batches={limit}")
+    return ", ".join(marks) or None
 
 
 def check_within_schedule(max_epochs: Any, recipe_epochs: int) -> None:
@@ -325,6 +353,7 @@ def _write_metrics(record: RunMetrics, trainer: L.Trainer, cfg: DictConfig, outp
         "seed": cfg.seed,
         "precision": str(cfg.hardware.precision),
         "protocol": str(cfg.get("protocol", "heldout")),
+        "tags": ",".join(run_tags(cfg.get("tags"))),
     }
     scores = {
         f"hp/{k.replace('/', '_')}": float(v)
