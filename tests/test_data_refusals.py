@@ -232,6 +232,7 @@ def test_a_missing_file_is_named(tmp_path):
 
 
 def test_a_checked_split_is_not_checked_again_until_a_file_changes(tmp_path, monkeypatch):
+    monkeypatch.setattr(images, "STAMP_MIN_FILES", 1)
     paths = [str(_image(tmp_path / f"{n}.png", seed=n)) for n in range(3)]
     cache = tmp_path / "cache"
     check_image_files(paths, cache_dir=cache, stamp="Test-train")
@@ -249,13 +250,20 @@ def test_a_checked_split_is_not_checked_again_until_a_file_changes(tmp_path, mon
     assert opened == paths
 
 
-def test_an_unwritable_cache_folder_only_costs_the_check_again(tmp_path):
+def test_an_unwritable_cache_folder_only_costs_the_check_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(images, "STAMP_MIN_FILES", 1)
     paths = [str(_image(tmp_path / "a.png"))]
     (tmp_path / "a_file").write_text("not a folder")
     check_image_files(paths, cache_dir=tmp_path / "a_file" / "cache", stamp="Test-train")  # no error
 
 
-def test_setup_checks_the_files_of_both_splits_once(tmp_path):
+def test_a_small_split_leaves_no_stamp(tmp_path):
+    check_image_files([str(_image(tmp_path / "a.png"))], cache_dir=tmp_path / "cache", stamp="Test-train")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_setup_checks_the_files_of_both_splits_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(images, "STAMP_MIN_FILES", 1)
     root = tmp_path / "root"
     _image_folder(root)
     _truncated_png_in_test(root)

@@ -10,9 +10,10 @@ and, for JPEG, PNG and GIF, the file ends with the format's end marker. A file w
 missing (a file cut short, or one with bytes after the marker) is then decoded once, which tells the
 two apart. What it does not catch: damage inside the pixel data of a file whose header and end are
 intact, and a cut-short BMP, PPM, TIFF or WEBP file (formats without an end marker); such a file
-still fails when it is loaded, naming the file. A split that passed is remembered in a small JSON
-stamp under ``data.cache_dir``, keyed by its file list with each file's size and modification time,
-so a later run over unchanged files checks nothing::
+still fails when it is loaded, naming the file. A split of at least :data:`STAMP_MIN_FILES` files
+that passed is remembered in a small JSON stamp under ``data.cache_dir``, keyed by its file list with
+each file's size and modification time, so a later run over unchanged files checks nothing (a smaller
+split is checked each time, in well under a second)::
 
     <cache_dir>/<DataModule>-<split>-<file list hash>.checked.json
 """
@@ -42,6 +43,8 @@ IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "PPM", "TIFF", "GIF")
 _END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82", "GIF": b"\x3b"}
 #: Bumped when the check changes, so that splits checked by an older one are checked again.
 CHECK_VERSION = 1
+#: Splits of fewer files are checked in every run and leave no stamp.
+STAMP_MIN_FILES = 1000
 
 
 class ImageDecodeError(DataError):
@@ -157,7 +160,8 @@ def check_image_files(paths: Sequence[str], *, cache_dir: str | Path, stamp: str
         listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         more = f" ({len(others)} more file(s) fail the same check: {listed})" if others else ""
         raise ImageDecodeError(f"{key}: {path} is not a readable image ({problem}); remove or replace it{more}")
-    _write_stamp(stamp_path, {"key": state, "files": len(stats), "version": CHECK_VERSION})
+    if len(stats) >= STAMP_MIN_FILES:
+        _write_stamp(stamp_path, {"key": state, "files": len(stats), "version": CHECK_VERSION})
 
 
 def _write_stamp(path: Path, content: dict) -> None:
