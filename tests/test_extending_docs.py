@@ -77,3 +77,26 @@ def test_a_report_metric_of_ones_own_callback_reaches_metrics_json(user_folder, 
     assert code == 0, stderr[-3000:]
     metrics = json.loads((user_folder / "run" / "metrics.json").read_text())
     assert 0 <= metrics["test/ece"] <= 1
+
+
+def test_a_family_of_ones_own_package_trains_loads_and_checks_its_options(user_folder, one_thread):
+    from vitlab.api import load_run
+
+    text = section("A new family")
+    (code,), (yaml_text,) = blocks(text, "python"), blocks(text, "yaml")
+    (user_folder / "mypkg" / "rownet.py").write_text(code)
+    (user_folder / "myconf" / "model").mkdir(parents=True)
+    (user_folder / "myconf" / "model" / "rownet.yaml").write_text(yaml_text)
+    args = command(text)
+    assert "model=rownet" in args
+    code, stderr = run_in_process([*args, *FAST, "data.train_size=64", "data.val_size=16", "data.test_size=32",
+                                   "recipe.batch_size=16", "model.net.dim=32", "paths.output_dir=run"])
+    assert code == 0, stderr[-3000:]
+    metrics = json.loads((user_folder / "run" / "metrics.json").read_text())
+    assert metrics["model"] == "mypkg.rownet.RowNet" and metrics["params"] > 0
+    run = load_run(user_folder / "run" / "checkpoints" / "last.ckpt")
+    assert type(run.module.net).__name__ == "RowNet" and run.module.net.head.in_features == 32
+    code, stderr = run_in_process([*args, *FAST, "+model.net.dimm=96"])
+    assert code == 2 and "error: model.net.dimm: mypkg.rownet.RowNet (RowNetConfig) has no such setting; did you mean dim?" in stderr, stderr[-2000:]
+    code, stderr = run_in_process([*args, *FAST, "+model.net.num_heads=5"])
+    assert code == 2 and "error: model.net.dim: 64 is not divisible by num_heads 5" in stderr, stderr[-2000:]

@@ -36,7 +36,7 @@ def check_group_choices(argv: Sequence[str], conf_dir: Path) -> None:
         key, sep, value = arg.lstrip("+~").partition("=")
         if not sep or key not in GROUPS or not value or value == "null" or "(" in value:
             continue
-        options = sorted({*_group_options(key, conf_dir), *(o for d in extra for o in _group_options(key, d) if key != "model")})
+        options = sorted({*_group_options(key, conf_dir), *(p.stem for d in extra for p in (d / key).glob("*.yaml"))})
         for choice in value.strip("[]").split(","):  # a sweep a,b or a list [a,b] (logger=[csv,wandb])
             if choice not in options:
                 where = "the model registry, vitlab.models" if key == "model" else f"files in vitlab/conf/{key}/"

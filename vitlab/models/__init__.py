@@ -1,6 +1,15 @@
-"""Plain ``nn.Module`` networks, usable without Lightning or Hydra: ``create_model(name, **overrides)``."""
+"""Plain ``nn.Module`` networks, usable without Lightning or Hydra: ``create_model(name, **overrides)``.
 
-from vitlab.models import baselines, mini_vit, outgrid, qavit, vit  # noqa: F401  (register their sizes)
+Every module of this package is imported here, so a family file (``vitlab/models/<family>.py``, which
+registers its sizes with :func:`register_model`) needs no other edit to be selectable by name."""
+
+import importlib
+import pkgutil
+
 from vitlab.models._registry import create_model, get_model_config, list_models, register_model
+
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["create_model", "get_model_config", "list_models", "register_model"]

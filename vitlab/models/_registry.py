@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import importlib
 import inspect
 import re
 from collections.abc import Callable
@@ -87,11 +88,32 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def _entry(name: str) -> ModelEntry:
+    if name not in _ENTRIES and "." in name:
+        _register_class(name)
     if name not in _ENTRIES:
         close = difflib.get_close_matches(name, _ENTRIES, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
         raise ConfigError(f"model.net.name: unknown network {name!r}; {hint}choose one of: {', '.join(list_models())}")
     return _ENTRIES[name]
+
+
+def _register_class(path: str) -> None:
+    """A network of the user's own package, named by its dotted class path
+    (``model.net.name=mypkg.rownet.RowNet``): registered under that path, its config derived from its
+    constructor (:func:`config_dataclass`), trained by ``vitlab.families.ImageClassifier``."""
+    module_name, _, class_name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"model.net.name: cannot import {path} ({err}); give a registered network or the dotted "
+                          "path of an nn.Module class on the Python path") from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"model.net.name: {path} is not an nn.Module class")
+    try:
+        cfg = config_dataclass(cls, f"{class_name}Config")()
+    except TypeError as err:
+        raise ConfigError(f"model.net.name: {path} cannot be configured: {err}") from None
+    register_model(path, cfg, build_from_config(cls), module="vitlab.families.ImageClassifier")
 
 
 def get_model_config(name: str, **overrides: Any) -> Any:
