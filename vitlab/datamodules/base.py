@@ -74,8 +74,10 @@ class ImageDataModule(lightning.LightningDataModule):
     ``cache=True`` decodes both splits once in :meth:`setup` (using ``num_workers`` processes) and
     keeps the uint8 pixels in memory, so epochs skip JPEG decoding: for small datasets only
     (TinyImageNet-200's train split takes 1.2 GB). ``pin_memory`` takes effect only when CUDA is
-    available. Images that cannot be decoded raise :class:`ImageDecodeError` (a ``DataError``)
-    naming the file, also from inside loader workers.
+    available. :meth:`setup` opens every image file's header (and end marker) once, so an empty,
+    unreadable, non-image or cut-short file is refused before training in one line naming it
+    (:func:`~vitlab.datamodules.images.check_image_files`); an image that still cannot be decoded raises
+    :class:`ImageDecodeError` (a ``DataError``) naming the file, also from inside loader workers.
     """
 
     #: Interpolation of the resize to ``img_size`` (when the images are not already that size);
