@@ -19,7 +19,8 @@ class ImageFolderDataModule(ImageDataModule):
     """Train split from ``<root>/<train_dir>``, test split from ``<root>/<test_dir>``.
 
     Labels are the class folder names in alphabetical order; both splits must have the same
-    class folders. Setup only lists the files: images are decoded (PIL, RGB) when loaded.
+    class folders. Setup lists the files and checks each header (``images.check_image_files``); images
+    are decoded (PIL, RGB) when loaded.
     """
 
     def __init__(self, root: str, train_dir: str = "train", test_dir: str = "test", **kwargs: Any) -> None:
