@@ -96,7 +96,8 @@ CASES = [
     (["ckpt_path=five_classes.ckpt"], "error: ckpt_path: the weights in five_classes.ckpt do not fit model mini_vit (0 tensors missing, 0 unexpected, 2 of another shape; e.g. net.head.weight is [5, "),
     (["ckpt_path=flipped.ckpt"], "error: ckpt_path: flipped.ckpt fails its integrity check"),
     (["ckpt_path=tampered.ckpt"], "error: ckpt_path: tampered.ckpt holds pickled Python objects, not only tensors, and is refused (it asks for print;"),
-    (["ckpt_path=truncated.ckpt"], "error: ckpt_path: truncated.ckpt is not a readable checkpoint"),
+    (["ckpt_path=truncated.ckpt"], "error: ckpt_path: truncated.ckpt is not a checkpoint (torch.save writes a zip archive; this file of 300 bytes"),
+    (["ckpt_path=empty.ckpt"], "error: ckpt_path: empty.ckpt is empty (0 bytes)"),
     # trainer values Lightning refuses with a traceback
     (["trainer.max_epochs=-5"], "error: trainer.max_epochs: expected an integer >= 0 (or -1 for no limit), got -5"),
     (["trainer.precision=fp8"], "error: trainer.precision: unknown precision 'fp8'"),
@@ -142,6 +143,7 @@ def _write_checkpoints(folder) -> None:
         {"state_dict": {"net.head.weight": torch.zeros(2, 2)}, "hyper_parameters": {"net": {"name": "outgrid_7m"}}},
         folder / "other_model.ckpt")
     torch.save({"state_dict": state, "callbacks": {"x": _RunsPrint()}}, folder / "tampered.ckpt")
+    (folder / "empty.ckpt").write_bytes(b"")
     (folder / "truncated.ckpt").write_bytes((folder / "five_classes.ckpt").read_bytes()[:300])
     # A checkpoint of the configured model, with its digest, and then one byte of a weight flipped on disk.
     net = create_model("mini_vit", num_classes=10)

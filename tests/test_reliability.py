@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import lightning as L
@@ -164,6 +165,29 @@ def test_digest_is_saved_inside_and_a_flipped_byte_in_tensor_data_is_refused(tmp
     # The flip is real: without the digest, the altered weights would load silently.
     altered = torch.load(path, weights_only=True)["state_dict"]["net.w"]
     assert not torch.equal(altered, state["state_dict"]["net.w"])
+
+
+def test_a_flipped_byte_in_data_pkl_is_called_damaged_not_a_payload(tmp_path):
+    """The pickle inside a checkpoint with one byte changed is damage, named as such; only a pickle
+    that asks for a global is called one that could run code."""
+    path = tmp_path / "last.ckpt"
+    DigestCheckpointIO().save_checkpoint({"state_dict": {"net.w": torch.ones(8)}, "epoch": 2, "loops": {"x": [1, "a"]}}, path)
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith("data.pkl"))
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    original = path.read_bytes()
+    messages = []
+    for offset in range(2, info.compress_size - 1, 7):
+        damaged = bytearray(original)
+        damaged[start + offset] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+        try:
+            load_checkpoint(path)
+        except ConfigError as err:
+            messages.append(str(err))
+    assert messages and all("\n" not in m for m in messages)
+    assert not any("pickled Python objects" in m for m in messages), [m for m in messages if "pickled" in m][:3]
+    assert any(" is damaged" in m for m in messages)
 
 
 def test_a_checkpoint_without_a_digest_loads_only_with_the_switch(tmp_path, monkeypatch):

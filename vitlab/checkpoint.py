@@ -113,20 +113,39 @@ def load_checkpoint(path: str | Path | None, key: str = "ckpt_path") -> dict[str
     return upgrade_checkpoint(checkpoint)
 
 
+def _check_archive(path: Path, key: str) -> None:
+    """An empty file or one that is no zip archive (what torch.save writes) is named as such, not
+    with torch's advice on memory-mapped loading."""
+    size = path.stat().st_size
+    if size == 0:
+        raise ConfigError(f"{key}: {path} is empty (0 bytes), a write cut off before it began; use another .ckpt")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+        raise ConfigError(
+            f"{key}: {path} is not a checkpoint (torch.save writes a zip archive; this file of {size} bytes starts with "
+            f"{head!r}, and may be truncated); give a .ckpt written by vitlab.train"
+        )
+
+
 def _read_weights_only(path: Path, key: str) -> Any:
+    _check_archive(path, key)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
         # torch's message spans a dozen lines; the line naming the offending global is the useful one.
-        found = re.search(r"Unsupported global: GLOBAL (\S+)|Unsupported operand \d+|Unsupported class \S+", str(err))
-        what = f"it asks for {found.group(1) or found.group(0)}" if found else "it holds more than tensors"
+        found = re.search(r"Unsupported global: GLOBAL (\S+)|Unsupported class \S+", str(err))
+        if not found:  # an opcode that no pickler writes: damaged bytes, not a payload
+            reason = (str(err).splitlines() or [type(err).__name__])[0][:160]
+            raise ConfigError(f"{key}: {path} is damaged (its data.pkl does not unpickle: {reason}); use another .ckpt") from None
         raise ConfigError(
-            f"{key}: {path} holds pickled Python objects, not only tensors, and is refused ({what}; loading it "
-            "could run code); use a checkpoint written by vitlab, or re-save its state_dict if you trust its source"
+            f"{key}: {path} holds pickled Python objects, not only tensors, and is refused (it asks for "
+            f"{found.group(1) or found.group(0)}; loading it could run code); use a checkpoint written by vitlab, or re-save "
+            "its state_dict if you trust its source"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0][:160]
-        raise ConfigError(f"{key}: {path} is not a readable checkpoint ({reason}); was it truncated? use another .ckpt") from None
+        raise ConfigError(f"{key}: {path} is damaged: its archive is whole but its contents do not load ({reason}); use another .ckpt") from None
 
 
 def unsigned_allowed() -> bool:
