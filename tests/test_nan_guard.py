@@ -90,7 +90,7 @@ def test_default_callbacks_stop_a_diverging_run(smoke_cfg, tmp_path, monkeypatch
 
     monkeypatch.setattr(ImageClassifier, "training_step", diverges_at_step_4)
     cfg = smoke_cfg("recipe.epochs=2", "trainer.limit_val_batches=1", "model.net.depth=1")
-    with pytest.raises(VitlabError, match=r"train loss is nan at epoch 1, step 4; stopped and the last good checkpoint is .*last.ckpt"):
+    with pytest.raises(VitlabError, match=r"train loss is nan at epoch 2, step 4; stopped and the last good checkpoint is .*last.ckpt"):
         train(cfg)
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 3
     assert not (tmp_path / "run" / "metrics.json").exists()

@@ -118,7 +118,7 @@ def test_a_second_sigterm_while_saving_is_dropped_and_last_ckpt_resumes_exactly(
     with pytest.raises(Preempted) as stopped:
         train_module.train(smoke_cfg(*FAST, out="stopped"))
     monkeypatch.setattr(train_module, "_instantiate_group", original)
-    assert second.sent == 1 and f"epoch 1, step {stopped_at}" in str(stopped.value)
+    assert second.sent == 1 and f"epoch 2, step {stopped_at}" in str(stopped.value)  # the second epoch, counted from 1
     checkpoints = tmp_path / "stopped" / "checkpoints"
     assert load_checkpoint(checkpoints / "last.ckpt")["global_step"] == stopped_at
     assert not list(checkpoints.glob(".*.tmp"))
@@ -149,7 +149,7 @@ SHORT = [*(a for a in COMMON if not a.startswith(("trainer.limit_train_batches="
 def _printed_run_dir(code: int, stderr: str) -> str:
     assert code == 128 + signal.SIGTERM, stderr[-3000:]
     (line,) = [line for line in stderr.splitlines() if line.startswith("preempted, resume with run_dir=")]
-    assert "(SIGTERM at epoch 0, step 2; saved checkpoints/last.ckpt)" in line, line
+    assert "(SIGTERM at epoch 1, step 2; saved checkpoints/last.ckpt)" in line, line
     return re.match(r"preempted, resume with (run_dir=\S+) ", line).group(1)
 
 

@@ -412,7 +412,7 @@ def test_sigkill_and_sigterm_in_epoch_2_with_persistent_workers_resume_bit_ident
     _, stderr = termed.communicate(timeout=120)
     assert termed.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     (line,) = [line for line in stderr.splitlines() if line.startswith("preempted")]
-    assert line.startswith(f"preempted, resume with run_dir={termed_dir.resolve()} (SIGTERM at epoch 1, step ")
+    assert line.startswith(f"preempted, resume with run_dir={termed_dir.resolve()} (SIGTERM at epoch 2, step ")
     stopped_at = int(line.split("step ")[1].split(";")[0])
     saved = load_checkpoint(termed_dir / "checkpoints" / "last.ckpt")
     assert saved["global_step"] == stopped_at and PROCESS_STEPS_PER_EPOCH < stopped_at < 2 * PROCESS_STEPS_PER_EPOCH

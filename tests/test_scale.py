@@ -52,7 +52,7 @@ def test_ddp_on_two_cpu_processes_keeps_the_ranks_in_step(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["global_step"] == 4 and 0 <= metrics["test/top1"] <= 1
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["strategy"] == "ddp"
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_001.ckpt", "last.ckpt"]
     last = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert len(last["rng_states"]) == 2  # both ranks'
     assert set(last["SyntheticDataModule"]) == {"epoch", "samples_done", "epoch_done"}  # where the data stream stands

@@ -25,7 +25,7 @@ def test_fit_writes_checkpoints_metrics_and_tensorboard(smoke_cfg, tmp_path):
     assert saved["global_step"] == 2 and saved["epochs"] == 1
     assert saved["params"] == metrics["params"] == 674_890
     assert 0.0 <= saved["test/top1"] <= saved["test/top5"] <= 1.0
-    assert saved["tested_ckpt"].endswith(".ckpt") and "epoch_000" in saved["tested_ckpt"]
+    assert saved["tested_ckpt"].endswith(".ckpt") and "epoch_001" in saved["tested_ckpt"]  # counted from 1
     assert saved["test/loss"] > 0 and saved["wall_time_s"] > 0
     assert RunMetrics.from_json(saved).extra == {}  # every key train writes is a typed field
 

@@ -25,6 +25,7 @@ class Preempted(Exception):  # noqa: N818 - it is an event, not a bug
     """The run stopped on a preemption signal after saving a resumable ``last.ckpt``."""
 
     def __init__(self, signum: int, epoch: int, step: int, run_dir: Path) -> None:
+        # ``epoch`` counts from 1, as checkpoint names, metrics.json and the attention dumps do.
         self.signum, self.epoch, self.step, self.run_dir = signum, epoch, step, run_dir
         super().__init__(
             f"preempted, resume with run_dir={run_dir} ({signal.Signals(signum).name} at epoch {epoch}, step {step}; "
@@ -88,6 +89,14 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         # Skipped when the parent already saved at this step (it sets _last_global_step_saved).
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def format_checkpoint_name(self, metrics: dict[str, Any], filename: str | None = None, ver: int | None = None,
+                               prefix: str | None = None) -> str:
+        """``{epoch}`` in a file name counts from 1 (``epoch_001.ckpt`` after the first epoch), as
+        metrics.json, the attention dumps and the messages do."""
+        if "epoch" in metrics:
+            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+        return super().format_checkpoint_name(metrics, filename, ver, prefix)
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         if trainer.is_global_zero:
@@ -190,7 +199,7 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         elif not self.save_last:
             self._save_checkpoint(trainer, str(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"))
         run_dir = Path(self.dirpath).resolve().parent
-        preempted = Preempted(signum, trainer.current_epoch, trainer.global_step, run_dir)
+        preempted = Preempted(signum, trainer.current_epoch + 1, trainer.global_step, run_dir)
         previous = self._previous_handlers.get(signum)
         self._restore_handlers()
         if os.environ.get("SUBMITIT_EXECUTOR") and callable(previous) and _is_submitit_handler(previous):

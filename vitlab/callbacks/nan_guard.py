@@ -81,7 +81,7 @@ class NaNGuard(Callback):
         last = getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "") if ckpt else ""
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written before it"
         raise NonFiniteLossError(
-            f"callbacks.nan_guard: {what} at epoch {trainer.current_epoch}, step {trainer.global_step}; stopped and "
+            f"callbacks.nan_guard: {what} at epoch {trainer.current_epoch + 1}, step {trainer.global_step}; stopped and "
             f"{kept}. Lower recipe.optimizer.lr, set recipe.grad_clip, try hardware.precision=bf16-mixed or 32-true, "
             "or set callbacks.nan_guard.mode=skip"
         )
