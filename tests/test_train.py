@@ -214,3 +214,24 @@ def test_a_resume_folder_is_named_once_per_command(tmp_path, monkeypatch):
     second = resume.resume_subdir(tmp_path)
     assert second == f"{first}_2"
     resume.forget_resume_subdirs()
+
+
+def test_a_run_prints_no_library_notices(tmp_path):
+    """A real process: Lightning's second model summary notice, its cloud-logger advertisement and
+    the LeafSpec deprecation its batch handling triggers are not printed."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # warnings shown, as a user sees them
+    env.update(HYDRA_FULL_ERROR="0", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    args = ["data=synthetic", "hardware=cpu", "hardware.num_workers=0", "data.train_size=64", "data.val_size=32",
+            "data.test_size=32", "recipe.batch_size=32", "recipe.repeated_aug=1", "recipe.epochs=1",
+            "callbacks.progress_bar.kind=tqdm", "paths.output_dir=run"]
+    done = subprocess.run([sys.executable, "-m", "vitlab.train", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout + done.stderr
+    for notice in ("Trainer already configured with model summary", "Tip: For seamless cloud logging", "LeafSpec"):
+        assert notice not in out, notice
+    assert "Total params" in out  # the one model summary

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,12 +115,30 @@ def exit_with_error(err: VitlabError) -> None:
 def run_entry_point(hydra_main: Callable[[], Any], *checks: Callable[[Sequence[str]], None]) -> None:
     """A ``python -m vitlab.<command>`` entry point: the cheap ``checks`` of the command line run first,
     in order, so bad input is one ``error:`` line before Hydra composes; then the Hydra task."""
+    quiet_library_notices()
     try:
         for check in checks:
             check(sys.argv[1:])
     except VitlabError as err:
         exit_with_error(err)
     hydra_main()
+
+
+class _NoAdvertisement(logging.Filter):
+    """Drops Lightning's advertisement for its cloud logger, printed on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+def quiet_library_notices() -> None:
+    """What libraries print on every run that says nothing about the run: Lightning's cloud-logger
+    advertisement, and the deprecation its batch handling triggers on this torch (Lightning's own
+    code, fixed upstream in a later release)."""
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdvertisement) for f in rank_zero.filters):
+        rank_zero.addFilter(_NoAdvertisement())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def print_resolved_config(argv: Sequence[str], conf_dir: Path, config_name: str) -> None:

@@ -29,6 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
@@ -110,11 +111,14 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
     # step metrics; Lightning's warning that it would not is then wrong.
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
     curve = EpochCurve()
+    callbacks = _instantiate_group(cfg.get("callbacks")) + _hardware_callbacks(hardware) + [curve]
+    if any(isinstance(cb, ModelSummary) for cb in callbacks):  # the config's summary is the one summary
+        trainer_args.setdefault("enable_model_summary", False)
     try:
         trainer = L.Trainer(
             **trainer_args,
             accumulate_grad_batches=accumulate,
-            callbacks=_instantiate_group(cfg.get("callbacks")) + _hardware_callbacks(hardware) + [curve],
+            callbacks=callbacks,
             logger=_instantiate_group(cfg.get("logger")) or False,
             plugins=_plugins(),
         )
