@@ -27,6 +27,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
+# What vitlab keeps about the machine (the measured matmul peak) goes to a folder of this test run,
+# not the user's ~/.cache/vitlab.
+os.environ.setdefault("VITLAB_CACHE_DIR", tempfile.mkdtemp(prefix="vitlab-test-cache-"))
+
 # A run of a few seconds: synthetic data, tiny splits, CPU, no workers, plain progress output.
 SMOKE = [
     "data=synthetic",

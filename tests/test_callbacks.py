@@ -70,7 +70,7 @@ def test_a_ten_step_run_logs_lr_and_grad_norm_once_per_step(smoke_cfg, tmp_path,
 
 def test_runs_without_a_logger_still_measure(smoke_cfg, tmp_path):
     metrics = train(smoke_cfg("trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "~logger", "test=false"))
-    assert metrics["flops_per_image"] > 0 and metrics["peak_source"] == "measured fp32 matmul"
+    assert metrics["flops_per_image"] > 0 and metrics["peak_source"].startswith("measured fp32 matmul")
     assert not (tmp_path / "run" / "tensorboard").exists()
 
 

@@ -3,6 +3,7 @@ MFU, and that metrics.json (the FLOPs callback) and vitlab.bench report the same
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -153,7 +154,27 @@ def test_mfu_and_peak_sources():
     assert measure.peak_flops("cuda", "bf16-mixed", published=9e13) == (9e13, "Lightning's table")
     assert measure.peak_flops("cpu", "32-true", measure=False) == (None, None)
     peak, source = measure.peak_flops("cpu", "32-true")
-    assert 0 < peak < 1e14 and source == "measured fp32 matmul"
+    assert 0 < peak < 1e14 and source.startswith("measured fp32 matmul")
+
+
+def test_the_machine_peak_is_measured_once_and_only_when_quiet(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITLAB_CACHE_DIR", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(measure, "measure_peak_flops", lambda device, dtype: calls.append(dtype) or 2e11)
+    monkeypatch.setattr(measure.os, "getloadavg", lambda: (99.0, 0.0, 0.0))  # busy: used, not kept
+    assert measure.machine_peak_flops("cpu", torch.float32) == (2e11, "measured fp32 matmul (machine busy, not kept)")
+    assert not (tmp_path / "peak_flops.json").exists()
+    monkeypatch.setattr(measure.os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    first = measure.machine_peak_flops("cpu", torch.float32)
+    monkeypatch.setattr(measure, "measure_peak_flops", lambda device, dtype: calls.append(dtype) or 1e9)
+    assert measure.machine_peak_flops("cpu", torch.float32) == first  # every later run divides by the same peak
+    assert first[0] == 2e11 and first[1].startswith("measured fp32 matmul, kept for this machine (")
+    assert calls == [torch.float32, torch.float32]
+    saved = json.loads((tmp_path / "peak_flops.json").read_text())
+    (key,) = saved
+    assert key == measure.machine_key("cpu", torch.float32) and saved[key]["flops"] == 2e11
+    measure.machine_peak_flops("cpu", torch.bfloat16)  # another precision: its own measurement
+    assert calls[-1] == torch.bfloat16 and len(json.loads((tmp_path / "peak_flops.json").read_text())) == 2
 
 
 def test_measured_cpu_peak_is_a_positive_rate():

@@ -26,10 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import os
+import platform
+import socket
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -211,20 +216,63 @@ def measure_peak_flops(device: torch.device | str = "cpu", dtype: torch.dtype = 
     return time_matmul_flops(n, device, dtype, seconds=seconds, clock=clock or time.perf_counter)
 
 
+def cache_dir() -> Path:
+    """Where vitlab keeps what it measured about this machine: ``$VITLAB_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/vitlab`` (``~/.cache/vitlab``)."""
+    if os.environ.get("VITLAB_CACHE_DIR"):
+        return Path(os.environ["VITLAB_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitlab"
+
+
+def machine_key(device: torch.device | str, dtype: torch.dtype) -> str:
+    """What a measured peak depends on: the host, its processor, the device, the dtype, torch's
+    version and its thread count."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), cpu)
+    return f"{socket.gethostname()}|{cpu}|{torch.device(device)}|{dtype}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+
+
+def machine_peak_flops(device: torch.device | str, dtype: torch.dtype) -> tuple[float, str]:
+    """``(peak FLOP/s, source)`` of this machine for ``dtype``: measured once (:func:`measure_peak_flops`)
+    and kept in ``<cache_dir>/peak_flops.json``, so every run and the bench divide by the same peak. A
+    measurement taken while the machine is busy (load average above 1.5 per core) is used but not
+    kept."""
+    path, key = cache_dir() / "peak_flops.json", machine_key(device, dtype)
+    name = "fp32" if dtype == torch.float32 else str(dtype).removeprefix("torch.")
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known.get(key), dict) and isinstance(known[key].get("flops"), int | float):
+        return float(known[key]["flops"]), f"measured {name} matmul, kept for this machine ({known[key].get('date')})"
+    flops = measure_peak_flops(device, dtype)
+    load = os.getloadavg()[0] / (os.cpu_count() or 1) if hasattr(os, "getloadavg") else 0.0
+    if load > 1.5:
+        return flops, f"measured {name} matmul (machine busy, not kept)"
+    known[key] = {"flops": flops, "date": time.strftime("%Y-%m-%d"), "load_per_core": round(load, 2)}
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=2) + "\n")
+        os.replace(tmp, path)
+    return flops, f"measured {name} matmul, kept for this machine ({known[key]['date']})"
+
+
 def peak_flops(device: torch.device | str, precision: str | Precision = "32-true", peak_tflops: float | None = None,
                published: float | None = None, measure: bool = True) -> tuple[float | None, str | None]:
     """``(peak FLOP/s, where it came from)``: ``peak_tflops`` when given (a hardware profile's), else
     ``published`` (a vendor table's figure for the device and precision, e.g. Lightning's), else
-    (``measure``) :func:`measure_peak_flops` in the precision's dtype; ``(None, None)`` when none is
-    known."""
+    (``measure``) this machine's peak in the precision's dtype (:func:`machine_peak_flops`);
+    ``(None, None)`` when none is known."""
     if peak_tflops:
         return float(peak_tflops) * 1e12, "hardware.peak_tflops"
     if published:
         return float(published), "Lightning's table"
     if measure:
         prec = precision if isinstance(precision, Precision) else resolve_precision(precision)
-        dtype = "fp32" if prec.dtype == torch.float32 else str(prec.dtype).removeprefix("torch.")
-        return measure_peak_flops(device, prec.dtype), f"measured {dtype} matmul"
+        return machine_peak_flops(device, prec.dtype)
     return None, None
 
 
