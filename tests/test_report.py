@@ -44,11 +44,17 @@ def sweep(tmp_path_factory) -> Path:
     # As `python -m` does: Hydra then finds conf/ relative to vitlab/train.py, not as a package.
     os.environ["HYDRA_MAIN_MODULE"] = "__main__"
     try:
-        train_module._hydra_main()
+        train_module.main()  # the command line's entry, its argument checks and rewrites included
     finally:
         sys.argv = argv
         del os.environ["HYDRA_MAIN_MODULE"]
     return root / "sweep"
+
+
+def test_sweep_folders_name_the_swept_keys_only(sweep):
+    names = sorted(p.name for p in sweep.iterdir() if (p / ".hydra").is_dir())
+    assert names == [f"{i}_recipe.optimizer.lr@{lr}__seed@{seed}" for i, (lr, seed) in
+                     enumerate((lr, seed) for lr in ("0.001", "0.002") for seed in SEEDS)], names
 
 
 def test_report_of_a_real_multirun_averages_each_learning_rate_over_its_seeds(sweep):

@@ -141,6 +141,32 @@ def quiet_library_notices() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
+def sweep_folders_name_what_varies(argv: Sequence[str], conf_dir: Path) -> list[str]:
+    """A sweep's job folders (``<n>_<key>@<value>__...``) name the swept keys only: the overrides every
+    job shares (not sweeps: ``data=cifar10`` beside ``model=a,b``) join Hydra's ``exclude_keys``, so
+    ``seed=0`` and ``seed=1`` differ in a readable name, not in a digest of everything else."""
+    args = list(argv)
+    if not {"-m", "--multirun"} & set(args) or any(a.startswith("hydra.job.config.override_dirname.") for a in args):
+        return args
+    shared = []
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg or arg.lstrip("+~").startswith("hydra"):
+            continue
+        try:
+            override = OverridesParser.create().parse_override(arg)
+        except OverrideParseException:
+            return args  # Hydra reports it
+        if not override.is_sweep_override():
+            shared.append(override.key_or_group)
+    if not shared:
+        return args
+    from omegaconf import OmegaConf
+
+    excluded = list(OmegaConf.load(conf_dir / "hydra" / "default.yaml").job.config.override_dirname.exclude_keys)
+    keys = ",".join(dict.fromkeys([*excluded, *shared]))
+    return [*args, f"hydra.job.config.override_dirname.exclude_keys=[{keys}]"]
+
+
 def print_resolved_config(argv: Sequence[str], conf_dir: Path, config_name: str) -> None:
     """``--cfg hydra --resolve`` (and ``--cfg all --resolve``): print the config and exit.
 

@@ -47,6 +47,7 @@ from vitlab.cli import (
     one_line_errors,
     print_resolved_config,
     run_entry_point,
+    sweep_folders_name_what_varies,
     warn_unknown_groups,
 )
 from vitlab.config import PRECISIONS, HardwareConfig, register_configs, split_batch, to_hardware, to_recipe
@@ -469,7 +470,7 @@ def main() -> None:
     global _command_started
     _command_started = time.time()
     forget_resume_subdirs()
-    sys.argv[1:] = run_folder_follows_output_dir(sys.argv[1:])
+    sys.argv[1:] = sweep_folders_name_what_varies(run_folder_follows_output_dir(sys.argv[1:]), CONF_DIR)
     run_entry_point(
         _hydra_main,
         partial(print_resolved_config, conf_dir=CONF_DIR, config_name="train"),
