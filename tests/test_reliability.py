@@ -482,3 +482,17 @@ def test_a_hand_edited_config_yaml_is_refused_on_resume_not_rewritten(tmp_path, 
     saved.write_text(original)
     code, stderr = run_in_process(["run_dir=run", "trainer.max_epochs=2"])
     assert code == 0, stderr[-2000:]
+
+
+def test_ckpt_path_alone_continues_the_run_it_belongs_to(tmp_path, monkeypatch, one_thread):
+    """The template's habit: ``ckpt_path=<run>/checkpoints/last.ckpt`` resumes that run with its own
+    config (synthetic data here), not a fresh default config that would refuse the checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    code, stderr = run_in_process([*COMMON, *SYNTHETIC, "recipe.epochs=2", "trainer.max_epochs=1", "test=false", "paths.output_dir=run"])
+    assert code == 0, stderr[-2000:]
+    code, stderr = run_in_process(["ckpt_path=run/checkpoints/last.ckpt", "trainer.max_epochs=2"])
+    assert code == 0, stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["data"] == "synthetic"
+    assert list((tmp_path / "run" / ".hydra").glob("resume_*/overrides.yaml")) and not (tmp_path / "logs").exists()

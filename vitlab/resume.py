@@ -36,6 +36,7 @@ __all__ = [
     "check_resume_changes",
     "check_run_dir_exists",
     "checkpoint_to_continue",
+    "ckpt_path_continues_its_run",
     "continued_run_config",
     "forget_refused_resume",
     "forget_resume_subdirs",
@@ -111,6 +112,22 @@ def checkpoint_to_continue(ckpt_path: str | None, output_dir: Path) -> str | Non
             f"ckpt_path: no checkpoint file at {path.resolve()}; give an existing .ckpt file or ckpt_path=last with run_dir=<run folder>"
         )
     return str(path)
+
+
+def ckpt_path_continues_its_run(argv: list[str]) -> list[str]:
+    """``ckpt_path=<run>/checkpoints/<file>.ckpt`` alone continues the run that file belongs to, as
+    ``run_dir=<run> ckpt_path=<file>`` does (its recorded config, not today's defaults); a checkpoint
+    outside a run folder starts a new run from it."""
+    if {"-m", "--multirun"} & set(argv) or any(a.startswith("run_dir=") for a in argv):
+        return argv
+    given = [a.partition("=")[2].strip("'\"") for a in argv if a.startswith("ckpt_path=")]
+    if not given or given[-1] in ("", "null", "last"):
+        return argv
+    path = Path(given[-1])
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if path.is_file() and (run / ".hydra" / "overrides.yaml").is_file():
+        return [*argv, f"run_dir={run}"]
+    return argv
 
 
 def check_run_dir_exists(argv: list[str]) -> None:

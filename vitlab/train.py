@@ -57,6 +57,7 @@ from vitlab.instantiate import build, build_module  # noqa: F401  (build is also
 from vitlab.resume import (
     check_run_dir_exists,
     checkpoint_to_continue,
+    ckpt_path_continues_its_run,
     continued_run_config,
     forget_refused_resume,
     forget_resume_subdirs,
@@ -470,7 +471,8 @@ def main() -> None:
     global _command_started
     _command_started = time.time()
     forget_resume_subdirs()
-    sys.argv[1:] = sweep_folders_name_what_varies(run_folder_follows_output_dir(sys.argv[1:]), CONF_DIR)
+    argv = ckpt_path_continues_its_run(run_folder_follows_output_dir(sys.argv[1:]))
+    sys.argv[1:] = sweep_folders_name_what_varies(argv, CONF_DIR)
     run_entry_point(
         _hydra_main,
         partial(print_resolved_config, conf_dir=CONF_DIR, config_name="train"),
