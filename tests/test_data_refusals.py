@@ -276,7 +276,6 @@ def test_setup_checks_the_files_of_both_splits_once(tmp_path, monkeypatch):
     assert sorted(p.name.split("-")[1] for p in (tmp_path / "cache").glob("*.checked.json")) == ["test", "train"]
 
 
-@pytest.mark.xfail(reason="the fix belongs in vitlab/checkpoint.py (_read_weights_only), owned elsewhere; see the report")
 @pytest.mark.parametrize("content", [b"", b"these are my notes\n"], ids=["empty", "text"])
 def test_an_empty_or_text_ckpt_is_not_answered_with_mmap_advice(content, tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)
