@@ -177,6 +177,10 @@ def test_help_lists_the_config_groups():
     for group in ("model:", "data:", "recipe:", "hardware:", "callbacks:", "logger:", "experiment:"):
         assert group in text, group
     assert "mini_vit" in text and "rtx3060_6gb" in text
+    groups = text.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    for internal in ("net:", "schema", "protocol_data:", "protocol_recipe:"):  # what only vitlab's configs use
+        assert internal not in groups, internal
+    assert "debug: " in groups
 
 
 def test_readme_test_command_is_what_ci_runs():

@@ -80,6 +80,14 @@ def check_template_groups(argv: Sequence[str], conf_dir: Path) -> None:
             raise ConfigError(f"{key}={value}: no {key} group in vitlab; " + TEMPLATE_GROUPS[key].format(**options))
 
 
+def help_groups(conf_dir: Path) -> str:
+    """``group: option, ...`` per line for ``--help``: the groups a user picks from (:data:`GROUPS`),
+    without the internal ones and without the schemas."""
+    groups = sorted(set(GROUPS) & {p.name for p in conf_dir.iterdir() if p.is_dir()} | {"model"})
+    lines = [f"{g}: {', '.join(o for o in _group_options(g, conf_dir) if o != 'schema')}" for g in groups]
+    return "\n".join(lines)
+
+
 def _group_options(group: str, conf_dir: Path) -> list[str]:
     if group == "model":
         from vitlab.models._registry import model_config_names

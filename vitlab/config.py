@@ -382,7 +382,14 @@ _RESOLVERS = {
     "vitlab.cuda_available": torch.cuda.is_available,
     "vitlab.hydra_subdir": _hydra_subdir,
     "vitlab.path_safe": _path_safe,
+    "vitlab.help_groups": lambda: _help_groups(),
 }
+
+
+def _help_groups() -> str:
+    from vitlab.cli import help_groups
+
+    return help_groups(Path(__file__).resolve().parent / "conf")
 
 
 def register_configs() -> None:
