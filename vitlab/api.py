@@ -40,9 +40,18 @@ def compose(*overrides: str, config_name: str = "train", output_dir: str | Path 
     ``outputs/api`` under the current folder). Overrides are the command line's: ``"data=synthetic"``,
     ``"recipe.epochs=3"``, ``"data.subset=100"``.
     """
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    from vitlab.cli import check_group_choices, composition_error
+
     register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = _hydra_compose(config_name=config_name, overrides=list(overrides))
+    check_group_choices(list(overrides), CONF_DIR)
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = _hydra_compose(config_name=config_name, overrides=list(overrides))
+    except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
+        # The command line's one line ("did you mean"), as a ConfigError.
+        raise composition_error(err, list(overrides), CONF_DIR, config_name) from None
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir if output_dir is not None else Path("outputs") / "api")
     return cfg
