@@ -6,7 +6,11 @@ config tree (``vitlab/conf``) at once. The Python API (docs/python.md): :func:`c
 ``vitlab.models.create_model``.
 """
 
-from vitlab.config import register_configs
+from vitlab._environment import check_torch_pair
+
+check_torch_pair()
+
+from vitlab.config import register_configs  # noqa: E402  (after the installation check)
 
 __version__ = "0.1.0"
 __all__ = ["CONF_DIR", "build_datamodule", "build_module", "compose", "load_run", "register_configs"]

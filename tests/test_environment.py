@@ -1,0 +1,31 @@
+"""A torch and a torchvision that cannot work together (what pip installs when it pairs a CPU torch
+with a CUDA torchvision) is one line with the fix, from every command, before anything else."""
+
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def _with_broken_torchvision(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    fake = tmp_path / "site" / "torchvision"
+    fake.mkdir(parents=True)
+    # What a torchvision built for another torch raises when it is imported.
+    (fake / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)])}
+    return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_command_says_it_in_one_line(tmp_path):
+    done = _with_broken_torchvision(tmp_path, "-m", "vitlab.train", "model=mini_vit")
+    assert done.returncode == 2, done.stderr[-2000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: torch ") and "do not work together (operator torchvision::nms does not exist)" in line
+    assert "pip install --force-reinstall torch torchvision" in line and not list(tmp_path.glob("logs"))
+
+
+def test_an_import_says_it_in_the_import_error(tmp_path):
+    done = _with_broken_torchvision(tmp_path, "-c", "import vitlab")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("ImportError: torch ")
