@@ -19,6 +19,13 @@ named ``<corruption>/<severity>`` (TinyImageNet-C, or any DataModule with such `
 ``robustness.{csv,json,md}`` (corruption x severity top-1, clean top-1, mean corrupted top-1, mCE and
 relative mCE against a ``reference`` evaluation) and ``robustness_per_corruption.png`` /
 ``robustness_per_severity.png``.
+
+With ``pictures: true`` (the default) the scored split (the set ``all``; on corruption data the
+clean set that ``clean=run`` scores, none with ``clean=null``) also gets ``confusion_matrix.csv``
+(counts, rows = true class, columns = predicted), ``confusion_matrix.png`` (each row normalised),
+``per_class.csv`` (images, top-1 and top-5 per class) and ``predictions.png`` (the first
+``picture_images`` images of the fixed eval order, predicted and true class, wrong ones in red), all
+gathered inside the one scoring pass.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vitlab.cli import check_group_choices, one_line_errors, print_resolved_config, run_entry_point
 from vitlab.config import register_configs, to_hardware
-from vitlab.errors import ConfigError
+from vitlab.errors import ConfigError, VitlabError
 from vitlab.inference import inference_network
 from vitlab.measure import Stopwatch, human, image_flops, resolve_precision
 from vitlab.runs import load_run, prepare_output_dir, write_json
@@ -47,6 +54,7 @@ register_configs()
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 ROBUSTNESS_FILES = ["robustness.csv", "robustness.json", "robustness.md", "robustness_per_corruption.png", "robustness_per_severity.png"]
+PICTURE_FILES = ["confusion_matrix.csv", "confusion_matrix.png", "per_class.csv", "predictions.png"]
 _CORRUPTION_SET = re.compile(r"^(?P<corruption>[^/]+)/(?P<severity>\d+)$")
 
 
@@ -72,7 +80,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     data_node = cfg.data if cfg.get("data") else _run_data(run)
     datamodule = build(data_node, **loader_args)
     check_classes_match(module, datamodule, run.model_name)
-    out_dir = prepare_output_dir(Path(cfg.out_dir or cfg.paths.output_dir), ["eval_metrics.json", *ROBUSTNESS_FILES], cfg.overwrite)
+    out_dir = prepare_output_dir(Path(cfg.out_dir or cfg.paths.output_dir), ["eval_metrics.json", *ROBUSTNESS_FILES, *PICTURE_FILES],
+                                 cfg.overwrite)
     img_size = getattr(datamodule, "img_size", None)
     flops = image_flops(getattr(module, "net", module), img_size) if img_size else None  # before any dtype cast
     scorer = Scorer(module, device, hardware.precision, module.recipe.label_smoothing, cfg.warmup_iters, cfg.limit_batches,
@@ -82,7 +91,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if flops is not None:
         print(f"{human(flops.macs)} MACs per {img_size}x{img_size} image ({human(flops.macs_without_sdpa)} without SDPA, as fvcore counts)")
 
-    sets = _score_datamodule(datamodule, cfg.split, scorer)
+    title = f"{run.model_name} on {_data_name(data_node)} ({cfg.split} split)"
+    pictures = Pictures(out_dir, cfg.picture_images, title) if cfg.pictures else None
+    sets = _score_datamodule(datamodule, cfg.split, scorer, pictures)
     result: dict[str, Any] = {
         "ckpt_path": str(run.ckpt_path.resolve()),
         "model": run.model_name,
@@ -101,7 +112,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         clean = None
         if cfg.clean == "run":
             clean_dm = build(_run_data(run), **loader_args)
-            clean = _score_datamodule(clean_dm, cfg.split, scorer)["all"]
+            clean = _score_datamodule(clean_dm, cfg.split, scorer, pictures)["all"]
             result["clean"] = clean
         elif cfg.clean not in (None, "null", "none"):
             raise ConfigError(f"clean: unknown value {cfg.clean!r}; use run (score the run's own data) or null")
@@ -151,7 +162,8 @@ class Scorer:
             return self.network(x)
 
     @torch.no_grad()
-    def score(self, loader) -> dict[str, float]:
+    def score(self, loader, seen: Predictions | None = None) -> dict[str, float]:
+        """The set's scores; ``seen`` (if given) gathers the pictures' predictions in the same pass."""
         num_classes = self.module.num_classes
         k = min(5, num_classes)
         images = batches = correct1 = correct5 = 0
@@ -177,6 +189,8 @@ class Scorer:
             top = logits.topk(k, dim=1).indices
             correct1 += (top[:, 0] == y).sum().item()
             correct5 += (top == y[:, None]).any(dim=1).sum().item()
+            if seen is not None:
+                seen.update(x, y, top)
             images += y.shape[0]
             batches += 1
         if images == 0:
@@ -194,8 +208,10 @@ class Scorer:
         }
 
 
-def _score_datamodule(datamodule, split: str, scorer: Scorer) -> dict[str, dict[str, float]]:
-    """``{set name: scores}``; a DataModule with several test loaders names them by its ``names``."""
+def _score_datamodule(datamodule, split: str, scorer: Scorer,
+                      pictures: Pictures | None = None) -> dict[str, dict[str, float]]:
+    """``{set name: scores}``; a DataModule with several test loaders names them by its ``names``.
+    ``pictures`` draws the set named ``all`` (a DataModule with one test loader)."""
     datamodule.setup("test" if split == "test" else "validate")
     loaders = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
     if not isinstance(loaders, (list, tuple)):
@@ -205,12 +221,15 @@ def _score_datamodule(datamodule, split: str, scorer: Scorer) -> dict[str, dict[
         names = ["all"] if len(loaders) == 1 else [f"set_{i}" for i in range(len(loaders))]
     scores = {}
     for name, loader in zip(names, loaders):
-        scores[name] = s = scorer.score(loader)
+        seen = Predictions(scorer.module.num_classes, pictures.num_images) if pictures and name == "all" else None
+        scores[name] = s = scorer.score(loader, seen)
         of = f" of {len(loader.dataset)} (partial)" if s["partial"] else ""
         print(
             f"{name}: {s['images']}{of} images | loss {s['loss']:.4f} (smoothed {s['loss_smoothed']:.4f}) | "
             f"top-1 {_pct(s['top1'])} | top-5 {_pct(s['top5'])} | {s['ms_per_batch']:.2f} ms/batch | {s['images_per_s']:.1f} images/s"
         )
+        if seen is not None:
+            pictures.write(seen, datamodule, s)
     return scores
 
 
@@ -222,6 +241,102 @@ def _run_data(run) -> DictConfig:
 
 def _data_name(node: DictConfig) -> str:
     return str(node.get("_target_", "")).rsplit(".", 1)[-1]
+
+
+# --------------------------------------------------------------------------------------- pictures
+class Predictions:
+    """What the pictures of one set need, gathered batch by batch inside :meth:`Scorer.score`: the
+    confusion matrix (torchmetrics, on the scoring device), the top-5 hits per true class, and the
+    first ``num_images`` images (as the loader gave them, on the CPU) with their labels and top-1."""
+
+    def __init__(self, num_classes: int, num_images: int):
+        from torchmetrics.classification import MulticlassConfusionMatrix
+
+        self.num_classes, self.num_images = num_classes, num_images
+        self.confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
+        self.top5_hits: torch.Tensor | None = None
+        self.images: list[torch.Tensor] = []
+        self.labels: list[int] = []
+        self.predicted: list[int] = []
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, top: torch.Tensor) -> None:
+        if self.top5_hits is None:
+            self.confusion = self.confusion.to(y.device)
+            self.top5_hits = torch.zeros(self.num_classes, dtype=torch.long, device=y.device)
+        self.confusion.update(top[:, 0], y)
+        self.top5_hits += torch.bincount(y[(top == y[:, None]).any(dim=1)], minlength=self.num_classes)
+        want = self.num_images - len(self.labels)
+        if want > 0:
+            self.images.append(x[:want].detach().float().cpu())
+            self.labels += y[:want].tolist()
+            self.predicted += top[:want, 0].tolist()
+
+    def matrix(self) -> torch.Tensor:
+        """``(C, C)`` counts: row = true class, column = predicted class."""
+        return self.confusion.compute().cpu()
+
+
+class Pictures:
+    """Writes :data:`PICTURE_FILES` of a scored set into ``out_dir``; ``title`` names the model and data."""
+
+    def __init__(self, out_dir: Path, num_images: int, title: str):
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 0:
+            raise ConfigError(f"picture_images: expected a number of images >= 0, got {num_images!r}")
+        self.out_dir, self.num_images, self.title = out_dir, num_images, title
+
+    def write(self, seen: Predictions, datamodule: Any, scores: dict[str, Any]) -> None:
+        from vitlab.viz import confusion_figure, denormalise, predictions_figure, save_figure
+
+        matrix = seen.matrix()
+        names = class_names(datamodule, seen.num_classes)
+        write_confusion_csv(self.out_dir / "confusion_matrix.csv", matrix, names)
+        write_per_class_csv(self.out_dir / "per_class.csv", matrix, seen.top5_hits.cpu(), names)
+        partial = " (partial: a limit_batches prefix)" if scores["partial"] else ""
+        about = f"{self.title}: {scores['images']} images{partial}, top-1 {_pct(scores['top1'])} %"
+        save_figure(confusion_figure(matrix, names, f"{about} (rows: true class, normalised)"),
+                    self.out_dir / "confusion_matrix.png")
+        if seen.images:
+            mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
+            images = denormalise(torch.cat(seen.images), mean, std)
+            wrong = sum(p != t for p, t in zip(seen.predicted, seen.labels))
+            save_figure(predictions_figure(images, seen.labels, seen.predicted, names,
+                                           f"{about}; the first {len(seen.labels)} images of the eval order, "
+                                           f"{wrong} wrong (red)"),
+                        self.out_dir / "predictions.png")
+
+
+def class_names(datamodule: Any, num_classes: int) -> list[str]:
+    """The data's names of its classes in label order (``class_names``, else ``classes``), else the labels."""
+    for attribute in ("class_names", "classes"):
+        try:
+            names = getattr(datamodule, attribute, None)
+        except (VitlabError, OSError):  # names a DataModule reads from files it lacks
+            names = None
+        if names is not None and not callable(names) and len(names) == num_classes:
+            return [str(name) for name in names]
+    return [str(label) for label in range(num_classes)]
+
+
+def write_confusion_csv(path: Path, matrix: torch.Tensor, names: list[str]) -> None:
+    """Counts with a header row of predicted classes and a first column of true classes."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *names])
+        for name, row in zip(names, matrix.tolist()):
+            writer.writerow([name, *row])
+
+
+def write_per_class_csv(path: Path, matrix: torch.Tensor, top5_hits: torch.Tensor, names: list[str]) -> None:
+    """Per true class: label, name, images, top-1 and top-5 (fractions; empty for a class without images)."""
+    images = matrix.sum(dim=1).tolist()
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "class", "images", "top1", "top5"])
+        for label, name in enumerate(names):
+            n = images[label]
+            top1 = f"{matrix[label, label].item() / n:.6f}" if n else ""
+            top5 = f"{top5_hits[label].item() / n:.6f}" if n else ""
+            writer.writerow([label, name, n, top1, top5])
 
 
 # ------------------------------------------------------------------------------------- robustness
