@@ -486,6 +486,8 @@ def render_markdown(report: dict[str, Any], against: str | None) -> str:
     if against == "seed":
         lines += ["The seed's published figure is a single run; `seed within mean ± std` says whether it lies",
                   "within one standard deviation of the group's mean (no answer for a group of one run)."]
+    if report.get("curves_drawn"):  # convergence.png beside report.md holds at least one group's curves
+        lines += ["", "![val top-1 and val loss per epoch: each group's mean over its runs, ± 1 std](convergence.png)"]
     if report["left_out"]:
         lines += ["", "Runs left out of the averages:", ""]
         lines += [f"- {r.name} ({_settings_text(r, report['over'])}): {r.problem}" for r in report["left_out"]]
@@ -614,11 +616,11 @@ def report(root: Path, against: str | None = None, out: Path | None = None, over
     out_dir = prepare_output_dir(
         out or root / "report", REPORT_FILES, overwrite, key="--out", how="give another --out <folder> or add --overwrite"
     )
+    table["curves_drawn"] = plot_convergence(out_dir / "convergence.png", table)  # first: report.md links it
     markdown = render_markdown(table, against)
     (out_dir / "report.md").write_text(markdown)
     write_csv(out_dir / "report.csv", table, against)
     write_runs_csv(out_dir / "runs.csv", table)
-    table["curves_drawn"] = plot_convergence(out_dir / "convergence.png", table)
     table["out_dir"] = out_dir
     print(markdown, end="")
     print(f"{len(table['runs'])} run(s) averaged in {len(table['groups'])} group(s), "
