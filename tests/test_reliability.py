@@ -70,10 +70,10 @@ def test_preempted_mid_epoch_with_two_persistent_workers_resumes_bit_identically
     with pytest.raises(Preempted) as stopped:
         train_module.train(smoke_cfg(*FAST, *workers, out="stopped"))
     monkeypatch.setattr(train_module, "_instantiate_group", original)
-    stopped_at = STEPS_PER_EPOCH + 2  # the signal came during batch 1 of epoch 1: that step is finished
+    stopped_at = STEPS_PER_EPOCH + 2  # the signal came during batch 1 of the second epoch: that step is finished
     assert stopped.value.exit_code == 128 + signal.SIGTERM
     assert f"preempted, resume with run_dir={(tmp_path / 'stopped').resolve()}" in str(stopped.value)
-    assert f"epoch 1, step {stopped_at}" in str(stopped.value)
+    assert f"epoch 2, step {stopped_at}" in str(stopped.value)  # epochs counted from 1
     last = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.ckpt")
     assert last["global_step"] == stopped_at and last["SyntheticDataModule"] == {"epoch": 1, "samples_done": 2 * 16, "epoch_done": False}
     assert signal.getsignal(signal.SIGTERM) == handler_before  # the run's handlers are gone with it
