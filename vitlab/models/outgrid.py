@@ -167,7 +167,7 @@ class OutGridViT(ClassifierContract, nn.Module):
             in_dim = dims[s]
         self.stages = nn.ModuleList(stages)
         self.norm = nn.BatchNorm2d(dims[-1])
-        self.head = nn.Linear(dims[-1], num_classes)
+        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
 
     @staticmethod
     def _check(img_size, dims, depths, num_heads, grid_sizes, outlook_heads, kernel_size) -> None:
@@ -216,9 +216,9 @@ class OutGridViT(ClassifierContract, nn.Module):
         """Images ``(B, C, H, W)`` -> the normalised last-stage map ``(B, dims[-1], H/8, W/8)``."""
         return self._forward(x, need_weights=False)[0]
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean(dim=(2, 3))
-        return x if pre_logits else self.head(x)
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """``avg``: the mean of the last stage's map; ``""``: the map itself ``(B, C, H, W)``."""
+        return x.mean(dim=(2, 3)) if self.global_pool == "avg" else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -233,7 +233,9 @@ class OutGridViT(ClassifierContract, nn.Module):
             (r"^stages\.(\d+)\.downsample", (-1,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)]
         return dict(stem=r"^stem|^proj_in|^front", blocks=[*stages, (r"^norm", (99999,))])
 
-    head_pools = ("avg",)  # the mean-pooled last stage
+    head_pools = ("avg", "")  # the mean-pooled last stage, or its map
+    global_pool = "avg"
+    head_on_tokens = False
 
     @torch.no_grad()
     def fuse_for_inference(self) -> None:
@@ -253,7 +255,7 @@ class OutGridViT(ClassifierContract, nn.Module):
                 module.inplace = True
         norm, head = self.norm, self.head
         if not (isinstance(norm, nn.BatchNorm2d) and norm.track_running_stats and isinstance(head, nn.Linear)
-                and head.out_features > 0):
+                and head.out_features > 0 and self.global_pool == "avg"):
             return
         scale = torch.rsqrt(norm.running_var + norm.eps)
         shift = -norm.running_mean * scale

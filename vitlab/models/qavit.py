@@ -201,7 +201,7 @@ class QAViT(ClassifierContract, nn.Module):
             for i in range(depth)
         )
         self.norm = nn.LayerNorm(embed_dim)
-        self.head = nn.Linear(embed_dim, num_classes)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.num_prefix_tokens = 0  # the bank is not part of the token sequence
         self.grad_checkpointing = False
         self.reset_parameters()
@@ -259,9 +259,9 @@ class QAViT(ClassifierContract, nn.Module):
             return tokens
         return tokens, {"bank_norm": torch.cat(state, dim=1).detach().norm(dim=-1).amax()}
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean(dim=1)
-        return x if pre_logits else self.head(x)
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """``avg``: the mean token; ``""``: every token ``(B, N, C)``."""
+        return x.mean(dim=1) if self.global_pool == "avg" else x
 
     def describe(self) -> str:
         """One line on the bank and grid, logged when fitting starts."""
@@ -278,7 +278,8 @@ class QAViT(ClassifierContract, nn.Module):
         return dict(stem=r"^patch_embed|^patch_norm|^pos_embed|^token_bank",
                     blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
 
-    head_pools = ("avg",)  # the mean-pooled tokens
+    head_pools = ("avg", "")  # the mean-pooled tokens, or all of them
+    global_pool = "avg"
 
     def init_head(self, head: nn.Linear) -> None:
         """Truncated-normal 0.02 weights and a zero bias, as the seed's init."""

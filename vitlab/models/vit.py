@@ -42,7 +42,7 @@ from vitlab.models._registry import build_from_config, config_dataclass, registe
 
 __all__ = ["BlockConfig", "ViT", "ViTConfig", "default_patch_size", "model_cfgs"]
 
-HEAD_POOLS = ("token", "concat_prefix")
+HEAD_POOLS = ("token", "concat_prefix", "avg", "")
 INITS = ("b0", "torch", "torch_cls_trunc_normal")
 
 
@@ -124,14 +124,12 @@ class ViT(ClassifierContract, nn.Module):
         self._check(img_size, patch_size, embed_dim, depth, num_heads, num_prefix_tokens, head_pool, init)
         self.num_classes = num_classes
         self.num_features = embed_dim
-        # The head reads the CLS output, or (head_pool=concat_prefix) all prefix outputs side by side.
-        self.head_features = embed_dim * (num_prefix_tokens if head_pool == "concat_prefix" else 1)
         self.embed_dim = embed_dim
         self.img_size = img_size
         self.patch_size = patch_size
         self.grid = (img_size // patch_size, img_size // patch_size)
         self.num_prefix_tokens = num_prefix_tokens
-        self.head_pool = head_pool
+        self.global_pool = head_pool  # what the head reads (forward_head, reset_classifier)
         self.init = init
 
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
@@ -144,7 +142,7 @@ class ViT(ClassifierContract, nn.Module):
         token_drop = self.position.token_drop
         self.pos_drop = nn.Dropout(drop_rate if token_drop is None else token_drop)
         self.norm = nn.LayerNorm(embed_dim, eps=block.norm_eps)
-        self.head = nn.Linear(self.head_features, num_classes)
+        self.head = nn.Linear(self.head_in_features, num_classes) if num_classes > 0 else nn.Identity()
         self.grad_checkpointing = False
         if init == "b0":
             self.reset_parameters()
@@ -160,7 +158,7 @@ class ViT(ClassifierContract, nn.Module):
         if num_prefix_tokens < 1:
             raise ValueError(f"num_prefix_tokens must be at least 1 (the CLS token), got {num_prefix_tokens}")
         if head_pool not in HEAD_POOLS:
-            raise ValueError(f"head_pool must be one of {', '.join(HEAD_POOLS)}, got {head_pool!r}")
+            raise ValueError(f"head_pool: must be one of {', '.join(map(repr, HEAD_POOLS))}, got {head_pool!r}")
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
 
@@ -195,8 +193,9 @@ class ViT(ClassifierContract, nn.Module):
             init_weights = getattr(block.attn, "init_weights", None)
             if init_weights is not None:
                 init_weights()
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        if isinstance(self.head, nn.Linear):
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -263,9 +262,16 @@ class ViT(ClassifierContract, nn.Module):
             return tokens
         return tokens, {f"{name}_mean": torch.stack(values).mean() for name, values in stats.items()}
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x[:, : self.num_prefix_tokens].flatten(1) if self.head_pool == "concat_prefix" else x[:, 0]
-        return x if pre_logits else self.head(x)
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """``token``: the first CLS output; ``concat_prefix``: every prefix output side by side
+        (Mini-ViT); ``avg``: the mean patch output; ``""``: every token."""
+        if self.global_pool == "token":
+            return x[:, 0]
+        if self.global_pool == "concat_prefix":
+            return x[:, : self.num_prefix_tokens].flatten(1)
+        if self.global_pool == "avg":
+            return x[:, self.num_prefix_tokens :].mean(dim=1)
+        return x
 
     def describe(self) -> str:
         """One line on the variant, logged when fitting starts."""
@@ -276,7 +282,7 @@ class ViT(ClassifierContract, nn.Module):
         return (
             f"ViT variant: attention={node(self.attention_config)}, position={node(self.position_config)}, "
             f"patch {self.patch_size} -> {self.grid[0]}x{self.grid[1]} grid + {self.num_prefix_tokens} CLS, "
-            f"head on {self.head_pool}"
+            f"head on {self.global_pool}"
         )
 
     # ----------------------------------------------------------------------------- timm's model API
@@ -294,11 +300,12 @@ class ViT(ClassifierContract, nn.Module):
             blocks=[(r"^blocks\.(\d+)", None), *with_blocks, (r"^norm", (99999,))],
         )
 
-    head_pools = ("token",)
+    head_pools = HEAD_POOLS
 
     @property
     def head_in_features(self) -> int:
-        return self.head_features
+        """The CLS output's width, or (``concat_prefix``) all prefix outputs side by side."""
+        return self.embed_dim * (self.num_prefix_tokens if self.global_pool == "concat_prefix" else 1)
 
     def init_head(self, head: nn.Linear) -> None:
         """B0's head starts at zero."""
