@@ -106,7 +106,7 @@ def test_grad_checkpointing_gives_identical_gradients(name):
 def test_aux_comes_back_from_the_forward_and_leaves_no_state(name):
     net = create_model(name, **TINY[name]).train()
     before = {k: v for k, v in vars(net).items() if not k.startswith("_")}
-    logits, aux = net(torch.randn(2, 3, 32, 32), return_aux=True)
+    logits, aux = net.forward_with_aux(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 5) and aux and all(v.dim() == 0 and not v.requires_grad for v in aux.values())
     expected = {"vit_diff_entropy": {"entropy_mean", "lambda_mean"}, "qavit_tiny_32": {"bank_norm"}}[name]
     assert set(aux) == expected

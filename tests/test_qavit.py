@@ -178,7 +178,7 @@ def test_bank_norm_stays_bounded_over_200_training_steps(one_thread):
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)  # the README's LR
     norms, bounds = [], []
     for x, y in _synthetic_batches(200):
-        logits, aux = net(x, return_aux=True)
+        logits, aux = net.forward_with_aux(x)
         loss = F.cross_entropy(logits, y)
         opt.zero_grad()
         loss.backward()
@@ -192,7 +192,7 @@ def test_bank_norm_stays_bounded_over_200_training_steps(one_thread):
 
     seed = tiny(depth=1, faithful=True).train()  # the seed's bank only grows: docs/seeds/qavit.md (1.27 -> 198 in 20 forwards)
     with torch.no_grad():
-        seed_norms = [seed(x, return_aux=True)[1]["bank_norm"].item() for x, _ in _synthetic_batches(20)]
+        seed_norms = [seed.forward_with_aux(x)[1]["bank_norm"].item() for x, _ in _synthetic_batches(20)]
     assert seed_norms[-1] > 10 * seed_norms[0]
 
 
@@ -202,7 +202,7 @@ def test_no_nan_under_bf16_autocast_at_the_seed_lr(lr, one_thread):
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.05)
     for x, y in _synthetic_batches(15):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits, aux = net(x, return_aux=True)
+            logits, aux = net.forward_with_aux(x)
             loss = F.cross_entropy(logits, y, label_smoothing=0.1)
         assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
         opt.zero_grad()

@@ -12,7 +12,6 @@ load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import inspect
 import os
 import random
 from typing import Any
@@ -89,8 +88,8 @@ class ImageClassifier(L.LightningModule):
             raise ConfigError("model.net.name: missing; set it to a registered network, e.g. mini_vit")
         self.net = create_model(net.pop("name"), **net)
         # Networks that can return figures besides the logits (entropy, lambda, bank norm) take
-        # `return_aux`; those are logged per epoch under train/<name>.
-        self.net_returns_aux = "return_aux" in inspect.signature(self.net.forward).parameters
+        # `forward_with_aux`; those are logged per epoch under train/<name>.
+        self.net_returns_aux = callable(getattr(self.net, "forward_with_aux", None))
         if grad_checkpointing:
             try:
                 self.net.set_grad_checkpointing(True)
@@ -145,7 +144,7 @@ class ImageClassifier(L.LightningModule):
             return self(x)
         if self.recipe.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits, aux = self.net(x, return_aux=True)
+        logits, aux = self.net.forward_with_aux(x)
         for name, value in aux.items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True)
         return logits
@@ -180,8 +179,11 @@ class ImageClassifier(L.LightningModule):
         if self.recipe.channels_last:
             self.net.to(memory_format=torch.channels_last)
         if stage == "fit" and self.hparams.compile:
-            # Compiling in place keeps the state-dict keys free of the `_orig_mod.` prefix.
+            # Compiling in place keeps the state-dict keys free of the `_orig_mod.` prefix; training
+            # calls forward_with_aux where the network has one, which is compiled the same way.
             self.net.compile()
+            if self.net_returns_aux:
+                self.net.forward_with_aux = torch.compile(self.net.forward_with_aux)
 
     # ----------------------------------------------------------------------------- steps
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ class QAViTClassifier(ImageClassifier):
     Logged per epoch: the fusion weights ``softmax(alpha)`` of every block (``fusion/blocks.i.<branch>``)
     and their mean over blocks (``fusion/<branch>``), to see whether the redundant scalars move at
     all; and ``train/bank_norm``, the largest bank-token norm at the end of the forward
-    (epoch mean; the network returns it with ``return_aux``, :class:`ImageClassifier` logs it), which must stay bounded with the functional bank and grows with the faithful one.
+    (epoch mean; the network returns it from ``forward_with_aux``, :class:`ImageClassifier` logs it), which must stay bounded with the functional bank and grows with the faithful one.
     """
 
     #: Images of the first validation batch whose maps the softmax check computes: all four branches

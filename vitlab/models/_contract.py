@@ -48,13 +48,20 @@ class ClassifierContract:
     def init_head(self, head: nn.Linear) -> None:
         """How a new head starts: PyTorch's default init unless the family says otherwise."""
 
-    def forward(self, x: torch.Tensor, return_aux: bool = False):
-        """Logits; with ``return_aux`` ``(logits, aux)``, the figures besides the logits that
-        ``forward_features(x, return_aux=True)`` gives (a network without any defines its own forward)."""
-        if return_aux:
-            tokens, aux = self.forward_features(x, return_aux=True)
-            return self.forward_head(tokens), aux
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits."""
         return self.forward_head(self.forward_features(x))
+
+    def forward_features_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``forward_features(x)`` and the figures the network has besides them (none by default)."""
+        return self.forward_features(x), {}
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(logits, aux)``: the same logits as ``forward``, and the figures besides them (detached
+        scalars the training module logs per epoch as ``train/<name>``). A method of its own, so
+        ``forward`` has no flag to branch on."""
+        tokens, aux = self.forward_features_with_aux(x)
+        return self.forward_head(tokens), aux
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -251,12 +251,13 @@ class QAViT(ClassifierContract, nn.Module):
             maps.append(block_maps)
         return self.norm(x), maps, state
 
-    def forward_features(self, x: torch.Tensor, return_aux: bool = False):
-        """Images ``(B, C, H, W)`` -> normalised tokens ``(B, H/p * W/p, embed_dim)``; with
-        ``return_aux`` also ``{"bank_norm": the largest bank-token norm at the end (detached)}``."""
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` -> normalised tokens ``(B, H/p * W/p, embed_dim)``."""
+        return self._forward_tokens(x)[0]
+
+    def forward_features_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The tokens and ``{"bank_norm": the largest bank-token norm at the end (detached)}``."""
         tokens, _, state = self._forward_tokens(x)
-        if not return_aux:
-            return tokens
         return tokens, {"bank_norm": torch.cat(state, dim=1).detach().norm(dim=-1).amax()}
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:

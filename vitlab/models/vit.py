@@ -252,14 +252,15 @@ class ViT(ClassifierContract, nn.Module):
                 x = self.position.after_block(i, x, grid, self.num_prefix_tokens)
         return self.norm(x), weights
 
-    def forward_features(self, x: torch.Tensor, return_aux: bool = False):
-        """Images ``(B, C, H, W)`` -> normalised tokens ``(B, 1 + patches, embed_dim)``; with
-        ``return_aux`` also ``{name: detached scalar}``: ``entropy_mean`` (the per-token factor, where
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` -> normalised tokens ``(B, 1 + patches, embed_dim)``."""
+        return self._forward_tokens(x)[0]
+
+    def forward_features_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The tokens and ``{name: detached scalar}``: ``entropy_mean`` (the per-token factor, where
         one is used) and ``lambda_mean`` (differential attention, mean over the blocks)."""
-        stats: dict | None = {} if return_aux else None
+        stats: dict = {}
         tokens, _ = self._forward_tokens(x, stats=stats)
-        if not return_aux:
-            return tokens
         return tokens, {f"{name}_mean": torch.stack(values).mean() for name, values in stats.items()}
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
