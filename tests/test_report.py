@@ -37,7 +37,7 @@ def sweep(tmp_path_factory) -> Path:
     args = ["-m", "data=synthetic", "hardware=cpu", "hardware.num_workers=0", "data.train_size=32", "data.val_size=16",
             "data.test_size=16", "recipe.batch_size=16", "recipe.repeated_aug=1", "recipe.epochs=2",
             "trainer.num_sanity_val_steps=0", "model.net.depth=1", "callbacks.progress_bar.kind=tqdm",
-            "recipe.optimizer.lr=0.001,0.002", "seed=0,1,2", f"hydra.sweep.dir={root / 'sweep'}",
+            "recipe.optimizer.lr=0.001,0.002", "seed=0,1,2", "~callbacks.attention_dump", f"hydra.sweep.dir={root / 'sweep'}",
             f"paths.log_dir={root / 'logs'}"]
     argv = sys.argv
     sys.argv = ["vitlab.train", *args]

@@ -158,7 +158,7 @@ def sweep_folders_name_what_varies(argv: Sequence[str], conf_dir: Path) -> list[
         return args
     shared = []
     for arg in args:
-        if arg.startswith("-") or "=" not in arg or arg.lstrip("+~").startswith("hydra"):
+        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")) or arg.lstrip("+~").startswith("hydra"):
             continue
         try:
             override = OverridesParser.create().parse_override(arg)
