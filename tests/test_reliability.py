@@ -496,3 +496,36 @@ def test_ckpt_path_alone_continues_the_run_it_belongs_to(tmp_path, monkeypatch, 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["data"] == "synthetic"
     assert list((tmp_path / "run" / ".hydra").glob("resume_*/overrides.yaml")) and not (tmp_path / "logs").exists()
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_checkpoints_before(tmp_path, monkeypatch, one_thread):
+    """ENOSPC in the middle of writing the second epoch's checkpoint: one line naming the file, exit 2,
+    epoch 1's last.ckpt whole and loadable, no temporary file left."""
+    import vitlab.callbacks.checkpoint as checkpoint_callback
+    from vitlab.checkpoint import atomic_write
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    saves = []
+
+    def disk_fills_up(path, write):
+        saves.append(path)
+        if len(saves) <= 2:  # epoch 1's best and last
+            return atomic_write(path, write)
+
+        def half_then_full(tmp):
+            Path(tmp).write_bytes(b"half a checkpoint")
+            raise OSError(28, "No space left on device")
+
+        return atomic_write(path, half_then_full)
+
+    monkeypatch.setattr(checkpoint_callback, "atomic_write", disk_fills_up)
+    code, stderr = run_in_process([*COMMON, *SYNTHETIC, "recipe.epochs=2", "test=false", "paths.output_dir=run"])
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    folder = tmp_path / "run" / "checkpoints"
+    assert errors[0].startswith(f"error: checkpoint: cannot write {folder}/") and "(No space left on device); the checkpoints " \
+        f"written before are intact: free space in {folder}, then resume with run_dir={tmp_path / 'run'}" in errors[0], errors
+    assert load_checkpoint(folder / "last.ckpt")["epoch"] == 0  # epoch 1's, whole
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -22,6 +22,11 @@ class DataError(VitlabError):
     """A dataset folder or file is missing, empty, or not in the expected layout."""
 
 
+class StorageError(VitlabError):
+    """A file could not be written (a full disk, a quota, a folder taken away); what was written
+    before is intact."""
+
+
 def nearest_key_hint(key: str, known: Iterable[str]) -> str:
     """What to say of a key that is not one of ``known``: the nearest name, or the whole list."""
     known = list(known)

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 from vitlab.checkpoint import atomic_write
-from vitlab.errors import ConfigError
+from vitlab.errors import ConfigError, StorageError
 
 # The signals a cluster sends before it stops a job: SLURM's SIGTERM (preemption, time limit, scancel)
 # and SIGUSR1 (what `sbatch --signal=USR1@<seconds>` and Lightning's SLURM plugin use).
@@ -100,7 +100,14 @@ class AtomicModelCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         if trainer.is_global_zero:
-            atomic_write(filepath, lambda tmp: trainer.save_checkpoint(tmp, self.save_weights_only))
+            try:
+                atomic_write(filepath, lambda tmp: trainer.save_checkpoint(tmp, self.save_weights_only))
+            except OSError as err:  # a full disk: the file being replaced stays as it was, no temp file left
+                run = Path(filepath).parent.parent
+                raise StorageError(
+                    f"checkpoint: cannot write {filepath} ({err.strerror or err}); the checkpoints written before are "
+                    f"intact: free space in {Path(filepath).parent}, then resume with run_dir={run}"
+                ) from None
         else:
             trainer.save_checkpoint(filepath, self.save_weights_only)  # collective; writes nothing here
         trainer.strategy.barrier("atomic_checkpoint")
