@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import subprocess
 import tempfile
@@ -46,6 +47,19 @@ SMOKE = [
     "trainer.log_every_n_steps=1",
     "trainer.num_sanity_val_steps=0",
 ]
+
+
+@pytest.fixture(autouse=True)
+def no_log_handlers_on_closed_streams():
+    """A command run in this process (Hydra's job logging) binds log handlers to the test's captured
+    stdout/stderr, which pytest closes when the test ends; a later test whose libraries log would then
+    print "--- Logging error ---". Such handlers go when their test does."""
+    yield
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if getattr(getattr(handler, "stream", None), "closed", False):
+                logger.removeHandler(handler)
 
 
 @pytest.hookimpl(tryfirst=True)
