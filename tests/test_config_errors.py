@@ -43,6 +43,7 @@ CASES = [
     (["model.net.drop_rat=0.1"], "error: model.net.drop_rat: no such key in the config; did you mean model.net.drop_rate"),
     (["+model.net.embed_dimm=64"], "error: model.net.embed_dimm: mini_vit (ViTConfig) has no such setting; did you mean embed_dim?"),
     (["recipe.epochs=[1,2"], "error: recipe.epochs=[1,2: not a valid override"),
+    (["--cfg=job", "recipe.optimizer.lrr=1"], "error: recipe.optimizer.lrr: no such key in the config; did you mean recipe.optimizer.lr "),
     (["+recipe.epochs=3"], "error: recipe.epochs: could not append to config"),
     (["model=mini_vit,outgrid"], "error: model=mini_vit,outgrid: a comma-separated value is a sweep; add -m"),
     (["-m", "model=mini_vit,outgrid", "recipe.optimizer.lrr=1,2"], "error: recipe.optimizer.lrr: no such key in the config; did you mean recipe.optimizer.lr"),

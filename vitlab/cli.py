@@ -246,13 +246,27 @@ def one_line_errors() -> Iterator[None]:
         exit_with_error(err)
 
 
+def _without_print_flags(argv: Sequence[str]) -> list[str]:
+    """``argv`` without Hydra's flags that print the config (``--cfg job``, ``--resolve``, ``-p key``)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--cfg", "-c", "--package", "-p"):
+            skip = True
+        elif not (arg == "--resolve" or arg.startswith(("--cfg=", "--package="))):
+            kept.append(arg)
+    return kept
+
+
 def check_overrides_compose(argv: Sequence[str], conf_dir: Path, config_name: str) -> None:
     """Compose the config of a single run once before Hydra does, so that a mistyped key, a value of
     the wrong type or an unparsable override is one ``error:`` line instead of Hydra's multi-line
-    report. A sweep (``-m``, or a sweep config) is checked with its swept overrides left out; commands
-    with other Hydra flags (``--cfg``, ``--help``...) are left to Hydra."""
+    report. A sweep (``-m``, or a sweep config) is checked with its swept overrides left out; printing
+    the config (``--cfg job``, ``--resolve``, ``-p``) is checked like a run; commands with other Hydra
+    flags (``--help``...) are left to Hydra."""
     multirun = any(arg in ("-m", "--multirun") for arg in argv)
-    overrides = [arg for arg in argv if arg not in ("-m", "--multirun")]
+    overrides = [arg for arg in _without_print_flags(argv) if arg not in ("-m", "--multirun")]
     if not overrides or any(arg.startswith("-") or ("=" not in arg and not arg.startswith("~")) for arg in overrides):
         return
     try:
