@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -25,6 +27,7 @@ def test_a_command_says_it_in_one_line(tmp_path):
     assert "pip install --force-reinstall torch torchvision" in line and not list(tmp_path.glob("logs"))
 
 
+@pytest.mark.slow  # a second interpreter start; the command's case runs in the default run
 def test_an_import_says_it_in_the_import_error(tmp_path):
     done = _with_broken_torchvision(tmp_path, "-c", "import vitlab")
     assert done.returncode == 1

@@ -67,6 +67,7 @@ def test_a_dataset_of_ones_own_package_trains_as_documented(user_folder, one_thr
     assert code == 2 and "error: data=nois: no such data config; choose one of: " in stderr and "noise" in stderr
 
 
+@pytest.mark.slow  # a training run; the dataset walkthrough runs the same path in the default run
 def test_a_report_metric_of_ones_own_callback_reaches_metrics_json(user_folder, one_thread):
     text = section("A new report metric")
     (code,) = blocks(text, "python")
@@ -79,6 +80,7 @@ def test_a_report_metric_of_ones_own_callback_reaches_metrics_json(user_folder, 
     assert 0 <= metrics["test/ece"] <= 1
 
 
+@pytest.mark.slow  # two training runs; the dataset walkthrough runs the same path in the default run
 def test_a_family_of_ones_own_package_trains_loads_and_checks_its_options(user_folder, one_thread):
     from vitlab.api import load_run
 
