@@ -38,6 +38,17 @@ def command(text: str) -> list[str]:
     return words[words.index("vitlab-train") + 1:]
 
 
+def write_walkthrough(folder, title: str, module: str, config: str) -> tuple[str, list[str]]:
+    """The section's Python block as ``mypkg/<module>``, its YAML as ``myconf/<config>``; returns the
+    section and its command's arguments."""
+    text = section(title)
+    (code,), (yaml_text,) = blocks(text, "python"), blocks(text, "yaml")
+    (folder / "mypkg" / module).write_text(code)
+    (folder / "myconf" / config).parent.mkdir(parents=True)
+    (folder / "myconf" / config).write_text(yaml_text)
+    return text, command(text)
+
+
 @pytest.fixture
 def user_folder(tmp_path, monkeypatch):
     (tmp_path / "mypkg").mkdir()
@@ -51,12 +62,7 @@ def user_folder(tmp_path, monkeypatch):
 
 
 def test_a_dataset_of_ones_own_package_trains_as_documented(user_folder, one_thread):
-    text = section("A new dataset")
-    (code,), (yaml_text,) = blocks(text, "python"), blocks(text, "yaml")
-    (user_folder / "mypkg" / "noise.py").write_text(code)
-    (user_folder / "myconf" / "data").mkdir(parents=True)
-    (user_folder / "myconf" / "data" / "noise.yaml").write_text(yaml_text)
-    args = command(text)
+    _, args = write_walkthrough(user_folder, "A new dataset", "noise.py", "data/noise.yaml")
     assert "data=noise" in args and "hydra.searchpath=[file://myconf]" in args
     code, stderr = run_in_process([*args, *FAST, "paths.output_dir=run"])
     assert code == 0, stderr[-3000:]
@@ -84,12 +90,7 @@ def test_a_report_metric_of_ones_own_callback_reaches_metrics_json(user_folder, 
 def test_a_family_of_ones_own_package_trains_loads_and_checks_its_options(user_folder, one_thread):
     from vitlab.api import load_run
 
-    text = section("A new family")
-    (code,), (yaml_text,) = blocks(text, "python"), blocks(text, "yaml")
-    (user_folder / "mypkg" / "rownet.py").write_text(code)
-    (user_folder / "myconf" / "model").mkdir(parents=True)
-    (user_folder / "myconf" / "model" / "rownet.yaml").write_text(yaml_text)
-    args = command(text)
+    _, args = write_walkthrough(user_folder, "A new family", "rownet.py", "model/rownet.yaml")
     assert "model=rownet" in args
     code, stderr = run_in_process([*args, *FAST, "data.train_size=64", "data.val_size=16", "data.test_size=32",
                                    "recipe.batch_size=16", "model.net.dim=32", "paths.output_dir=run"])

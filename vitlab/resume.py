@@ -123,8 +123,10 @@ def ckpt_path_continues_its_run(argv: list[str]) -> list[str]:
     given = [a.partition("=")[2].strip("'\"") for a in argv if a.startswith("ckpt_path=")]
     if not given or given[-1] in ("", "null", "last"):
         return argv
+    from vitlab.runs import run_dir_of
+
     path = Path(given[-1])
-    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    run = run_dir_of(path)
     if path.is_file() and (run / ".hydra" / "overrides.yaml").is_file():
         return [*argv, f"run_dir={run}"]
     return argv
