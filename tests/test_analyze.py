@@ -172,7 +172,7 @@ def test_every_layout_of_real_networks_is_measured_and_overlaid(name, kwargs):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("analyze") / "run"
-    from vitlab.train import train
+    from vitlab.training import train
 
     train(compose_config([*SMOKE, "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false"], output_dir=out))
     return out
@@ -213,7 +213,7 @@ def test_cli_one_line_for_a_missing_checkpoint(tmp_path):
 
 
 def test_analyze_an_outgrid_checkpoint_kernel_and_grid_rows_and_overlays(tmp_path):
-    from vitlab.train import train
+    from vitlab.training import train
 
     run = tmp_path / "outgrid"
     train(compose_config([*SMOKE, "model=outgrid", "recipe.batch_size=4", "data.train_size=12", "data.val_size=8",

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import compose_config
-from vitlab.models._registry import model_config_names
+from vitlab.registry_nodes import model_options
 from vitlab.families import BaselineClassifier
 from vitlab.measure import image_flops
 from vitlab.models import create_model
@@ -83,6 +83,6 @@ def test_sweep_config_lists_outgrid_and_every_baseline(tmp_path):
     assert cfg.hydra.mode.name == "MULTIRUN"
     assert set(models) == {"outgrid_7m", "deit_tiny", "deit_small", "swin_tiny", "maxvit_nano", "maxvit_tiny",
                            "resnet18", "resnet50", "convnext_tiny", "efficientnetv2_s"}
-    assert set(models) <= set(model_config_names())
+    assert set(models) <= set(model_options())
     assert cfg.recipe.optimizer.lr == 5e-4 and cfg.data.num_classes == 100
     assert compose_config(["model=deit_tiny"], tmp_path).recipe.batch_size == 64  # baselines use recipe=outgrid

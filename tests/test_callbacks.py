@@ -9,7 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vitlab import bench, measure
-from vitlab.train import train
+from vitlab.training import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

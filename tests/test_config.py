@@ -7,12 +7,12 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, compose_config
-from vitlab.models._registry import model_config_names
-from vitlab.train import build
+from vitlab.registry_nodes import model_options
+from vitlab.instantiate import build
 from vitlab.config import HardwareConfig, RecipeConfig, split_batch, to_hardware, to_recipe
 from vitlab.errors import ConfigError
 
-MODELS = model_config_names()
+MODELS = model_options()
 DATA = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
 HARDWARE = sorted(p.stem for p in (CONF_DIR / "hardware").glob("*.yaml"))
 RECIPES = sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml"))

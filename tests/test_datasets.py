@@ -662,7 +662,7 @@ def e2e_config(tmp_path: Path, *overrides: str):
 
 @pytest.mark.slow  # the 22M OutGrid at 64 px: tens of seconds on 2 cores
 def test_train_outgrid_tin22m_on_tinyimagenet(tmp_path):
-    from vitlab.train import train
+    from vitlab.training import train
 
     write_tinyimagenet(tmp_path / "data")
     cfg = e2e_config(
@@ -681,7 +681,7 @@ def test_train_outgrid_tin22m_on_tinyimagenet(tmp_path):
 
 def test_train_mini_vit_on_imagenet100(tmp_path):
     """There is no `vit` model config yet: mini_vit at 64 px stands in for `model=vit data=imagenet100`."""
-    from vitlab.train import train
+    from vitlab.training import train
 
     write_imagenet_folder(tmp_path / "in100")
     cfg = e2e_config(

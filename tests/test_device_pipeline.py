@@ -451,7 +451,7 @@ RESUME = ["experiment=cifar10_mini_vit", "data=cifar10_jpg", "data.pipeline=devi
 def test_device_pipeline_resume_equals_the_uninterrupted_run(tmp_path, one_thread):
     """experiment=cifar10_mini_vit data=cifar10_jpg data.pipeline=device: 2 epochs + 1 resumed from
     last.ckpt end with the weights of 3 epochs straight (AutoAugment, erasing, CutMix, dropout on)."""
-    from vitlab.train import train
+    from vitlab.training import train
 
     write_cifar_jpg(tmp_path / "data" / "cifar10-jpg", train=5, test=1)
     # callbacks.throughput measures the CPU's matmul peak once per process from the global RNG, so the

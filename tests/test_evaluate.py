@@ -30,7 +30,7 @@ WNIDS = [f"n0{i}000000" for i in range(10)]
 def trained_run(tmp_path_factory) -> Path:
     """A mini_vit run dir: two steps on synthetic data, best checkpoint tested, metrics.json written."""
     out = tmp_path_factory.mktemp("evaluate") / "run"
-    from vitlab.train import train
+    from vitlab.training import train
 
     train(compose_config([*SMOKE, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"], output_dir=out))
     return out

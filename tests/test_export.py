@@ -53,7 +53,7 @@ def test_every_family_exports_and_onnxruntime_matches_pytorch(family, tmp_path, 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from vitlab.train import train
+    from vitlab.training import train
 
     out = tmp_path_factory.mktemp("run")
     cfg = compose_config([*SMOKE, "model=mini_vit", "model.net.depth=1", "recipe.epochs=1", "logger=csv",

@@ -18,7 +18,7 @@ from vitlab.config import ScheduleConfig
 from vitlab.optim import build_scheduler, shortened_warmup
 from vitlab.report import report
 from vitlab.run_metrics import RunMetrics
-from vitlab.train import debug_mode, train
+from vitlab.training import debug_mode, train
 
 # A tiny network on tiny synthetic data, for the command-line runs below.
 TINY = ["data=synthetic", "data.train_size=64", "data.val_size=16", "data.test_size=16", "recipe.batch_size=16",

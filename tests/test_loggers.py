@@ -20,7 +20,7 @@ def test_many_loggers_each_write_the_run_locally(tmp_path, monkeypatch):
     import wandb
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from vitlab.train import train
+    from vitlab.training import train
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))  # wandb's own cache and settings stay in the test folder

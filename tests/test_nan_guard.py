@@ -13,7 +13,7 @@ from vitlab.callbacks import AtomicModelCheckpoint, NaNGuard, NonFiniteLossError
 from vitlab.checkpoint import DigestCheckpointIO, load_checkpoint
 from vitlab.errors import ConfigError, VitlabError
 from vitlab.families import ImageClassifier
-from vitlab.train import train
+from vitlab.training import train
 
 
 class Regression(L.LightningModule):

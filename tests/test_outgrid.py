@@ -8,7 +8,7 @@ from vitlab.layers.dynamic_kernel import DynamicKernelMixer
 from vitlab.layers.grid_attention import grid_partition, grid_unpartition
 from vitlab.measure import image_flops
 from vitlab.models import create_model
-from vitlab.train import train
+from vitlab.training import train
 
 
 def _params(model):

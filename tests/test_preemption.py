@@ -107,7 +107,7 @@ class _SignalWhileSaving(L.Callback):
 
 
 def test_a_second_sigterm_while_saving_is_dropped_and_last_ckpt_resumes_exactly(smoke_cfg, tmp_path, one_thread, monkeypatch):
-    from vitlab import train as train_module
+    from vitlab import training as train_module
 
     train_module.train(smoke_cfg(*FAST, out="straight"))
     stopped_at = STEPS_PER_EPOCH + 2

@@ -9,7 +9,7 @@ import yaml
 from conftest import CONF_DIR
 from vitlab.cli import print_resolved_config
 from vitlab.errors import ConfigError
-from vitlab.train import check_within_schedule
+from vitlab.training import check_within_schedule
 
 
 def test_cfg_hydra_resolve_prints_the_run_dir_and_creates_nothing(tmp_path, monkeypatch, capsys):

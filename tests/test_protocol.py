@@ -10,7 +10,7 @@ from vitlab.datamodules import build_train_transform
 from vitlab.datamodules.erasing import ChannelConstantErasing
 from vitlab.config import gpu_precision, to_hardware
 from vitlab.errors import ConfigError
-from vitlab.train import train
+from vitlab.training import train
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 

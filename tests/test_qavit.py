@@ -20,7 +20,7 @@ from vitlab.layers.window_attention import WindowBankAttention, window_partition
 from vitlab.models import create_model
 from vitlab.models.qavit import BRANCHES
 from vitlab.optim import WarmupCosine
-from vitlab.train import train
+from vitlab.training import train
 
 TINY = dict(
     num_classes=10, img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_groups=4, bank_size=4,

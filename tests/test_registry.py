@@ -12,7 +12,8 @@ import yaml
 
 from vitlab.errors import ConfigError
 from vitlab.models import create_model, get_model_config, list_models
-from vitlab.models._registry import model_config_names, model_node, net_node
+from vitlab.models._registry import model_node, net_node
+from vitlab.registry_nodes import model_options
 
 CONF_MODEL = Path(__file__).resolve().parent.parent / "vitlab" / "conf" / "model"
 # filled from the data config
@@ -25,7 +26,7 @@ def _leaves(node: dict, prefix: str = "") -> set[str]:
 
 
 def test_every_registry_entry_is_a_model_config():
-    assert model_config_names() == list_models()
+    assert model_options() == list_models()
     assert {p.stem for p in CONF_MODEL.glob("*.yaml")} <= set(list_models())
 
 

@@ -58,7 +58,7 @@ def test_preempted_mid_epoch_with_two_persistent_workers_resumes_bit_identically
     """The fast in-process variant of the kill tests: SIGTERM arrives during epoch 2's second batch, the
     run saves last.ckpt at that step and stops; the resume (2 persistent loader workers both times)
     ends with the weights and RNG state of the uninterrupted run."""
-    from vitlab import train as train_module
+    from vitlab import training as train_module
 
     workers = ("hardware.num_workers=2", "data.persistent_workers=true")
     handler_before = signal.getsignal(signal.SIGTERM)
@@ -89,7 +89,7 @@ def test_preempted_mid_epoch_with_two_persistent_workers_resumes_bit_identically
 
 def test_augmentations_do_not_depend_on_the_number_of_workers(smoke_cfg, tmp_path, one_thread):
     """Each sample's augmentation is seeded from (seed, epoch, position): 0 and 2 workers train alike."""
-    from vitlab.train import train
+    from vitlab.training import train
 
     short = (*FAST, "trainer.max_epochs=1")
     train(smoke_cfg(*short, "hardware.num_workers=0", out="w0"))
@@ -104,7 +104,7 @@ def test_under_slurm_lightning_does_not_requeue_on_its_own(monkeypatch):
     and requeue the job itself, a second time when submitit requeues too: train's plugins turn it off."""
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    from vitlab.train import _plugins
+    from vitlab.training import _plugins
 
     assert [type(p).__name__ for p in _plugins()] == ["DigestCheckpointIO"]
     for name, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "vitlab", "SLURM_JOB_ID": "7", "SLURM_NODELIST": "n1"}.items():
@@ -130,7 +130,7 @@ class _SubmititLikeHandler:
 
 
 def test_inside_a_submitit_job_its_signal_saves_first_then_reaches_submitit(smoke_cfg, tmp_path, one_thread, monkeypatch):
-    from vitlab import train as train_module
+    from vitlab import training as train_module
 
     handler = _SubmititLikeHandler(tmp_path / "job" / "checkpoints" / "last.ckpt")
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
@@ -207,7 +207,7 @@ def test_a_checkpoint_without_a_digest_loads_only_with_the_switch(tmp_path, monk
 
 # ----------------------------------------------------------------------------------- moved run folders
 def test_a_moved_run_folder_resumes_in_place_keeps_its_best_and_names_itself(smoke_cfg, tmp_path, one_thread):
-    from vitlab.train import train
+    from vitlab.training import train
 
     train(smoke_cfg(*FAST, "trainer.max_epochs=2", out="here"))
     before = load_checkpoint(tmp_path / "here" / "checkpoints" / "last.ckpt")
@@ -236,7 +236,7 @@ def test_a_moved_run_folder_resumes_in_place_keeps_its_best_and_names_itself(smo
 
 # ----------------------------------------------------------------------------------- overrides on resume
 def test_a_new_lr_on_resume_is_used_from_the_next_step(smoke_cfg, tmp_path, one_thread):
-    from vitlab.train import train
+    from vitlab.training import train
 
     train(smoke_cfg(*FAST, "trainer.max_epochs=1", out="first"))
     first = tmp_path / "first" / "checkpoints" / "last.ckpt"
@@ -294,7 +294,7 @@ def test_resume_overrides_apply_persist_or_are_refused_in_one_line(tmp_path, mon
 
 # ----------------------------------------------------------------------------------- lock
 def test_a_live_lock_refuses_a_second_run_and_a_stale_one_is_taken_over(tmp_path, smoke_cfg, one_thread):
-    from vitlab.train import train
+    from vitlab.training import train
 
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

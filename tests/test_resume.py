@@ -118,7 +118,7 @@ def test_resume_continues_data_order_and_rng_exactly(smoke_cfg, tmp_path, one_th
     """The fast variant of the kill test, in this process: 2 epochs, then a third from last.ckpt, against
     3 epochs straight. CutMix (numpy RNG), AutoAugment and random erasing (torch RNG) and dropout stay
     on, so equal weights need the data order and every RNG stream to continue where they stopped."""
-    from vitlab.train import train
+    from vitlab.training import train
 
     common = ("data.train_size=96", "recipe.epochs=3", "recipe.schedule.warmup_epochs=1", "model.net.depth=1",
               "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=1", "test=false", "trainer.deterministic=true")

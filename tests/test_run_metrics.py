@@ -10,7 +10,7 @@ import yaml
 from vitlab.callbacks.records import RunRecord
 from vitlab.report import main, report
 from vitlab.run_metrics import Averaged, RunMetrics, averaged_columns
-from vitlab.train import train
+from vitlab.training import train
 
 
 def _run(root, name, overrides, metrics):

@@ -183,7 +183,7 @@ def test_bad_sdpa_backend_is_one_clear_error(overrides, message):
 
 
 def test_sdpa_backend_math_trains_through_the_cli_config(smoke_cfg, tmp_path, one_thread):
-    from vitlab.train import train
+    from vitlab.training import train
 
     cfg = smoke_cfg("model=mini_vit", "model.net.depth=1", "hardware.sdpa_backend=math", "test=false",
                     "trainer.max_steps=2", "logger=csv")

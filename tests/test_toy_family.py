@@ -16,7 +16,8 @@ from conftest import SMOKE, compose_config
 from test_analyze import compose_analyze
 from vitlab.analyze import analyze
 from vitlab.layers.attention_maps import AttentionMap, LocalityRows, grid_positions_2d
-from vitlab.models._registry import register_model, register_net_configs, unregister_model
+from vitlab.models._registry import register_model, unregister_model
+from vitlab.registry_nodes import store_registry_nodes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,13 +79,13 @@ class RowNet(nn.Module):
 @pytest.fixture
 def toy_family():
     register_model("toy_rows", RowNetConfig(), RowNet)
-    register_net_configs()
+    store_registry_nodes()
     yield "toy_rows"
     unregister_model("toy_rows")
 
 
 def test_a_new_layout_trains_dumps_and_is_analysed(toy_family, tmp_path):
-    from vitlab.train import train
+    from vitlab.training import train
 
     run = tmp_path / "run"
     cfg = compose_config([*SMOKE, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test=false",

@@ -7,11 +7,11 @@ import torch
 import yaml
 
 from conftest import ROOT, train_help
-from vitlab.models._registry import model_config_names
+from vitlab.registry_nodes import model_options
 from vitlab.run_metrics import RunMetrics
-from vitlab.train import train
+from vitlab.training import train
 
-MODELS = model_config_names()
+MODELS = model_options()
 
 
 def test_fit_writes_checkpoints_metrics_and_tensorboard(smoke_cfg, tmp_path):

@@ -30,7 +30,7 @@ from vitlab.layers.vit_attention import (
 from vitlab.models import create_model
 from vitlab.models.vit import default_patch_size
 from vitlab.optim import build_optimizer
-from vitlab.train import train
+from vitlab.training import train
 
 TABLE = ["vit_pe_dropout", "vit_diffsim", "vit", "vit_suppress", "vit_rope", "vit_diff_entropy", "vit_rope_mixed"]
 EXTRAS = ["vit_rope_axial", "vit_alibi", "vit_cpe"]
@@ -519,7 +519,7 @@ def test_clear_vit_recipe_is_the_seeds_with_fixes():
 
 
 def test_imagenet100_pipeline_is_the_seeds():
-    from vitlab.train import build
+    from vitlab.instantiate import build
 
     datamodule = build(compose_config(["experiment=imagenet100_vit"]).data, batch_size=32)
     names = [type(t).__name__ for t in datamodule._train_transform(None).transforms]

@@ -1,16 +1,12 @@
 """vitlab: a Hydra + Lightning experiment suite for small vision transformers.
 
 Importing it registers the config schemas and resolvers, so Hydra's compose API works on the shipped
-config tree (``vitlab/conf``) at once. The Python API (docs/python.md): :func:`compose`,
+config tree (``vitlab/conf``) at once; it imports no torch (a refused command line answers at once). The Python API (docs/python.md): :func:`compose`,
 :func:`build_module`, :func:`build_datamodule`, :func:`load_run`; networks alone:
 ``vitlab.models.create_model``.
 """
 
-from vitlab._environment import check_torch_pair
-
-check_torch_pair()
-
-from vitlab.config import register_configs  # noqa: E402  (after the installation check)
+from vitlab.config import register_configs
 
 __version__ = "0.1.0"
 __all__ = ["CONF_DIR", "build_datamodule", "build_module", "compose", "load_run", "register_configs"]
@@ -21,7 +17,7 @@ register_configs()
 
 
 def __getattr__(name: str):
-    # The API module imports Lightning; loaded on first use so `import vitlab` stays light.
+    # The API module imports torch and Lightning; loaded on first use so `import vitlab` stays light.
     if name in _API:
         from vitlab import api
 

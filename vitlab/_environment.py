@@ -27,16 +27,18 @@ def torch_pair_problem() -> str | None:
     return None
 
 
-def check_torch_pair() -> None:
-    """From a vitlab command: the problem as one ``error:`` line and exit status 2. Imported as a
-    library: an ImportError with the same line."""
+def check_torch_pair(command: bool | None = None) -> None:
+    """From a vitlab command (``command``, else guessed from how Python was started): the problem as
+    one ``error:`` line and exit status 2. Imported as a library: an ImportError with the same line."""
     problem = torch_pair_problem()
     if problem is None:
         return
-    # A console script (vitlab-train), or python -m vitlab.<command> (argv[0] is "-m" while the
-    # package is imported).
-    command = os.path.basename(sys.argv[0] if sys.argv else "")
-    if command.startswith("vitlab-") or command == "-m":
+    if command is None:
+        # A console script (vitlab-train), or python -m vitlab.<command> (argv[0] is "-m" while the
+        # package is imported).
+        name = os.path.basename(sys.argv[0] if sys.argv else "")
+        command = name.startswith("vitlab-") or name == "-m"
+    if command:
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(2)
     raise ImportError(problem)

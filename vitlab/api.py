@@ -66,7 +66,7 @@ def build_module(cfg: DictConfig) -> Any:
 
 def build_datamodule(cfg: DictConfig) -> Any:
     """The LightningDataModule of ``cfg.data``, with the per-device batch the recipe and hardware give."""
-    from vitlab.train import build
+    from vitlab.instantiate import build
 
     batch_per_device, _ = split_batch(to_recipe(cfg.recipe), to_hardware(cfg.hardware))
     return build(cfg.data, batch_size=batch_per_device)
@@ -93,25 +93,10 @@ class Run:
         return probs.topk(min(k, probs.shape[-1]), dim=-1)
 
 
-def find_checkpoint(path: str | Path) -> Path:
-    """A run folder -> its best checkpoint (else ``last.ckpt``); a ``.ckpt`` file -> itself."""
-    path = Path(path).expanduser()
-    if path.is_file():
-        return path
-    folder = path / "checkpoints"
-    if not folder.is_dir():
-        raise ConfigError(f"run: {path.resolve()} is neither a .ckpt file nor a run folder with checkpoints/; give one of them")
-    best = sorted(p for p in folder.glob("*.ckpt") if p.name != "last.ckpt")
-    if best:
-        return best[-1]
-    if (folder / "last.ckpt").is_file():
-        return folder / "last.ckpt"
-    raise ConfigError(f"run: {folder.resolve()} holds no .ckpt file; has the run saved a checkpoint yet?")
-
-
 def load_run(path: str | Path) -> Run:
     """Load a run folder (its best checkpoint) or a checkpoint file, with the eval transform and class
     names of the run's own data config (``config.yaml`` beside ``checkpoints/``)."""
+    from vitlab.runs import find_checkpoint
     from vitlab.runs import load_run as load_checkpoint_run
 
     loaded = load_checkpoint_run(find_checkpoint(path))
@@ -140,7 +125,7 @@ def class_names(data: DictConfig) -> list[str]:
     """The class names the run's DataModule gives without loading its images (CIFAR's meta file, the
     synthetic shapes, an image folder's sorted class folders), or ``"0"``, ``"1"``... when the data is
     not on this machine or has no names."""
-    from vitlab.train import build
+    from vitlab.instantiate import build
 
     names = None
     try:

@@ -18,6 +18,7 @@ from hydra.errors import ConfigCompositionException, HydraException, MissingConf
 from omegaconf import DictConfig
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
 
+from vitlab._environment import check_torch_pair
 from vitlab.errors import ConfigError, VitlabError
 
 GROUPS = ("model", "data", "recipe", "hardware", "callbacks", "logger", "paths", "experiment", "sweep", "protocol", "debug")
@@ -90,9 +91,9 @@ def help_groups(conf_dir: Path) -> str:
 
 def _group_options(group: str, conf_dir: Path) -> list[str]:
     if group == "model":
-        from vitlab.models._registry import model_config_names
+        from vitlab.registry_nodes import model_options
 
-        return model_config_names()
+        return model_options()
     return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
 
 
@@ -129,6 +130,8 @@ def run_entry_point(hydra_main: Callable[[], Any], *checks: Callable[[Sequence[s
             check(sys.argv[1:])
     except VitlabError as err:
         exit_with_error(err)
+    if not {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"} & set(sys.argv[1:]):
+        check_torch_pair(command=True)  # before Hydra makes the run folder
     hydra_main()
 
 
@@ -173,6 +176,29 @@ def sweep_folders_name_what_varies(argv: Sequence[str], conf_dir: Path) -> list[
     excluded = list(OmegaConf.load(conf_dir / "hydra" / "default.yaml").job.config.override_dirname.exclude_keys)
     keys = ",".join(dict.fromkeys([*excluded, *shared]))
     return [*args, f"hydra.job.config.override_dirname.exclude_keys=[{keys}]"]
+
+
+def print_help(argv: Sequence[str], conf_dir: Path, config_name: str) -> None:
+    """``--help`` (``-h``): the command's help template (``hydra.help``) with the composed config, then
+    exit. Hydra's own ``--help`` lists every option of every group, its internal ones included, before
+    filling the template, which takes seconds; the template shows the user's groups only."""
+    args = list(argv)
+    if not {"--help", "-h"} & set(args):
+        return
+    import string
+
+    from omegaconf import OmegaConf
+
+    overrides = [a for a in args if not a.startswith("-")]
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
+        raise composition_error(err, overrides, conf_dir, config_name) from None
+    template = cfg.hydra.help.template  # its ${hydra.help.header}, groups and footer resolved
+    task = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    print(string.Template(template).safe_substitute(CONFIG=OmegaConf.to_yaml(task)))
+    raise SystemExit(0)
 
 
 def print_resolved_config(argv: Sequence[str], conf_dir: Path, config_name: str) -> None:

@@ -18,18 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vitlab.errors import ConfigError
+from vitlab.registry_nodes import store_registry_nodes
 from vitlab.resume import resume_subdir
-from vitlab.inference import INFERENCE_MODES
-from vitlab.layers.attention import SDPA_BACKENDS
-from vitlab.measure import SUGGESTED_PRECISIONS, TRAINER_PRECISIONS, resolve_precision
-
-PRECISIONS = TRAINER_PRECISIONS
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -176,9 +171,16 @@ class HardwareConfig:
     peak_tflops: Optional[float] = None  # the device's peak for MFU; null = unknown
 
     def __post_init__(self) -> None:
+        # torch and what needs it load when a run starts, not when a command line is composed
+        import torch
+
+        from vitlab.inference import INFERENCE_MODES
+        from vitlab.layers.attention import SDPA_BACKENDS
+        from vitlab.measure import SUGGESTED_PRECISIONS, TRAINER_PRECISIONS, resolve_precision
+
         _check(self.accelerator in ("auto", "cpu", "gpu", "cuda", "mps"), "hardware.accelerator", f"unknown accelerator {self.accelerator!r}; use auto, cpu or gpu")
         _check(self.devices >= 1, "hardware.devices", f"must be >= 1, got {self.devices}")
-        _check(self.precision in PRECISIONS, "hardware.precision", f"unknown precision {self.precision!r}; use one of {', '.join(SUGGESTED_PRECISIONS)}")
+        _check(self.precision in TRAINER_PRECISIONS, "hardware.precision", f"unknown precision {self.precision!r}; use one of {', '.join(SUGGESTED_PRECISIONS)}")
         _check(self.batch_per_device is None or self.batch_per_device > 0, "hardware.batch_per_device", "must be positive or null")
         _check(self.num_workers >= 0, "hardware.num_workers", "must be >= 0")
         _check(self.sdpa_backend in SDPA_BACKENDS, "hardware.sdpa_backend", f"unknown backend {self.sdpa_backend!r}; use one of {', '.join(SDPA_BACKENDS)}")
@@ -206,6 +208,8 @@ class HardwareConfig:
             )
 
     def resolved_accelerator(self) -> str:
+        import torch
+
         if self.accelerator == "auto":
             return "gpu" if torch.cuda.is_available() else "cpu"
         return "gpu" if self.accelerator == "cuda" else self.accelerator
@@ -307,8 +311,16 @@ DATA_SCHEMAS: dict[str, type[DataConfig]] = {
 }
 
 
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def auto_precision() -> str:
     """bf16 mixed precision where the GPU supports it, fp16 mixed on older GPUs, fp32 on CPU."""
+    import torch
+
     if not torch.cuda.is_available():
         return "32-true"
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
@@ -317,6 +329,8 @@ def auto_precision() -> str:
 def gpu_precision(precision: str, accelerator: str = "auto") -> str:
     """``precision`` when the run lands on a CUDA GPU, else ``32-true``: for the originals whose mixed
     precision was CUDA-only (on a CPU they trained in fp32)."""
+    import torch
+
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     return precision if on_gpu else "32-true"
 
@@ -379,7 +393,7 @@ _CACHED_RESOLVERS = {"vitlab.run_dir": _run_dir, "vitlab.fresh_dir": fresh_dir}
 _RESOLVERS = {
     "vitlab.auto_precision": auto_precision,
     "vitlab.gpu_precision": gpu_precision,
-    "vitlab.cuda_available": torch.cuda.is_available,
+    "vitlab.cuda_available": cuda_available,
     "vitlab.hydra_subdir": _hydra_subdir,
     "vitlab.path_safe": _path_safe,
     "vitlab.help_groups": lambda: _help_groups(),
@@ -402,9 +416,7 @@ def register_configs() -> None:
     # The keys every DataModule takes, with their defaults, open to a class's own keys: the schema of
     # a data config for a DataModule of the user's own package (docs/extending.md).
     cs.store(group="schema/data", name="open", node=OmegaConf.to_container(OmegaConf.structured(DataConfig)))
-    from vitlab.models._registry import register_net_configs  # late: it imports torch and timm
-
-    register_net_configs()
+    store_registry_nodes()
     for name, fn in _RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

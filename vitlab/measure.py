@@ -44,6 +44,8 @@ from torch.utils import flop_counter
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from vitlab.utils import cache_dir
+
 aten = torch.ops.aten
 
 
@@ -214,14 +216,6 @@ def measure_peak_flops(device: torch.device | str = "cpu", dtype: torch.dtype = 
     if cache and clock is None and seconds == 0.0:
         return _cached_peak(str(device), dtype, n, 3)
     return time_matmul_flops(n, device, dtype, seconds=seconds, clock=clock or time.perf_counter)
-
-
-def cache_dir() -> Path:
-    """Where vitlab keeps what it measured about this machine: ``$VITLAB_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/vitlab`` (``~/.cache/vitlab``)."""
-    if os.environ.get("VITLAB_CACHE_DIR"):
-        return Path(os.environ["VITLAB_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitlab"
 
 
 def machine_key(device: torch.device | str, dtype: torch.dtype) -> str:

@@ -21,7 +21,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vitlab.checkpoint import check_network_name, check_weights_fit, load_checkpoint
 from vitlab.compat import upgrade_run_config
 from vitlab.errors import ConfigError
 
@@ -44,6 +43,23 @@ class LoadedRun:
 def run_dir_of(ckpt_path: Path) -> Path:
     """``<run>/checkpoints/x.ckpt`` -> ``<run>``; a checkpoint elsewhere -> its own folder."""
     return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+
+
+def find_checkpoint(path: str | Path, key: str = "run") -> Path:
+    """A run folder -> its best checkpoint (else ``last.ckpt``); a ``.ckpt`` file -> itself. A path
+    that is neither is one :class:`ConfigError` naming ``key``."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    folder = path / "checkpoints"
+    if not folder.is_dir():
+        raise ConfigError(f"{key}: {path.resolve()} is neither a .ckpt file nor a run folder with checkpoints/; give one of them")
+    best = sorted(p for p in folder.glob("*.ckpt") if p.name != "last.ckpt")
+    if best:
+        return best[-1]
+    if (folder / "last.ckpt").is_file():
+        return folder / "last.ckpt"
+    raise ConfigError(f"{key}: {folder.resolve()} holds no .ckpt file; has the run saved a checkpoint yet?")
 
 
 def read_run_config(run_dir: Path) -> DictConfig | None:
@@ -99,6 +115,7 @@ def load_run(ckpt_path: str | Path | None, model_node: DictConfig | None = None)
     used instead of the run's saved one. The checkpoint must hold weights of that model: its recorded
     network name and every tensor's name and shape must match, or the message says which model it is.
     """
+    from vitlab.checkpoint import check_network_name, check_weights_fit, load_checkpoint  # torch: loaded with a run
     from vitlab.instantiate import build_module
 
     ckpt = load_checkpoint(ckpt_path)

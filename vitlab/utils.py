@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import zlib
+from pathlib import Path
 
 import numpy as np
 
@@ -46,3 +48,12 @@ def reuse_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
+
+
+def cache_dir() -> Path:
+    """Where vitlab keeps what it measured or derived on this machine (the peak FLOP/s per device,
+    the registry's config nodes): ``$VITLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/vitlab``
+    (``~/.cache/vitlab``)."""
+    if os.environ.get("VITLAB_CACHE_DIR"):
+        return Path(os.environ["VITLAB_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitlab"

@@ -6,7 +6,11 @@ registers its sizes with :func:`register_model`) needs no other edit to be selec
 import importlib
 import pkgutil
 
-from vitlab.models._registry import create_model, get_model_config, list_models, register_model
+from vitlab._environment import check_torch_pair
+
+check_torch_pair()  # before timm imports torchvision
+
+from vitlab.models._registry import create_model, get_model_config, list_models, register_model  # noqa: E402
 
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):

@@ -6,10 +6,10 @@ size is one config value registered under a name, in the spirit of timm's ``mode
     register_model("outgrid_7m", OutGridConfig(dims=(48, 96, 192, 256), ...), OutGridViT.from_config)
     create_model("outgrid_7m", num_classes=10)        # the config with one field replaced
 
-The registry is also the model config: :func:`register_net_configs` stores each entry's fields as
+The registry is also the model config: :func:`registry_nodes` gives each entry's fields as
 ``net/<name>`` and, with the family's LightningModule and seed recipe (``module``, ``recipe``), the
-whole ``model/<name>`` node in Hydra's ConfigStore, so ``model=<name>`` needs no file. A
-``conf/model/<name>.yaml`` exists only where a network's config adds something (it then names the
+whole ``model/<name>`` node for Hydra's ConfigStore (vitlab/registry_nodes.py stores them), so
+``model=<name>`` needs no file. A ``conf/model/<name>.yaml`` exists only where a network's config adds something (it then names the
 entry and repeats none of its values). ``model.net.<field>=...`` overrides any field, and a field the
 config does not have is one error line with the nearest name.
 
@@ -214,29 +214,10 @@ def model_node(name: str) -> dict[str, Any]:
     }
 
 
-def model_config_names() -> list[str]:
-    """Every ``model=`` option: the registry entries with a family, and the model files."""
-    derived = {name for name, entry in _ENTRIES.items() if entry.module and entry.recipe}
-    return sorted(derived | {p.stem for p in MODEL_FILES.glob("*.yaml")})
-
-
-def register_net_configs() -> None:
-    """Store every registered network as ``net/<name>`` in Hydra's ConfigStore, and as
-    ``model/<name>`` (:func:`model_node`) where it has a family and no model file.
-
-    A node with a ``_target_`` (an attention layer) is a plug-in: its keys are the chosen class's
-    options, so it is open (``model.net.attention.window=3`` for a class that takes ``window``) and
-    the class checks them when the network is built."""
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import DictConfig, OmegaConf
-
-    store = ConfigStore.instance()
-    for name in list_models():
-        node = OmegaConf.create(net_node(name))
-        for value in node.values():
-            if isinstance(value, DictConfig) and "_target_" in value:
-                OmegaConf.set_struct(value, False)
-        store.store(group="net", name=name, node=node)
-        entry = _ENTRIES[name]
-        if entry.module and entry.recipe and not (MODEL_FILES / f"{name}.yaml").is_file():
-            store.store(group="model", name=name, node=model_node(name))
+def registry_nodes() -> dict[str, dict[str, Any]]:
+    """What the registry gives Hydra, as plain data: ``net`` (every entry's :func:`net_node`) and
+    ``model`` (:func:`model_node` of each entry with a family and no model file).
+    :func:`vitlab.registry_nodes.store_registry_nodes` stores them."""
+    names = list_models()
+    derived = [n for n in names if _ENTRIES[n].module and _ENTRIES[n].recipe and not (MODEL_FILES / f"{n}.yaml").is_file()]
+    return {"net": {n: net_node(n) for n in names}, "model": {n: model_node(n) for n in derived}}
