@@ -467,6 +467,17 @@ def test_synthetic_train_and_test_come_from_different_streams():
     assert not {row.tobytes() for row in train} & {row.tobytes() for row in test}
 
 
+def test_the_training_images_through_the_eval_transform_are_the_train_split_without_val():
+    dm = synthetic()
+    assert dm.train_eval_set.indices == dm.train_set.indices and not set(dm.train_set.indices) & set(dm.val_set.indices)
+    first = dm.train_set.indices[0]
+    image, label = dm.train_eval_set[0]
+    torch.testing.assert_close(image, dm.val_set.dataset[first][0])  # the eval transform, as val images get it
+    assert label == dm.val_set.dataset[first][1] and torch.equal(image, dm.train_eval_set[0][0])  # no randomness
+    assert sum(len(labels) for _, labels in dm.train_eval_dataloader()) == 300  # 400 train - 100 val
+    assert len(synthetic(val_size=0).train_eval_set) == 400
+
+
 def test_synthetic_generation_is_vectorised():
     generator = torch.Generator().manual_seed(0)
     start = time.perf_counter()

@@ -173,3 +173,18 @@ def test_cli_one_line_for_a_checkpoint_of_another_model(trained_run, tmp_path):
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines == [f"error: ckpt_path: {ckpt} holds weights of mini_vit, not of model outgrid; "
                      "use model=mini_vit or the checkpoint of a outgrid run"], done.stderr[-2000:]
+
+
+def test_evaluate_probes_every_block_of_a_run(trained_run, tmp_path):
+    tested = json.loads((trained_run / "metrics.json").read_text())
+    out = tmp_path / "eval"
+    cfg = compose_evaluate(f"ckpt_path={trained_run / tested['tested_ckpt']}", "probe=linear", "pictures=false",
+                           "warmup_iters=1", "limit_batches=2", "batch_size=16", out_dir=out)
+    result = evaluate(cfg)
+    rows = list(csv.DictReader(open(out / "probe.csv")))
+    assert [r["block"] for r in rows] == [p["block"] for p in result["probe"]] and len(rows) >= 2
+    for row, record in zip(rows, result["probe"]):
+        assert float(row["test_top1"]) == pytest.approx(record["top1"], abs=1e-4)
+        assert 0.0 <= record["top1"] <= 1.0 and record["images"] == result["sets"]["all"]["images"] == 32
+        assert record["train_images"] == 32  # limit_batches: a class-balanced prefix of each set
+    assert json.loads((out / "eval_metrics.json").read_text())["probe"] == result["probe"]

@@ -26,6 +26,9 @@ clean set that ``clean=run`` scores, none with ``clean=null``) also gets ``confu
 ``per_class.csv`` (images, top-1 and top-5 per class) and ``predictions.png`` (the first
 ``picture_images`` images of the fixed eval order, predicted and true class, wrong ones in red), all
 gathered inside the one scoring pass.
+
+With ``probe=linear`` a linear probe is fitted on each block's frozen features (:mod:`vitlab.probe`)
+and its top-1 on the scored split is printed, recorded under ``probe`` and written to ``probe.csv``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ register_configs()
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 ROBUSTNESS_FILES = ["robustness.csv", "robustness.json", "robustness.md", "robustness_per_corruption.png", "robustness_per_severity.png"]
 PICTURE_FILES = ["confusion_matrix.csv", "confusion_matrix.png", "per_class.csv", "predictions.png"]
+PROBE_FILE = "probe.csv"
 _CORRUPTION_SET = re.compile(r"^(?P<corruption>[^/]+)/(?P<severity>\d+)$")
 
 
@@ -67,6 +71,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     limit = cfg.limit_batches
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit_batches: expected a number of batches >= 1 (or null for every batch), got {limit!r}")
+    if cfg.probe not in (None, "linear"):
+        raise ConfigError(f"probe: unknown probe {cfg.probe!r}; use linear (or null for none)")
     model_node = cfg.model if cfg.get("model") else None
     if model_node is not None:
         model_node = OmegaConf.create(OmegaConf.to_container(model_node, resolve=True))
@@ -80,8 +86,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     data_node = cfg.data if cfg.get("data") else _run_data(run)
     datamodule = build(data_node, **loader_args)
     check_classes_match(module, datamodule, run.model_name)
-    out_dir = prepare_output_dir(Path(cfg.out_dir or cfg.paths.output_dir), ["eval_metrics.json", *ROBUSTNESS_FILES, *PICTURE_FILES],
-                                 cfg.overwrite)
+    out_dir = prepare_output_dir(Path(cfg.out_dir or cfg.paths.output_dir),
+                                 ["eval_metrics.json", *ROBUSTNESS_FILES, *PICTURE_FILES, PROBE_FILE], cfg.overwrite)
     img_size = getattr(datamodule, "img_size", None)
     flops = image_flops(getattr(module, "net", module), img_size) if img_size else None  # before any dtype cast
     scorer = Scorer(module, device, hardware.precision, module.recipe.label_smoothing, cfg.warmup_iters, cfg.limit_batches,
@@ -126,8 +132,35 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
     elif cfg.reference:
         raise ConfigError("reference: only used with corruption data (sets named <corruption>/<severity>), e.g. data=tinyimagenet_c")
+    if cfg.probe:
+        result["probe"] = probe_blocks(module, datamodule, cfg.split, device, cfg.limit_batches, out_dir)
     write_json(out_dir / "eval_metrics.json", result)
     return result
+
+
+def probe_blocks(module: Any, datamodule: Any, split: str, device: torch.device, limit_batches: int | None,
+                 out_dir: Path) -> list[dict[str, Any]]:
+    """``probe=linear``: a linear probe per block (vitlab.probe), fitted on the training images and
+    scored on ``split``; printed, and written to probe.csv."""
+    from vitlab.probe import linear_probes
+
+    if not hasattr(datamodule, "train_eval_dataloader"):
+        raise ConfigError(f"probe: {type(datamodule).__name__} has no training images to fit a probe on; "
+                          "probe on a data config with a train split (e.g. the run's own data)")
+    score_loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
+    if isinstance(score_loader, (list, tuple)):
+        raise ConfigError("probe: the data has several test sets; probe on a data config with one")
+    results = linear_probes(getattr(module, "net", module), datamodule.train_eval_dataloader(), score_loader,
+                            module.num_classes, device, limit_batches)
+    with open(out_dir / PROBE_FILE, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["block", "channels", "train_top1", f"{split}_top1", "train_images", f"{split}_images"])
+        for r in results:
+            writer.writerow([r.block, r.channels, f"{r.train_top1:.4f}", f"{r.top1:.4f}", r.train_images, r.images])
+    print(f"linear probe per block (fitted on {results[0].train_images} training images, scored on {results[0].images}):")
+    for r in results:
+        print(f"  {r.block}: {split} top-1 {_pct(r.top1)} (train {_pct(r.train_top1)}, {r.channels} features)")
+    return [r.as_record() for r in results]
 
 
 def check_classes_match(module: Any, datamodule: Any, model_name: str) -> None:

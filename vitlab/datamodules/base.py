@@ -142,6 +142,7 @@ class ImageDataModule(lightning.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self.train_eval_set: Dataset | None = None  # the training images through the eval transform
         self._train_sampler: RepeatedAugmentationSampler | None = None
         self._resume_state: tuple[int, int] | None = None  # (epoch, samples done) from a checkpoint
 
@@ -227,13 +228,15 @@ class ImageDataModule(lightning.LightningDataModule):
         train_view = with_transform(train_split, self._train_transform(train_native))
         self.test_set = with_transform(test_split, self._eval_transform(self._native_size(test_split)))
         num_val = self._num_val(len(train_split))
+        eval_view = with_transform(train_split, self._eval_transform(train_native))
         if num_val == 0:
-            self.train_set, self.val_set = train_view, self.test_set
+            self.train_set, self.val_set, self.train_eval_set = train_view, self.test_set, eval_view
             return
         order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(self.split_seed))
-        eval_view = with_transform(train_split, self._eval_transform(train_native))
         self.val_set = Subset(eval_view, order[:num_val].sort().values.tolist())
-        self.train_set = Subset(train_view, order[num_val:].sort().values.tolist())
+        train_indices = order[num_val:].sort().values.tolist()
+        self.train_set = Subset(train_view, train_indices)
+        self.train_eval_set = Subset(eval_view, train_indices)
 
     @staticmethod
     def _native_size(split: Dataset) -> tuple[int, int] | None:
@@ -357,3 +360,9 @@ class ImageDataModule(lightning.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         self._require_setup()
         return self._eval_loader(self.test_set)
+
+    def train_eval_dataloader(self) -> DataLoader:
+        """The training images (without the validation part) through the eval transform, in the fixed
+        class-interleaved order: what a network's frozen features are fitted on (a linear probe)."""
+        self._require_setup()
+        return self._eval_loader(self.train_eval_set)
