@@ -24,7 +24,7 @@ from torchvision.datasets.folder import default_loader
 from torchvision.transforms.v2 import functional as TF
 
 from vitlab.checkpoint import gather_ranks
-from vitlab.config import HardwareConfig
+from vitlab.config import DataConfig, HardwareConfig
 from vitlab.errors import ConfigError, DataError
 
 from .datasets import (
@@ -94,16 +94,16 @@ class ImageDataModule(lightning.LightningDataModule):
         batch_size: int = 128,
         num_workers: int = HardwareConfig.num_workers,
         pin_memory: bool = HardwareConfig.pin_memory,
-        persistent_workers: bool = True,
-        val_size: int | float = 5000,
-        split_seed: int = 0,
+        persistent_workers: bool = DataConfig.persistent_workers,
+        val_size: int | float = DataConfig.val_size,
+        split_seed: int = DataConfig.split_seed,
         augment: Mapping[str, Any] | None = None,
         repeated_aug: int = 1,
         seed: int = 0,
-        cache: bool = False,
-        subset: int | None = None,
-        resize_interpolation: str | None = None,
-        pipeline: str = "workers",
+        cache: bool = DataConfig.cache,
+        subset: int | None = DataConfig.subset,
+        resize_interpolation: str | None = DataConfig.resize_interpolation,
+        pipeline: str = DataConfig.pipeline,
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
