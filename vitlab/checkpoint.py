@@ -192,9 +192,15 @@ def check_network_name(checkpoint: dict[str, Any], wanted_name: str | None, path
         )
 
 
-def check_weights_fit(checkpoint: dict[str, Any], module: nn.Module, path: str | Path, key: str = "ckpt_path") -> None:
+#: What a checkpoint that does not fit its module is told to do (the training and evaluation commands).
+SAME_SETTINGS = "use the model.net and data settings it was trained with (another num_classes, img_size, width or depth?)"
+
+
+def check_weights_fit(
+    checkpoint: dict[str, Any], module: nn.Module, path: str | Path, key: str = "ckpt_path", fix: str = SAME_SETTINGS
+) -> None:
     """Refuse a checkpoint whose network differs from ``module``'s: its recorded network name, then
-    every tensor's name and shape."""
+    every tensor's name and shape; the message ends with ``fix``."""
     wanted_name = ((getattr(module, "hparams", None) or {}).get("net") or {}).get("name")
     check_network_name(checkpoint, wanted_name, path, key)
     saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
@@ -209,8 +215,7 @@ def check_weights_fit(checkpoint: dict[str, Any], module: nn.Module, path: str |
             first = f"{'missing' if missing else 'unexpected'} {(missing or unexpected)[0]}"
         raise ConfigError(
             f"{key}: the weights in {path} do not fit model {wanted_name or type(module).__name__} ({len(missing)} tensors "
-            f"missing, {len(unexpected)} unexpected, {len(reshaped)} of another shape; e.g. {first}); use the model.net "
-            "and data settings it was trained with (another num_classes, img_size, width or depth?)"
+            f"missing, {len(unexpected)} unexpected, {len(reshaped)} of another shape; e.g. {first}); {fix}"
         )
 
 

@@ -52,6 +52,7 @@ class RunMetrics:
     recipe: Optional[str] = entry("recipe")
     hardware: Optional[str] = entry("hardware")
     tags: Optional[list] = entry("tags")  # the run's tags=[...], when it has any
+    init_from: Optional[str] = entry("init_from")  # the checkpoint file a fine-tuned run started from
     # What made it a debug run, which vitlab-report leaves out of its averages: the debug config
     # (debug=smoke) and trainer settings that train on less than the data (fast_dev_run,
     # overfit_batches=N, limit_train_batches=N), joined by ", "; absent for a full run.

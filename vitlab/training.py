@@ -26,6 +26,7 @@ from vitlab.callbacks import EpochCurve, SDPABackend, collect_records
 from vitlab.checkpoint import DigestCheckpointIO, check_resume_checkpoint
 from vitlab.config import HardwareConfig, split_batch, to_hardware, to_recipe
 from vitlab.errors import ConfigError
+from vitlab.finetune import init_from_run
 from vitlab.instantiate import build, build_module  # noqa: F401  (build is also vitlab.training.build)
 from vitlab.measure import SUGGESTED_PRECISIONS, TRAINER_PRECISIONS
 from vitlab.resume import checkpoint_to_continue
@@ -70,6 +71,7 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
     module = build_module(cfg.model, recipe=OmegaConf.to_container(cfg.recipe, resolve=True))
     if ckpt_path:
         check_resume_checkpoint(ckpt_path, module)
+    init_from = init_from_run(cfg, module, ckpt_path, output_dir)  # fine-tuning: another run's weights
     check_monitors(cfg.get("callbacks"), module)
     # vitlab's classifiers clamp log_every_n_steps to an epoch's steps, so a short run still logs its
     # step metrics; Lightning's warning that it would not is then wrong.
@@ -103,6 +105,7 @@ def train(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, A
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         fit_time = time.perf_counter() - fit_started
         metrics = _fit_metrics(cfg, choices, protocol, module, trainer, curve, validates_on_test, fit_time)
+        metrics.init_from = init_from
         if cfg.test:
             metrics.update(_test_metrics(protocol, module, trainer, datamodule, output_dir))
         metrics.update(collect_records(trainer.callbacks))  # what callbacks measured: FLOPs, images/s, MFU, ...
