@@ -150,7 +150,10 @@ def run_folder_follows_output_dir(argv: list[str]) -> list[str]:
     multirun = {"-m", "--multirun"} & set(argv)
     if not given or multirun or any(a.lstrip("+").startswith("hydra.run.dir=") for a in argv):
         return argv
-    return [*argv, f"hydra.run.dir={given[-1]}"]
+    # Beside the override it follows, not at the end: Hydra's parser takes the overrides as one run of
+    # words, and one after a flag (`--cfg job`) would be refused.
+    last = max(i for i, a in enumerate(argv) if a.lstrip("+").startswith("paths.output_dir="))
+    return [*argv[: last + 1], f"hydra.run.dir={given[-1]}", *argv[last + 1 :]]
 
 
 def main() -> None:
