@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vitlab.layers.dropout import Dropout, dropout
+from vitlab.layers.tracing import is_tracing
 
 # ``hardware.sdpa_backend`` / ``--sdpa-backend``: which kernel SDPA may use; auto lets torch choose.
 SDPA_BACKENDS = ("auto", "flash", "efficient", "math", "cudnn")
@@ -67,8 +68,8 @@ def attend(
 
 def takes_cpu_dropout_path(q: torch.Tensor, dropout_p: float) -> bool:
     """Whether :func:`attend` computes a call with attention dropout in plain ops (on the CPU,
-    outside ``torch.compile``; see the comment in :func:`attend`)."""
-    return dropout_p > 0 and q.device.type == "cpu" and not torch.compiler.is_compiling()
+    while no graph is recorded; see the comment in :func:`attend`)."""
+    return dropout_p > 0 and not is_tracing() and q.device.type == "cpu"
 
 
 def attend_scores(

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from vitlab.layers.attention import attend, takes_cpu_dropout_path
+from vitlab.layers.tracing import fx_leaf, is_tracing
 
 #: Score elements per piece of a CPU plain-ops attention call (module docstring): 4 MiB in fp32, a
 #: few times a core's L2 and well under glibc's largest mmap threshold (32 MiB).
@@ -68,8 +69,9 @@ def branch_attend(
             q.transpose(1, 2), k.to(q.dtype).transpose(1, 2), v.to(q.dtype).transpose(1, 2), dropout_p=dropout_p
         )
         return out.transpose(1, 2), None
-    size = _cpu_piece_size(q, k, dropout_p, need_weights)
-    if size >= q.shape[0]:
+    # One call where nothing is materialised or a graph is recorded (its batch size is symbolic).
+    size = _cpu_piece_size(q, k, dropout_p, need_weights) if cpu_plain_ops(q, dropout_p, need_weights) else None
+    if size is None or size >= q.shape[0]:
         return attend(q, k, v, dropout_p=dropout_p, need_weights=need_weights, attn_mask=attn_mask)
     per_sample_mask = attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[0] > 1
     masks = attn_mask.split(size) if per_sample_mask else [attn_mask] * -(-q.shape[0] // size)
@@ -82,8 +84,9 @@ def branch_attend(
 
 
 def cpu_plain_ops(x: torch.Tensor, dropout_p: float, need_weights: bool) -> bool:
-    """Whether :func:`attend` computes a call on tensors like ``x`` in plain ops on CPU (module docstring)."""
-    return x.device.type == "cpu" and (need_weights or takes_cpu_dropout_path(x, dropout_p))
+    """Whether :func:`attend` computes a call on tensors like ``x`` in plain ops on CPU (module docstring);
+    never while a graph is recorded, which holds one call."""
+    return not is_tracing() and x.device.type == "cpu" and (need_weights or takes_cpu_dropout_path(x, dropout_p))
 
 
 def _cpu_piece_size(q: torch.Tensor, k: torch.Tensor, dropout_p: float, need_weights: bool) -> int:
@@ -92,6 +95,18 @@ def _cpu_piece_size(q: torch.Tensor, k: torch.Tensor, dropout_p: float, need_wei
         return q.shape[0]
     scores_per_sample = q[0].numel() // q.shape[-1] * k.shape[-2]  # heads * N_q * N_k
     return min(q.shape[0], max(1, CPU_SCORE_CHUNK // scores_per_sample))
+
+
+@fx_leaf
+def check_sequence_length(k: torch.Tensor, length: int) -> torch.Tensor:
+    """``k`` (``(..., n, D)``), once ``n`` is known to fit a compression made for ``length`` tokens. A
+    ``torch.fx`` leaf: the check runs as one call of a traced network, not as a branch of its graph."""
+    if k.shape[-2] > length:
+        raise ValueError(f"sequence of {k.shape[-2]} tokens is longer than the compression's {length}")
+    return k
+
+
+torch.fx.wrap("check_sequence_length")
 
 
 class SequenceCompression(nn.Module):
@@ -111,8 +126,7 @@ class SequenceCompression(nn.Module):
         nn.init.xavier_uniform_(self.e_v)
 
     def forward(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k = check_sequence_length(k, self.length)
         n = k.shape[-2]
-        if n > self.length:
-            raise ValueError(f"sequence of {n} tokens is longer than the compression's {self.length}")
         e_k, e_v = self.e_k[:n].to(k.dtype), self.e_v[:n].to(v.dtype)  # padding with zeros == dropping rows of E
         return torch.einsum("...nd,nk->...kd", k, e_k), torch.einsum("...nd,nk->...kd", v, e_v)

@@ -7,8 +7,9 @@ four elements (15 random bits each), which is about twice as fast. The drop rate
 multiple of 1/32768 (0.1 -> 0.100006) and the kept values are scaled by the inverse of that rounded
 keep rate, so the output's expectation is the input exactly, as with ``F.dropout``.
 
-On other devices, while ``torch.compile`` traces (inductor draws its own fused masks), and for rates
-that do not round to a usable multiple of 1/32768, it is ``F.dropout``.
+On other devices, while a graph is recorded (:func:`~vitlab.layers.tracing.is_tracing`: inductor
+draws its own fused masks, a ``torch.fx`` graph holds ``F.dropout``), and for rates that do not round
+to a usable multiple of 1/32768, it is ``F.dropout``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vitlab.layers.tracing import is_tracing
 
 _LEVELS = 1 << 15  # random bits per element
 
@@ -25,7 +28,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     if not training or p == 0.0:
         return x
     threshold = round(p * _LEVELS)
-    if x.device.type != "cpu" or torch.compiler.is_compiling() or not 0 < threshold < _LEVELS:
+    if is_tracing() or x.device.type != "cpu" or not 0 < threshold < _LEVELS:
         return F.dropout(x, p, training=True)
     n = x.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_()  # uniform on [0, 2^63)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d, Mlp
 from torch import nn
 
+from vitlab.layers.tracing import is_tracing
 from vitlab.measure import register_module_flops
 
 
@@ -80,10 +81,12 @@ class _TapMix(torch.autograd.Function):
 
 def tap_mix(weights: torch.Tensor, values: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """:class:`_TapMix` for training and eager inference; the same sum in plain ops on zero-padded
-    values while ``torch.export`` / ``torch.onnx.export`` / tracing record the graph, which cannot
-    hold a custom autograd function (its in-place ``out=`` accumulations have no export form), and
-    under ``torch.compile``, whose inductor fuses the k*k shifted multiply-adds into one loop."""
-    if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+    values while a graph is recorded (:func:`~vitlab.layers.tracing.is_tracing`): ``torch.export``,
+    ``torch.onnx.export``, ``torch.fx`` and tracing cannot hold a custom autograd function (its in-place
+    ``out=`` accumulations have no export form, and its loop runs over the map's size, which a
+    symbolic trace does not know), and under ``torch.compile`` inductor fuses the k*k shifted
+    multiply-adds into one loop."""
+    if is_tracing():
         H, W = values.shape[-2:]
         k, pad = kernel_size, kernel_size // 2
         padded = F.pad(values, (pad, pad, pad, pad))

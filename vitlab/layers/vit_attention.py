@@ -45,6 +45,7 @@ from vitlab.layers.attention import Attention, attend, attend_scores
 from vitlab.layers.attention_maps import AttentionMap, TokenMap
 from vitlab.layers.plugins import PluginKind
 from vitlab.layers.rope import RoPE2D, grid_positions
+from vitlab.layers.tracing import fx_leaf
 
 __all__ = [
     "ATTENTION_LAYERS",
@@ -263,9 +264,10 @@ def init_projections(qkv: nn.Linear, proj: nn.Linear, keep_biases: bool = False)
                 nn.init.zeros_(linear.bias)
 
 
+@fx_leaf
 def predecessor_mask(num_tokens: int, boundary: str, grid: tuple[int, int], num_prefix: int) -> torch.Tensor:
     """``(N,)`` with 1 where token ``i`` is differenced against token ``i - 1`` and 0 where it gets a
-    zero predecessor (see :func:`first_difference`)."""
+    zero predecessor (see :func:`first_difference`). A ``torch.fx`` leaf: its size is the input's."""
     if boundary not in DIFF_BOUNDARIES:
         raise ValueError(f"diff_boundary must be one of {', '.join(DIFF_BOUNDARIES)}, got {boundary!r}")
     keep = torch.ones(num_tokens)
@@ -322,11 +324,12 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
     return 2.0 ** (-8.0 * torch.arange(1, num_heads + 1, dtype=torch.float64) / num_heads)
 
 
+@fx_leaf
 def alibi_bias_2d(
     num_heads: int, grid: tuple[int, int], num_prefix: int = 1, distance: str = "euclidean"
 ) -> torch.Tensor:
     """Bidirectional 2D ALiBi bias ``(heads, N, N)``: ``-m_h * dist(p_i, p_j)`` between patches on the
-    grid, 0 in the rows and columns of the CLS tokens."""
+    grid, 0 in the rows and columns of the CLS tokens. A ``torch.fx`` leaf: the grid is the input's."""
     if distance not in ALIBI_DISTANCES:
         raise ValueError(f"alibi_distance must be one of {', '.join(ALIBI_DISTANCES)}, got {distance!r}")
     xs, ys = grid_positions(*grid)
@@ -405,9 +408,8 @@ class SuppressionAttention(ViTAttention):
             raise ValueError("grid suppression needs an AttentionContext with the patch grid")
         (gh, gw), p = ctx.grid, ctx.num_prefix
         B, H, N, _ = scores.shape
-        centre = torch.ones_like(self.kernel)
-        centre[..., r, r] = 0.0
-        kernel = (self.kernel * centre).to(scores.dtype)
+        # The centre tap taken out by subtraction (no item assignment: a traced graph holds it).
+        kernel = (self.kernel - F.pad(self.kernel[..., r : r + 1, r : r + 1], (r, r, r, r))).to(scores.dtype)
         rows = scores[:, :, p:, :].reshape(B, H, gh, gw, N).permute(0, 1, 4, 2, 3).reshape(-1, 1, gh, gw)
         neighbours = F.conv2d(rows, kernel, padding=r).view(B, H, N, gh, gw)
         neighbours = neighbours.permute(0, 1, 3, 4, 2).reshape(B, H, gh * gw, N)
@@ -544,11 +546,6 @@ class DifferentialAttention(nn.Module):
     def _pixel_modulation(self, ctx: AttentionContext) -> torch.Tensor:
         if ctx.images is None:
             raise ValueError(f"lambda_mode={self.lambda_mode} needs the images in the AttentionContext")
-        if ctx.images.shape[1] != len(self.entropy_mean):
-            raise ValueError(
-                f"attention.entropy_mean: {len(self.entropy_mean)} values for {ctx.images.shape[1]}-channel images; "
-                "give one per input channel (and as many entropy_std)"
-            )
         ent = patch_luminance_entropy(ctx.images, ctx.patch_size, self.entropy_mean, self.entropy_std)
         factor = torch.cat((ent.mean(1, keepdim=True), ent), dim=1)  # CLS gets the image mean
         ctx.record("entropy", factor.mean())
@@ -607,6 +604,7 @@ class DifferentialAttention(nn.Module):
         return f"heads={self.num_heads}, lambda_mode={self.lambda_mode}, lambda_init={self.lambda_init:.4f}"
 
 
+@fx_leaf
 def patch_luminance_entropy(
     images: torch.Tensor,
     patch_size: int,
@@ -618,7 +616,13 @@ def patch_luminance_entropy(
     raster order, in ``[0, 1]``: undo the normalisation (``mean``, ``std``), clamp to [0, 1], take
     ``Y = 0.299 R + 0.587 G + 0.114 B`` (the channel mean for other channel counts), quantise to
     ``levels`` levels, histogram each ``patch_size x patch_size`` patch into ``levels`` bins,
-    ``H = -sum p ln p`` (``0 ln 0 = 0``), divided by ``ln levels``. Without gradients."""
+    ``H = -sum p ln p`` (``0 ln 0 = 0``), divided by ``ln levels``. Without gradients; a ``torch.fx``
+    leaf (it branches on the channel count and sizes its histogram by the image size)."""
+    if images.shape[1] != len(mean):
+        raise ValueError(
+            f"attention.entropy_mean: {len(mean)} values for {images.shape[1]}-channel images; "
+            "give one per input channel (and as many entropy_std)"
+        )
     with torch.no_grad(), torch.autocast(device_type=images.device.type, enabled=False):
         x = images.float()
         mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
@@ -639,7 +643,16 @@ def patch_luminance_entropy(
         return ent / math.log(levels)
 
 
+@fx_leaf
 def token_entropy(x: torch.Tensor) -> torch.Tensor:
-    """Normalised entropy of ``softmax`` over the channels of each token: ``(B, N, C) -> (B, N)``, / ln C."""
+    """Normalised entropy of ``softmax`` over the channels of each token: ``(B, N, C) -> (B, N)``, / ln C
+    (a ``torch.fx`` leaf: ``ln C`` is a Python number of the input's width)."""
     logp = torch.log_softmax(x.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1) / math.log(x.shape[-1])
+
+
+# torch.fx.symbolic_trace keeps these whole where this module calls them (timm's tracer reads fx_leaf's list).
+torch.fx.wrap("alibi_bias_2d")
+torch.fx.wrap("patch_luminance_entropy")
+torch.fx.wrap("predecessor_mask")
+torch.fx.wrap("token_entropy")
