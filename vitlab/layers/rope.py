@@ -14,7 +14,8 @@ tokens (CLS) have no position and pass unrotated.
   (``theta`` 10) along a random direction ``alpha_h`` per head for pairs ``0 .. P/2-1`` and along
   ``alpha_h + pi/2`` for the rest: ``f_x = m cos(angle)``, ``f_y = m sin(angle)``.
 
-Angles are computed and applied in float32 with autocast off, then cast back to the input dtype.
+Angles are computed and applied in float32, then cast back to the input dtype. Autocast leaves them
+there: it recasts matrix products and convolutions, and every op here is element-wise.
 """
 
 from __future__ import annotations
@@ -24,13 +25,20 @@ import math
 import torch
 from torch import nn
 
+from vitlab.layers.tracing import fx_leaf
+
 __all__ = ["RoPE2D", "apply_rotary", "grid_positions", "rope_magnitudes"]
 
 
+@fx_leaf
 def grid_positions(grid_h: int, grid_w: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Column ``x`` and row ``y`` (float32, integer grid units) of the patches in raster order."""
+    """Column ``x`` and row ``y`` (float32, integer grid units) of the patches in raster order. A
+    ``torch.fx`` leaf: the grid comes from the input's size, which a symbolic trace does not know."""
     t = torch.arange(grid_h * grid_w, device=device)
     return (t % grid_w).float(), torch.div(t, grid_w, rounding_mode="floor").float()
+
+
+torch.fx.wrap("grid_positions")
 
 
 def rope_magnitudes(head_dim: int, theta: float) -> torch.Tensor:
@@ -39,14 +47,15 @@ def rope_magnitudes(head_dim: int, theta: float) -> torch.Tensor:
 
 
 def apply_rotary(t: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate the interleaved channel pairs of ``t`` (``(..., L, D)``) by ``angles`` (broadcastable to
-    ``(..., L, D / 2)``), as one complex product in float32. An angle of 0 leaves its pair exactly as it is."""
-    with torch.autocast(device_type=t.device.type, enabled=False):
-        tf = t.float()
-        if tf.stride(-1) != 1 or tf.storage_offset() % 2 or any(s % 2 for s in tf.stride()[:-1]):
-            tf = tf.contiguous()  # view_as_complex needs (real, imag) pairs adjacent and aligned
-        z = torch.view_as_complex(tf.unflatten(-1, (-1, 2)))
-        rotated = torch.view_as_real(z * torch.polar(torch.ones_like(angles), angles.float())).flatten(-2)
+    """Rotate the interleaved channel pairs ``(a, b)`` of ``t`` (``(..., L, D)``) by ``angles``
+    (broadcastable to ``(..., L, D / 2)``) in float32: ``(a cos - b sin, a sin + b cos)``, the complex
+    product ``(a + ib) e^(i phi)`` in real arithmetic: ``torch.compile`` holds it in one graph, where
+    the complex form's layout checks (strides, storage offset) broke the graph at every call. An angle
+    of 0 leaves its pair exactly as it is."""
+    pairs = t.float().unflatten(-1, (-1, 2))
+    a, b = pairs[..., 0], pairs[..., 1]
+    cos, sin = angles.float().cos(), angles.float().sin()
+    rotated = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
     return rotated.to(t.dtype)
 
 
@@ -103,11 +112,10 @@ class RoPE2D(nn.Module):
         positions: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate the patch tokens of ``q`` and ``k``; ``positions`` (x, y) overrides the raster grid."""
-        xs, ys = positions if positions is not None else grid_positions(*grid, device=q.device)
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            phi = self.angles(xs, ys)
-            if num_prefix:  # angle 0 for the CLS tokens: their q and k pass exactly unchanged
-                phi = torch.cat((phi.new_zeros(phi.shape[0], num_prefix, phi.shape[2]), phi), dim=1)
+        xs, ys = positions if positions is not None else grid_positions(grid[0], grid[1], device=q.device)
+        phi = self.angles(xs, ys)
+        if num_prefix:  # angle 0 for the CLS tokens: their q and k pass exactly unchanged
+            phi = torch.cat((phi.new_zeros(phi.shape[0], num_prefix, phi.shape[2]), phi), dim=1)
         return apply_rotary(q, phi), apply_rotary(k, phi)
 
     def extra_repr(self) -> str:
