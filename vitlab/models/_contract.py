@@ -6,6 +6,8 @@ A network mixes in :class:`ClassifierContract` and says what differs: how it poo
 input is (``head_in_features``, default ``num_features``) and how a new head starts (``init_head``,
 default PyTorch's). It keeps its head in ``self.head`` (``nn.Identity`` for ``num_classes=0``: the
 pooled features are the output, as in timm) and reads ``self.grad_checkpointing`` in its forward.
+timm's feature API (``forward_intermediates``, ``prune_intermediate_layers``, ``feature_info``) comes
+with it from :class:`~vitlab.models._features.FeatureTaps`, which says what a family adds for that.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vitlab.models._features import FeatureTaps
+
 __all__ = ["ClassifierContract"]
 
 
-class ClassifierContract:
+class ClassifierContract(FeatureTaps):
     #: The ``global_pool`` values :meth:`reset_classifier` takes (``None`` always: keep the pooling);
     #: ``""`` keeps the unpooled tokens or feature map.
     head_pools: tuple[str, ...] = ()

@@ -11,7 +11,8 @@ only. Both keep the input resolution in stage 0 (3x3 stride-1 stem) and halve it
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from timm.layers import DropPath, Mlp
@@ -129,6 +130,7 @@ class OutGridViT(ClassifierContract, nn.Module):
         self._check(img_size, dims, depths, num_heads, grid_sizes, outlook_heads, kernel_size)
         self.num_classes = num_classes
         self.num_features = dims[-1]
+        self.dims = tuple(dims)
         self.img_size = img_size
         self.num_prefix_tokens = 0  # feature maps, no token sequence
         self.grad_checkpointing = False
@@ -195,11 +197,14 @@ class OutGridViT(ClassifierContract, nn.Module):
         # Nothing named: biases and norm weights are 1-D and left undecayed by the optimizer factory.
         return set()
 
-    def _forward(self, x: torch.Tensor, need_weights: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        maps: dict[str, torch.Tensor] = {}
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
         # Channels-last memory throughout: the convolutions run faster in it on CPU and GPU, and the
         # blocks' NCHW <-> BHWC permutes become free views instead of copies.
-        x = self.proj_in(self.stem(x.contiguous(memory_format=torch.channels_last)))
+        return self.proj_in(self.stem(x.contiguous(memory_format=torch.channels_last)))
+
+    def _forward(self, x: torch.Tensor, need_weights: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        maps: dict[str, torch.Tensor] = {}
+        x = self._stem(x)
         remat = self.grad_checkpointing and self.training and not need_weights
         for i, block in enumerate(self.front):
             x, weights = checkpoint(block, x, False, use_reentrant=False) if remat else block(x, need_weights)
@@ -236,6 +241,30 @@ class OutGridViT(ClassifierContract, nn.Module):
     head_pools = ("avg", "")  # the mean-pooled last stage, or its map
     global_pool = "avg"
     head_on_tokens = False
+    norm_fits_every_tap = False  # the final BatchNorm is the last stage's
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """The stem's map (with Model B's front blocks, which run at its resolution), then every stage's,
+        as timm's MaxxVit lists them."""
+        stem = f"front.{len(self.front) - 1}" if len(self.front) else "proj_in"
+        return [dict(num_chs=self.dims[0], reduction=1, module=stem)] + [
+            dict(num_chs=self.dims[s], reduction=2**s, module=f"stages.{s}") for s in range(len(self.stages))]
+
+    def _feature_taps(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        remat = self.grad_checkpointing and self.training
+        x = self._stem(x)
+        for block in self.front:
+            x, _ = checkpoint(block, x, False, use_reentrant=False) if remat else block(x)
+        yield x
+        for stage in self.stages:
+            x = stage.downsample(x)
+            for block in stage.blocks:
+                x, _ = checkpoint(block, x, False, use_reentrant=False) if remat else block(x)
+            yield x
+
+    def _keep_taps(self, n: int) -> None:
+        self.stages = self.stages[: n - 1]  # tap 0 is the stem's
 
     @torch.no_grad()
     def fuse_for_inference(self) -> None:

@@ -27,7 +27,7 @@ depth 16, bank 32) at 224 px / patch 16 (CIFAR upsampled, as the seed), and ``qa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from timm.layers import DropPath, Mlp, trunc_normal_
@@ -41,6 +41,7 @@ from vitlab.layers.conv_ffn import DepthwiseConvFFN
 from vitlab.layers.dilated_attention import MultiScaleDilatedAttention
 from vitlab.layers.dropout import Dropout
 from vitlab.layers.fusion import HybridFusion
+from vitlab.layers.tracing import fx_leaf
 from vitlab.layers.token_bank import BankCrossAttention, BankState, TokenBank
 from vitlab.layers.window_attention import WindowBankAttention
 from vitlab.models._contract import ClassifierContract
@@ -51,6 +52,22 @@ __all__ = ["BRANCHES", "QAViT", "QAViTConfig", "QuadAttentionBlock", "model_cfgs
 
 #: The branches in the order a block runs them (the order matters for the bank).
 BRANCHES = ("window", "dilated", "channel_group", "bank")
+
+
+@fx_leaf
+def check_grid(images: torch.Tensor, patch_size: int, grid: tuple[int, int], img_size: int) -> torch.Tensor:
+    """``images``, once they are known to give the position table's ``grid`` at ``patch_size``. A
+    ``torch.fx`` leaf: the check runs as one call of the traced network, not as branches in its graph."""
+    H, W = images.shape[-2:]
+    if (H // patch_size, W // patch_size) != tuple(grid) or H % patch_size or W % patch_size:
+        raise ValueError(
+            f"input {H}x{W} does not give the {grid[0]}x{grid[1]} grid of img_size {img_size} "
+            f"at patch_size {patch_size}; set model.net.img_size (the position table is not interpolated)"
+        )
+    return images
+
+
+torch.fx.wrap("check_grid")
 
 
 class QuadAttentionBlock(nn.Module):
@@ -229,25 +246,27 @@ class QAViT(ClassifierContract, nn.Module):
         return names | {f"blocks.{i}.fusion.alpha" for i in range(len(self.blocks))}
 
     # ----------------------------------------------------------------------------- forward
+    def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, BankState]:
+        """The input tokens (patches, their norm and positions, dropout) and the bank's first state."""
+        images = check_grid(images, self.patch_size, self.grid, self.img_size)
+        x = self.patch_norm(self.patch_embed(images).flatten(2).transpose(1, 2))
+        x = self.pos_drop(x + self.pos_embed)
+        return x, self.token_bank.initial_state(x.shape[0])
+
+    def _block_step(
+        self, block: QuadAttentionBlock, x: torch.Tensor, state: BankState, need_weights: bool = False
+    ) -> tuple[torch.Tensor, BankState, dict[str, torch.Tensor | None]]:
+        if self.grad_checkpointing and self.training and not need_weights:
+            return checkpoint(block, x, state, self.token_bank, use_reentrant=False)
+        return block(x, state, self.token_bank, need_weights=need_weights)
+
     def _forward_tokens(
         self, images: torch.Tensor, need_weights: bool = False
     ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor | None]], BankState]:
-        H, W = images.shape[-2:]
-        p = self.patch_size
-        if (H // p, W // p) != self.grid or H % p or W % p:
-            raise ValueError(
-                f"input {H}x{W} does not give the {self.grid[0]}x{self.grid[1]} grid of img_size {self.img_size} "
-                f"at patch_size {p}; set model.net.img_size (the position table is not interpolated)"
-            )
-        x = self.patch_norm(self.patch_embed(images).flatten(2).transpose(1, 2))
-        x = self.pos_drop(x + self.pos_embed)
-        state = self.token_bank.initial_state(x.shape[0])
+        x, state = self._embed(images)
         maps = []
         for block in self.blocks:
-            if self.grad_checkpointing and self.training and not need_weights:
-                x, state, block_maps = checkpoint(block, x, state, self.token_bank, use_reentrant=False)
-            else:
-                x, state, block_maps = block(x, state, self.token_bank, need_weights=need_weights)
+            x, state, block_maps = self._block_step(block, x, state, need_weights)
             maps.append(block_maps)
         return self.norm(x), maps, state
 
@@ -281,6 +300,12 @@ class QAViT(ClassifierContract, nn.Module):
 
     head_pools = ("avg", "")  # the mean-pooled tokens, or all of them
     global_pool = "avg"
+
+    def _feature_taps(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
+        x, state = self._embed(images)
+        for block in self.blocks:
+            x, state, _ = self._block_step(block, x, state)
+            yield x
 
     def init_head(self, head: nn.Linear) -> None:
         """Truncated-normal 0.02 weights and a zero bias, as the seed's init."""

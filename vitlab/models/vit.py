@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from vitlab.compat import upgrade_flat_vit_settings
 from vitlab.errors import nearest_key_hint
 from vitlab.layers.attention_maps import AttentionMap, CLSMap, TokenMap
+from vitlab.layers.tracing import fx_leaf
 from vitlab.layers.transformer import TransformerBlock
 from vitlab.layers.vit_attention import AttentionContext, attention_config, build_attention
 from vitlab.layers.vit_position import build_position, position_config
@@ -59,6 +60,28 @@ class BlockConfig:
     mlp_ratio: float = 4.0
     mlp_bias: bool = True
     norm_eps: float = 1e-6
+
+
+@fx_leaf
+def check_patch_grid(
+    images: torch.Tensor, patch_size: int, table_grid: tuple[int, int] | None, img_size: int
+) -> torch.Tensor:
+    """``images``, once their size is known to work: divisible by ``patch_size`` and, for a position
+    table (``table_grid``), giving its grid. A ``torch.fx`` leaf, so the check stays out of the traced
+    graph's branches and runs, as one call, whenever the traced network does."""
+    H, W = images.shape[-2:]
+    if H % patch_size or W % patch_size:
+        raise ValueError(f"input {H}x{W} is not divisible by patch_size {patch_size}")
+    grid = (H // patch_size, W // patch_size)
+    if table_grid is not None and grid != tuple(table_grid):
+        raise ValueError(
+            f"input {H}x{W} gives a {grid[0]}x{grid[1]} grid but the position table is "
+            f"{table_grid[0]}x{table_grid[1]} (img_size {img_size}); it is not interpolated"
+        )
+    return images
+
+
+torch.fx.wrap("check_patch_grid")
 
 
 def _typed(config_type: type, node: Any, key: str) -> Any:
@@ -209,19 +232,26 @@ class ViT(ClassifierContract, nn.Module):
         return names
 
     # ----------------------------------------------------------------------------- forward
-    def _grid_of(self, x: torch.Tensor) -> tuple[int, int]:
-        H, W = x.shape[-2:]
-        p = self.patch_size
-        if H % p or W % p:
-            raise ValueError(f"input {H}x{W} is not divisible by patch_size {p}")
-        grid = (H // p, W // p)
-        table = self.position.table_grid
-        if table is not None and grid != table:
-            raise ValueError(
-                f"input {H}x{W} gives a {grid[0]}x{grid[1]} grid but the position table is "
-                f"{table[0]}x{table[1]} (img_size {self.img_size}); it is not interpolated"
-            )
-        return grid
+    def _checked(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The images, checked (:func:`check_patch_grid`), and their patch grid."""
+        images = check_patch_grid(images, self.patch_size, self.position.table_grid, self.img_size)
+        return images, (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+
+    def _context(self, images: torch.Tensor, grid: tuple[int, int], stats: dict | None = None) -> AttentionContext:
+        return AttentionContext(grid=grid, num_prefix=self.num_prefix_tokens, images=images,
+                                patch_size=self.patch_size, stats=stats)
+
+    def _block_step(self, i: int, x: torch.Tensor, ctx: AttentionContext, need_weights: bool = False):
+        """Block ``i`` on the tokens ``x`` (recomputed in the backward with gradient checkpointing),
+        then the position encoding's hook where it follows that block: ``(tokens, weights or None)``."""
+        block, block_ctx = self.blocks[i], dataclasses.replace(ctx, block_input=x)
+        if self.grad_checkpointing and self.training and not need_weights:
+            x, w = checkpoint(block, x, False, ctx=block_ctx, use_reentrant=False)
+        else:
+            x, w = block(x, need_weights=need_weights, ctx=block_ctx)
+        if i in self.position.after_blocks:
+            x = self.position.after_block(i, x, ctx.grid, self.num_prefix_tokens)
+        return x, w
 
     def _embed(self, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """The input tokens: the patches with their positions (the position encoding's
@@ -235,21 +265,13 @@ class ViT(ClassifierContract, nn.Module):
     ) -> tuple[torch.Tensor, list]:
         """Normalised tokens and each block's weights (None unless ``need_weights``); the figures
         asked for with ``stats`` (a dict this call fills) are recorded there."""
-        grid = self._grid_of(images)
-        ctx = AttentionContext(grid=grid, num_prefix=self.num_prefix_tokens, images=images,
-                               patch_size=self.patch_size, stats=stats)
+        images, grid = self._checked(images)
+        ctx = self._context(images, grid, stats)
         x = self._embed(images, grid)
-        after = self.position.after_blocks
         weights = []
-        for i, block in enumerate(self.blocks):
-            block_ctx = dataclasses.replace(ctx, block_input=x)
-            if self.grad_checkpointing and self.training and not need_weights:
-                x, w = checkpoint(block, x, False, ctx=block_ctx, use_reentrant=False)
-            else:
-                x, w = block(x, need_weights=need_weights, ctx=block_ctx)
+        for i in range(len(self.blocks)):
+            x, w = self._block_step(i, x, ctx, need_weights)
             weights.append(w)
-            if i in after:
-                x = self.position.after_block(i, x, grid, self.num_prefix_tokens)
         return self.norm(x), weights
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -303,6 +325,28 @@ class ViT(ClassifierContract, nn.Module):
 
     head_pools = HEAD_POOLS
 
+    def _feature_taps(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
+        images, grid = self._checked(images)
+        ctx = self._context(images, grid)
+        x = self._embed(images, grid)
+        for i in range(len(self.blocks)):
+            x, _ = self._block_step(i, x, ctx)
+            yield x
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """timm's ViT form (:meth:`~vitlab.models._features.FeatureTaps.forward_intermediates`):
+        ``return_prefix_tokens`` pairs each tap's patch tokens with its CLS tokens."""
+        return self._intermediates(x, indices, norm, stop_early, output_fmt, intermediates_only, return_prefix_tokens)
+
     @property
     def head_in_features(self) -> int:
         """The CLS output's width, or (``concat_prefix``) all prefix outputs side by side."""
@@ -352,7 +396,7 @@ class ViT(ClassifierContract, nn.Module):
           ``1 - lambda`` (not 1) and may hold negative weights: it is marked as no distribution and
           not measured (its two softmax maps are).
         """
-        grid = self._grid_of(x)
+        _, grid = self._checked(x)
         _, weights = self._forward_tokens(x, need_weights=True)
         maps: dict[str, AttentionMap] = {}
         layout = dict(grid=grid, prefix_tokens=self.num_prefix_tokens, overlay=False)
