@@ -87,7 +87,8 @@ def test_a_fine_tune_at_64_px_learns_and_records_where_its_weights_came_from(sou
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
     code, stderr = run_in_process([
-        *RUN, *TINY_VIT, *AT_64_PX_5_CLASSES, f"init_from={source_run}", "paths.output_dir=ft", "recipe.optimizer.layer_decay=0.75",
+        *RUN, *TINY_VIT, *AT_64_PX_5_CLASSES, f"init_from={source_run}", "paths.output_dir=ft",
+        "recipe.optimizer.layer_decay=0.75",
         # The same 3 batches for 4 epochs, unaugmented, at a high flat LR: a loss that falls is the network learning.
         "debug=overfit", "recipe.epochs=4", "recipe.optimizer.lr=1e-2", "recipe.schedule.warmup_ratio=0",
     ])
@@ -98,7 +99,8 @@ def test_a_fine_tune_at_64_px_learns_and_records_where_its_weights_came_from(sou
     assert metrics["init_from"] == str(find_checkpoint(source_run).resolve())
     assert yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())["init_from"] == str(source_run)
     (metrics_csv,) = (tmp_path / "ft").rglob("metrics.csv")
-    losses = [float(row["train/loss"]) for row in csv.DictReader(metrics_csv.open()) if row.get("train/loss")]
+    rows = csv.DictReader(metrics_csv.read_text().splitlines())
+    losses = [float(row["train/loss"]) for row in rows if row.get("train/loss")]
     assert len(losses) == 4 and losses[-1] < losses[0] - 0.05, losses
 
 
@@ -127,19 +129,26 @@ def refusal_files(source_run, tmp_path_factory) -> dict[str, Path]:
 
 REFUSALS = [
     (["init_from=nowhere"], "init_from: {cwd}/nowhere is neither a .ckpt file nor a run folder with checkpoints/"),
-    (["model=mini_vit", "model.net.depth=1", "init_from={source}"], "init_from: {source}/checkpoints/epoch_001.ckpt holds weights of vit, not of model mini_vit"),
-    (["init_from={missing}"], "init_from: the weights in {missing} do not fit model vit (1 tensors missing, 0 unexpected"),
+    (["model=mini_vit", "model.net.depth=1", "init_from={source}"],
+     "init_from: {source}/checkpoints/epoch_001.ckpt holds weights of vit, not of model mini_vit"),
+    (["init_from={missing}"],
+     "init_from: the weights in {missing} do not fit model vit (1 tensors missing, 0 unexpected"),
     ([*TINY_QAVIT, *AT_64_PX_5_CLASSES, "init_from={qavit}"],
-     "init_from: qavit_tiny_32 cannot be fine-tuned at another image size (img_size 32 in {qavit}, 64 here): net.pos_embed is"),
+     "init_from: qavit_tiny_32 cannot be fine-tuned at another image size (img_size 32 in {qavit}, 64 here): "
+     "net.pos_embed is"),
     (["init_from={source}", "ckpt_path={source}/checkpoints/last.ckpt"],
      "init_from: starts a new run from another run's weights and cannot go with a resume"),
-    (["run_dir={source}", "init_from={source}"], "init_from: starts a new run from another run's weights and cannot go with a resume"),
+    (["run_dir={source}", "init_from={source}"],
+     "init_from: starts a new run from another run's weights and cannot go with a resume"),
 ]
 
 
-@pytest.mark.parametrize("args, expected", REFUSALS, ids=["no path", "another network", "a tensor missing", "qavit at 64 px",
-                                                          "with ckpt_path", "with run_dir"])
-def test_a_refused_fine_tune_is_one_line_and_leaves_nothing(args, expected, refusal_files, tmp_path, monkeypatch, one_thread):
+REFUSAL_IDS = ["no path", "another network", "a tensor missing", "qavit at 64 px", "with ckpt_path", "with run_dir"]
+
+
+@pytest.mark.parametrize("args, expected", REFUSALS, ids=REFUSAL_IDS)
+def test_a_refused_fine_tune_is_one_line_and_leaves_nothing(args, expected, refusal_files, tmp_path, monkeypatch,
+                                                            one_thread):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
     names = {**{k: str(v) for k, v in refusal_files.items()}, "cwd": str(tmp_path)}
@@ -176,6 +185,7 @@ def test_a_fine_tuned_run_continues_from_its_own_checkpoint(source_run, tmp_path
     assert code == 0, stderr[-3000:]
     code, stderr = run_in_process(["run_dir=ft", "trainer.max_epochs=2"])
     assert code == 0, stderr[-3000:]
-    assert f"init_from: continuing a fine-tuned run from its own checkpoint (init_from={source_run} started it)" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"init_from: continuing a fine-tuned run from its own checkpoint (init_from={source_run} started it)" in said
     metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["init_from"] == str(find_checkpoint(source_run).resolve())

@@ -3,7 +3,7 @@ weights only (a fresh optimizer and schedule, a new run folder), unlike ``ckpt_p
 which continue a run (:mod:`vitlab.resume`).
 
 The new network is built from the new run's config, so everything computed from the config (RoPE
-and ALiBi tables, OutGrid's grids, QAViT's windows, every non-persistent buffer) follows the new
+and ALiBi tables, sin-cos tables, OutGrid's grids, every non-persistent buffer) follows the new
 image size by itself. The old weights reach it through a *source* network: the new run's model
 settings at the checkpoint's image size and class count, into which the checkpoint must load
 exactly (:func:`vitlab.checkpoint.check_weights_fit`, the head left out). Its position tables are
@@ -35,7 +35,8 @@ __all__ = ["init_from_run", "load_weights_for_fine_tuning"]
 
 KEY = "init_from"
 # What a checkpoint whose body does not fit the new run's model settings is told to do.
-_SAME_NETWORK = "init_from needs the network it was trained with: use the model and model.net settings of that run"
+_SAME_NETWORK = ("a run starts from every tensor of the checkpoint but its head: use the model.net settings of that "
+                 "run, and a checkpoint that holds all its tensors")
 
 
 def init_from_run(cfg: DictConfig, module: nn.Module, ckpt_path: str | None, output_dir: Path) -> str | None:
@@ -64,7 +65,9 @@ def _init_from_value(cfg: DictConfig) -> str | None:
     value = cfg.get(KEY)  # None when missing
     if OmegaConf.is_missing(cfg, KEY) or _is_placeholder(value):
         asked = f" (the config asks for {value})" if value else ""
-        raise ConfigError(f"{KEY}: no value given; add {KEY}=<run folder or .ckpt>, the run whose weights to start from{asked}")
+        raise ConfigError(
+            f"{KEY}: no value given; add {KEY}=<run folder or .ckpt>, the run whose weights to start from{asked}"
+        )
     return None if value in (None, "") else str(value)
 
 
@@ -124,7 +127,8 @@ def _source_module(checkpoint: dict[str, Any], model_node: DictConfig, path: str
         source = build_module(OmegaConf.create(node))
     except ConfigError as err:
         raise ConfigError(
-            f"{KEY}: {path} was trained at img_size {saved.get('img_size')} with {saved.get('num_classes')} classes, which "
+            f"{KEY}: {path} was trained at img_size {saved.get('img_size')} with {saved.get('num_classes')} classes, "
+            "which "
             f"this run's model.net settings do not build ({err}); use the model.net settings of that run"
         ) from None
     old_head = _head_names(source)
@@ -149,8 +153,8 @@ def _resample_positions(source: nn.Module, target: nn.Module) -> None:
         old_grid, new_grid = position.table_grid, wanted.table_grid
         if old_grid is not None and new_grid is not None and tuple(old_grid) != tuple(new_grid):
             position.resample(new_grid)
-            rank_zero_info(f"{KEY}: position table net.{name} resampled from the {old_grid[0]}x{old_grid[1]} patch grid "
-                           f"to {new_grid[0]}x{new_grid[1]} patches")
+            rank_zero_info(f"{KEY}: position table net.{name} resampled from the {old_grid[0]}x{old_grid[1]} "
+                           f"patch grid to {new_grid[0]}x{new_grid[1]} patches")
 
 
 def _check_body_follows_size(source: nn.Module, module: nn.Module, head: set[str], path: str | Path) -> None:
