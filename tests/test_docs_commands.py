@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from dataclasses import dataclass
 
 import pytest
 
@@ -13,25 +14,54 @@ from conftest import ROOT
 from test_config_errors import run_in_process
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-START = re.compile(r"^\s+(PYTHONPATH=\S+ )?(vitlab-train|python -m vitlab\.train) ")
 
 
-def train_commands() -> list[tuple[str, list[str]]]:
-    """(where, arguments) of each documented train command, continuation lines joined, comments cut."""
+@dataclass(frozen=True)
+class DocCommand:
+    """One documented command line: ``where`` (file:line), the ``program`` as written (``vitlab-report``
+    or ``python -m vitlab.report``), an ``env`` prefix (``PYTHONPATH=.``) and the ``args`` text, unsplit
+    (a reader's placeholders such as ``<run folder>`` hold spaces)."""
+
+    where: str
+    env: dict[str, str]
+    program: str
+    args: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.program} {self.args}".strip()
+
+
+def documented_commands(*commands: str) -> list[DocCommand]:
+    """Each indented line of README.md and docs/ that runs ``vitlab-<command>`` or ``python -m
+    vitlab.<command>`` for one of ``commands``: continuation lines (a trailing ``\\``, or a deeper
+    indented line, as a wrapped synopsis) joined, ``# comments`` cut."""
+    names = "|".join(commands)
+    start = re.compile(rf"^(\s+)((?:[A-Z_]+=\S+ )*)(vitlab-(?:{names})|python -m vitlab\.(?:{names}))(?=\s|$)")
     found = []
     for doc in DOCS:
         lines = doc.read_text().splitlines()
         for i, line in enumerate(lines):
-            if not START.match(line):
+            match = start.match(line)
+            if not match:
                 continue
-            text, j = line, i
-            while text.rstrip().endswith("\\") and j + 1 < len(lines):
+            indent, text, j = len(match.group(1)), line.split(" #")[0].rstrip(), i
+            while j + 1 < len(lines) and (text.endswith("\\") or _deeper(lines[j + 1], indent)):
                 j += 1
-                text = text.rstrip()[:-1] + " " + lines[j].strip()
-            words = shlex.split(text.split(" #")[0])
-            words = words[words.index("vitlab-train") + 1:] if "vitlab-train" in words else words[words.index("vitlab.train") + 1:]
-            found.append((f"{doc.relative_to(ROOT)}:{i + 1}", words))
+                text = text.removesuffix("\\").rstrip() + " " + lines[j].split(" #")[0].strip()
+            env = dict(word.split("=", 1) for word in match.group(2).split())
+            args = text[match.end(3):].strip()
+            found.append(DocCommand(f"{doc.relative_to(ROOT)}:{i + 1}", env, match.group(3), args))
     return found
+
+
+def _deeper(line: str, indent: int) -> bool:
+    return bool(line.strip()) and len(line) - len(line.lstrip()) > indent
+
+
+def train_commands() -> list[tuple[str, list[str]]]:
+    """(where, arguments) of each documented train command."""
+    return [(c.where, shlex.split(c.args)) for c in documented_commands("train")]
 
 
 def _distinct(commands: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
