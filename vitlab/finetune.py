@@ -128,8 +128,7 @@ def _source_module(checkpoint: dict[str, Any], model_node: DictConfig, path: str
     except ConfigError as err:
         raise ConfigError(
             f"{KEY}: {path} was trained at img_size {saved.get('img_size')} with {saved.get('num_classes')} classes, "
-            "which "
-            f"this run's model.net settings do not build ({err}); use the model.net settings of that run"
+            f"which this run's model.net settings do not build ({err}); use the model.net settings of that run"
         ) from None
     old_head = _head_names(source)
     source.net.reset_classifier(0)
