@@ -300,6 +300,11 @@ def check_bench(args: list[str], written: list[Path], done, cwd: Path) -> None:
         assert all(float(r["train_flops_per_img"]) > 0 and not r["train_img_s"] for r in rows)
     else:
         assert all(float(r["train_img_s"]) > 0 for r in rows)
+    if options.relative_to:
+        # Each network's train img/s as a ratio to the named one, which is 1.00x to itself.
+        lines = table.with_suffix(".md").read_text().splitlines()
+        assert any(f"| train vs {options.relative_to} |" in ln for ln in lines)
+        assert any(ln.startswith(f"| {options.relative_to} |") and ln.endswith("| 1.00x |") for ln in lines)
 
 
 def check_predict(args: list[str], written: list[Path], done, cwd: Path) -> None:
