@@ -223,11 +223,12 @@ def test_one_precision_vocabulary_for_configs_trainer_and_bench():
     from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 
     from vitlab.bench import PRECISIONS as bench_names
-    from vitlab.config import PRECISIONS, to_hardware
+    from vitlab.config import to_hardware
     from vitlab.errors import ConfigError
     from vitlab.measure import BENCH_PRECISIONS, SUGGESTED_PRECISIONS, TRAINER_PRECISIONS, resolve_precision
+    from vitlab.training import TRAINER_PRECISIONS as trainer_names
 
-    assert PRECISIONS is TRAINER_PRECISIONS and bench_names is BENCH_PRECISIONS
+    assert trainer_names is TRAINER_PRECISIONS and bench_names is BENCH_PRECISIONS
     assert set(SUGGESTED_PRECISIONS) <= set(TRAINER_PRECISIONS)
     assert set(TRAINER_PRECISIONS) <= set(get_args(_PRECISION_INPUT_STR)) | set(get_args(_PRECISION_INPUT_STR_ALIAS))
     assert {resolve_precision(n).dtype for n in ("16", "16-mixed", "fp16")} == {torch.float16}
