@@ -76,3 +76,15 @@ def test_an_edit_of_a_source_or_a_new_model_file_gives_a_new_key(tmp_path):
     assert sources_key(package) == key
     (package / "conf" / "model" / "extra.yaml").write_text("defaults: [vit]\n")
     assert sources_key(package) != key
+
+
+def test_evaluate_and_analyze_print_their_own_help(tmp_path):
+    """Their help template, filled by vitlab (not Hydra's listing of every group): header, groups, config."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for command, key in (("evaluate", "picture_images"), ("analyze", "num_images")):
+        done = subprocess.run([sys.executable, "-m", f"vitlab.{command}", "--help"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.startswith(f"== vitlab.{command} ==") and "\nmodel: " in done.stdout, done.stdout[:500]
+        assert f"\n{key}: " in done.stdout and "\nhydra:\n" not in done.stdout  # the command's config, not Hydra's
+    assert not os.listdir(tmp_path)

@@ -42,19 +42,21 @@ import re
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vitlab.cli import check_group_choices, one_line_errors, print_resolved_config, run_entry_point
+from vitlab.cli import check_group_choices, one_line_errors, print_help, print_resolved_config, run_entry_point
 from vitlab.config import register_configs, to_hardware
 from vitlab.errors import ConfigError
 from vitlab.instantiate import build
 from vitlab.runs import load_run, prepare_output_dir, write_json
-from vitlab.layers.attention_maps import AttentionMap
 from vitlab.viz import denormalise, overlay_figure, overlay_heatmaps
+
+if TYPE_CHECKING:  # annotations only: the layers (timm, torchvision) load with the network
+    from vitlab.layers.attention_maps import AttentionMap
 
 register_configs()
 
@@ -240,6 +242,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     run_entry_point(
         _hydra_main,
+        partial(print_help, conf_dir=CONF_DIR, config_name="analyze"),
         partial(print_resolved_config, conf_dir=CONF_DIR, config_name="analyze"),
         partial(check_group_choices, conf_dir=CONF_DIR),
     )

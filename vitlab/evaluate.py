@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from vitlab.cli import check_group_choices, one_line_errors, print_resolved_config, run_entry_point
+from vitlab.cli import check_group_choices, one_line_errors, print_help, print_resolved_config, run_entry_point
 from vitlab.config import register_configs, to_hardware
 from vitlab.errors import ConfigError, VitlabError
 from vitlab.inference import inference_network
@@ -522,6 +522,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     run_entry_point(
         _hydra_main,
+        partial(print_help, conf_dir=CONF_DIR, config_name="evaluate"),
         partial(print_resolved_config, conf_dir=CONF_DIR, config_name="evaluate"),
         partial(check_group_choices, conf_dir=CONF_DIR),
     )

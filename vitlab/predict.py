@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from vitlab.checkpoint import atomic_write
 from vitlab.errors import VitlabError
 from vitlab.inference import INFERENCE_MODES
 from vitlab.runs import check_folder_can_be_made
@@ -45,6 +44,8 @@ def predict(run: Any, images: list[Path], top_k: int = 5, batch_size: int = 64, 
 
 def write_rows(rows: list[dict[str, Any]], out: Path) -> None:
     """The predictions as CSV or JSON lines, written whole or not at all (:func:`atomic_write`)."""
+    from vitlab.checkpoint import atomic_write  # Lightning's file system layer: loaded when there is work
+
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def write(path: str) -> None:

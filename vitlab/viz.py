@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from vitlab.layers.attention_maps import AttentionMap
+if TYPE_CHECKING:  # annotations only: the layers (timm, torchvision) load with the network
+    from vitlab.layers.attention_maps import AttentionMap
 
 _EPS = 1e-12
 
