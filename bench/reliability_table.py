@@ -26,13 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # in the first category it matches.
 CATEGORIES = [
     ("bad configuration", "one `error:` line, exit 2, no traceback, no run folder left",
-     ["test_config_errors.py", "test_print_config.py"], r"one_line|bad_config|refused|error", "traceback"),
+     ["test_config_errors.py", "test_print_config.py", "test_probe.py", "test_startup.py"],
+     r"one_line|bad_config|refused|error", "traceback"),
     ("bad data files", "one line naming the file, before the first step; no run folder left",
      ["test_data_refusals.py", "test_datasets.py", "test_datamodules.py"], r"refus|corrupt|broken|bad|missing|error|one_line|truncat|damag", "traceback"),
     ("files that could run code", "the payload never runs; one line naming the file",
      ["test_untrusted_files.py"], r".", "traceback"),
     ("damaged or foreign checkpoints", "one line naming the file; nothing loaded",
-     ["test_reliability.py", "test_evaluate.py", "test_resume.py"], r"digest|flipped|damaged|unsigned|without_a_digest|another_model|errors_name", "traceback"),
+     ["test_reliability.py", "test_evaluate.py", "test_resume.py", "test_finetune.py"],
+     r"digest|flipped|damaged|unsigned|without_a_digest|another_model|errors_name|refused_fine_tune|asks_for", "traceback"),
     ("silent wrong results", "refused in one line, or the same figures as an uninterrupted run",
      ["test_reliability.py", "test_evaluate.py", "test_export.py", "test_config_errors.py", "test_run_metrics.py"],
      r"same_keys|hand_edited|class|opset|trains_no|no_step|mistyped|wrong_type|errors_name", "silent wrong result"),
