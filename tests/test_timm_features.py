@@ -214,6 +214,16 @@ def test_fx_backward_equals_eager(name):
             torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
 
 
+@pytest.mark.parametrize("name", NETWORKS)
+@torch.no_grad()
+def test_plain_symbolic_trace_keeps_the_leaves_whole_and_equals_eager(name):
+    """torch.fx.symbolic_trace without timm's tracer settings: the leaves are named with torch.fx.wrap."""
+    net = _build(name, num_classes=10).eval()
+    x = _images(net)
+    traced = torch.fx.symbolic_trace(net)
+    torch.testing.assert_close(traced(x), net(x))  # OutGrid: its CPU kernel sums in another order
+
+
 def test_a_traced_vit_still_checks_its_input():
     net = _build("vit_rope").eval()
     traced = _fx(net, train=False)
