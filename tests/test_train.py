@@ -239,3 +239,5 @@ def test_a_run_prints_no_library_notices(tmp_path):
     for notice in ("Trainer already configured with model summary", "Tip: For seamless cloud logging", "LeafSpec"):
         assert notice not in out, notice
     assert "Total params" in out  # the one model summary
+    for line in ("GPU available: False, used: False", "run dir: "):  # Lightning's and vitlab's info lines, once each
+        assert out.count(line) == 1, (line, out[:3000])

@@ -152,6 +152,15 @@ def quiet_library_notices() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
+def lightning_lines_once() -> None:
+    """Lightning's info lines once each. Its package logger has a console handler of its own, and a
+    run imports Lightning after Hydra has set up logging (the command line is read first, without
+    it), so its records also reach Hydra's console (and the run's log file): that handler goes."""
+    logger = logging.getLogger("lightning")
+    for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+        logger.removeHandler(handler)
+
+
 def sweep_folders_name_what_varies(argv: Sequence[str], conf_dir: Path) -> list[str]:
     """A sweep's job folders (``<n>_<key>@<value>__...``) name the swept keys only: the overrides every
     job shares (not sweeps: ``data=cifar10`` beside ``model=a,b``) join Hydra's ``exclude_keys``, so

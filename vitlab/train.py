@@ -34,6 +34,7 @@ from vitlab.cli import (
     check_overrides_compose,
     check_template_groups,
     composition_error,
+    lightning_lines_once,
     one_line_errors,
     print_help,
     print_resolved_config,
@@ -62,6 +63,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     # torch, Lightning and the data stack load here, once the command line has composed
     from vitlab.callbacks.checkpoint import Preempted
     from vitlab.training import train
+
+    lightning_lines_once()
 
     resumed = bool(cfg.run_dir)
     with one_line_errors():
