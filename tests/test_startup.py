@@ -64,6 +64,17 @@ def test_the_cached_nodes_are_the_registrys(tmp_path):
     assert _read(path) is None
 
 
+def test_a_cache_that_cannot_be_written_leaves_nothing_and_costs_only_time(tmp_path, monkeypatch):
+    import vitlab.registry_nodes as cached
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cached.json, "dump", disk_full)
+    cached._write(tmp_path / "registry.json", live_nodes())
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a half-written temporary one
+
+
 def test_an_edit_of_a_source_or_a_new_model_file_gives_a_new_key(tmp_path):
     package = tmp_path / "vitlab"
     shutil.copytree(ROOT / "vitlab", package, ignore=shutil.ignore_patterns("__pycache__"))

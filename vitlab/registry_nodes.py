@@ -55,13 +55,16 @@ def _read(path: Path) -> dict[str, dict[str, Any]] | None:
 def _write(path: Path, nodes: dict[str, dict[str, Any]]) -> None:
     """Atomically, and not at all where the cache folder cannot be written (the nodes are then read
     from the registry each time, which is only slower)."""
+    temporary = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+            temporary = Path(f.name)
             json.dump(nodes, f)
-        os.replace(f.name, path)
+        os.replace(temporary, path)
     except OSError:
-        pass
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)  # a full disk leaves no half-written file behind
 
 
 def registry_nodes() -> dict[str, dict[str, Any]]:
