@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose as _hydra_compose
-from hydra import initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab.config import register_configs, split_batch, to_hardware, to_recipe
@@ -40,18 +38,11 @@ def compose(*overrides: str, config_name: str = "train", output_dir: str | Path 
     ``outputs/api`` under the current folder). Overrides are the command line's: ``"data=synthetic"``,
     ``"recipe.epochs=3"``, ``"data.subset=100"``.
     """
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-
-    from vitlab.cli import check_group_choices, composition_error
+    from vitlab.cli import check_group_choices, compose_or_refuse
 
     register_configs()
     check_group_choices(list(overrides), CONF_DIR)
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = _hydra_compose(config_name=config_name, overrides=list(overrides))
-    except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
-        # The command line's one line ("did you mean"), as a ConfigError.
-        raise composition_error(err, list(overrides), CONF_DIR, config_name) from None
+    cfg = compose_or_refuse(CONF_DIR, config_name, overrides)  # the command line's one line, as a ConfigError
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir if output_dir is not None else Path("outputs") / "api")
     return cfg

@@ -187,6 +187,17 @@ def sweep_folders_name_what_varies(argv: Sequence[str], conf_dir: Path) -> list[
     return [*args, f"hydra.job.config.override_dirname.exclude_keys=[{keys}]"]
 
 
+def compose_or_refuse(conf_dir: Path, config_name: str, overrides: Sequence[str], return_hydra_config: bool = False,
+                      as_given: Sequence[str] | None = None) -> DictConfig:
+    """Hydra's compose of ``config_name`` with ``overrides``; what Hydra refuses is vitlab's one line
+    (:func:`composition_error`), about the command line ``as_given`` (default ``overrides``)."""
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+    except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
+        raise composition_error(err, list(as_given if as_given is not None else overrides), conf_dir, config_name) from None
+
+
 def print_help(argv: Sequence[str], conf_dir: Path, config_name: str) -> None:
     """``--help`` (``-h``): the command's help template (``hydra.help``) with the composed config, then
     exit. Hydra's own ``--help`` lists every option of every group, its internal ones included, before
@@ -199,11 +210,7 @@ def print_help(argv: Sequence[str], conf_dir: Path, config_name: str) -> None:
     from omegaconf import OmegaConf
 
     overrides = [a for a in args if not a.startswith("-")]
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
-        raise composition_error(err, overrides, conf_dir, config_name) from None
+    cfg = compose_or_refuse(conf_dir, config_name, overrides, return_hydra_config=True)
     template = cfg.hydra.help.template  # its ${hydra.help.header}, groups and footer resolved
     task = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     print(string.Template(template).safe_substitute(CONFIG=OmegaConf.to_yaml(task)))
@@ -235,11 +242,7 @@ def print_resolved_config(argv: Sequence[str], conf_dir: Path, config_name: str)
 
     from vitlab.config import register_configs
 
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
-        raise composition_error(err, overrides, conf_dir, config_name) from None
+    cfg = compose_or_refuse(conf_dir, config_name, overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # for ${hydra:...} interpolations
     OmegaConf.set_readonly(cfg.hydra, None)
     naming_only = {
@@ -312,11 +315,7 @@ def check_overrides_compose(argv: Sequence[str], conf_dir: Path, config_name: st
     # A swept key is checked with its first value (model=a,b composes as model=a).
     single = [o for o in overrides if o not in sweeps] + [_first_of_sweep(o) for o in parsed if o.is_sweep_override()]
     single = [o for o in single if o]
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=single, return_hydra_config=bool(sweeps))
-    except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
-        raise composition_error(err, overrides, conf_dir, config_name) from None
+    cfg = compose_or_refuse(conf_dir, config_name, single, return_hydra_config=bool(sweeps), as_given=overrides)
     if sweeps and not multirun and str(cfg.hydra.mode) != "RunMode.MULTIRUN":
         raise ConfigError(f"{sweeps[0]}: a comma-separated value is a sweep; add -m to sweep over it, or write key=[a,b] for a list")
 

@@ -27,7 +27,7 @@ from vitlab.checkpoint import DigestCheckpointIO, check_resume_checkpoint
 from vitlab.config import HardwareConfig, split_batch, to_hardware, to_recipe
 from vitlab.errors import ConfigError
 from vitlab.finetune import init_from_run
-from vitlab.instantiate import build, build_module  # noqa: F401  (build is also vitlab.training.build)
+from vitlab.instantiate import build, build_module
 from vitlab.measure import SUGGESTED_PRECISIONS, TRAINER_PRECISIONS
 from vitlab.resume import checkpoint_to_continue
 from vitlab.run_metrics import RunMetrics
